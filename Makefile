@@ -1,0 +1,31 @@
+# Set-up and everyday tasks. `make run` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install blas run test lint bench bench-full clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@$(MAKE) -s blas
+	@touch $@
+
+# Linux: an optimized BLAS under MLX's CPU backend (see README, "Linux: BLAS").
+blas:
+	@$(BIN)/python -m mlx_slm.blas_setup
+
+run: install
+	$(BIN)/mlx-slm generate
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

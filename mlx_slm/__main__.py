@@ -1,0 +1,3 @@
+from mlx_slm.cli import main
+
+main()

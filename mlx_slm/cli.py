@@ -1,0 +1,79 @@
+"""The `mlx-slm` command group: a thin shell that parses, calls the library and prints.
+
+Subcommands live in mlx_slm/commands/ and are imported only when named, and they import
+mlx inside their functions, so `mlx-slm --help` stays instant.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import click
+
+from mlx_slm.errors import SlmError
+
+COMMANDS = {
+    "bench": "Benchmark throughput and memory per model size and precision.",
+    "chat": "Chat with a model in the terminal.",
+    "compare": "Ask several models the same prompt, answers side by side.",
+    "convert": "Convert an OpenELM checkpoint (Hub repo or local dir) to an MLX directory.",
+    "generate": "Generate text from a prompt, with speed and memory stats.",
+    "info": "Show a model directory's size, parameters, precision and layer shapes.",
+    "perplexity": "Perplexity of a model on a text file.",
+    "quality": "Quality cost of a quantization: perplexity, KL divergence, top-1 agreement.",
+    "quantize": "Quantize a converted model directory.",
+    "quiz": "Ask models simple factual questions and score their answers.",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand runs."""
+
+    def list_commands(self, ctx):
+        return [name for name in sorted(COMMANDS) if self._module_exists(name)]
+
+    @staticmethod
+    def _module_exists(name: str) -> bool:
+        return importlib.util.find_spec(f"mlx_slm.commands.{name}") is not None
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not self._module_exists(name):
+            return None
+        module = importlib.import_module(f"mlx_slm.commands.{name}")
+        return getattr(module, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SlmError as err:
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted.", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:
+            _silence_stdout()
+            ctx.exit(0)
+
+
+def _silence_stdout() -> None:
+    """After the reader of our stdout went away (`| head`), drop further output quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlx-slm")
+def main():
+    """Run Apple's OpenELM small language models on MLX.
+
+    Convert a checkpoint from the Hugging Face Hub (optionally quantized), then generate,
+    chat, compare sizes or benchmark, with tokens/sec, time to first token and memory.
+    """

@@ -1,0 +1,39 @@
+"""`mlx-slm generate`: stream a completion to stdout, stats to stderr (or one JSON object)."""
+
+import sys
+
+import click
+
+from mlx_slm.commands.options import dtype_option, model_option, sampling_options
+
+
+@click.command()
+@model_option
+@click.option("--prompt", "-p", default=None,
+              help='The prompt ("-" reads stdin). Default: "What is the capital of California?"')
+@click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most tokens to generate.")
+@sampling_options
+@click.option("--ignore-eos", is_flag=True, help="Keep generating past the end-of-text token.")
+@click.option("--stop", "stop_strings", multiple=True, help="Stop at this string (repeatable).")
+@dtype_option
+@click.option("--chat/--no-chat", "chat", default=None,
+              help="Wrap the prompt in the Instruct chat format (default: on for Instruct models).")
+@click.option("--system", default=None, help="System message for the chat format.")
+@click.option("--force", is_flag=True, help="Load even if the memory check says it will not fit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def generate(model, prompt, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
+             repetition_context, seed, ignore_eos, stop_strings, dtype, chat, system, force,
+             as_json):
+    """Generate text from a prompt, with speed and memory stats."""
+    from mlx_slm.session import GenerationRequest, run_generation
+
+    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+        prompt = sys.stdin.read()
+    request = GenerationRequest(
+        model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+        top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
+        repetition_context=repetition_context, seed=seed, ignore_eos=ignore_eos,
+        stop_strings=tuple(stop_strings), dtype=dtype, chat=chat, system=system, force=force,
+    )
+    sys.exit(run_generation(request, as_json=as_json))

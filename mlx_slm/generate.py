@@ -1,0 +1,170 @@
+"""The generation loop: prompt ids in, token ids out; text and timings wrap around it."""
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from mlx_slm.cache import make_cache
+from mlx_slm.sample import LogitsProcessor, Sampler, greedy
+
+PREFILL_STEP = 512
+
+
+def prefill(model, tokens: mx.array, cache: list, step: int = PREFILL_STEP) -> mx.array:
+    """Run `tokens` [L] through the model into `cache`; return the last position's logits."""
+    while tokens.size > step:
+        model.hidden(tokens[None, :step], cache)
+        mx.eval([c.state for c in cache])
+        tokens = tokens[step:]
+    # Only the last position needs the vocab projection.
+    return model.logits(model.hidden(tokens[None], cache)[:, -1, :])
+
+
+def generate_tokens(
+    model,
+    prompt: list[int],
+    *,
+    cache: list | None = None,
+    sampler: Sampler = greedy,
+    logits_processors: list[LogitsProcessor] = (),
+    max_tokens: int = 256,
+    stop_ids: tuple[int, ...] = (),
+    prefill_step: int = PREFILL_STEP,
+) -> Iterator[int]:
+    """Yield generated token ids; ends at a stop id (not yielded) or after `max_tokens`.
+
+    Decoding is pipelined: the graph for token n+1 is built and queued with
+    `mx.async_eval` before token n is read back to the host.
+    """
+    if not prompt:
+        raise ValueError("the prompt must hold at least one token")
+    cache = make_cache(model) if cache is None else cache
+    history = mx.array(prompt, dtype=mx.uint32)
+
+    def choose(logits: mx.array) -> mx.array:
+        nonlocal history
+        for process in logits_processors:
+            logits = process(history, logits)
+        token = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        if logits_processors:
+            history = mx.concatenate([history, token.astype(mx.uint32)])
+        return token
+
+    token = choose(prefill(model, history, cache, prefill_step))
+    mx.async_eval(token)
+    for n in range(max_tokens):
+        next_token = None
+        if n + 1 < max_tokens:
+            next_token = choose(model(token[:, None], cache)[:, -1, :])
+            mx.async_eval(next_token)
+        value = token.item()
+        if value in stop_ids:
+            return
+        yield value
+        token = next_token
+
+
+@dataclass
+class Generation:
+    """The outcome of one generation: text, ids and honest timings."""
+
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    prompt_s: float = 0.0  # prompt processing, up to the first generated token
+    generation_s: float = 0.0  # from the first generated token to the last
+    load_s: float = 0.0
+    finish_reason: str = "length"
+
+    @property
+    def generation_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        # The clock starts at the first token, so it times the tokens after it.
+        n = self.generation_tokens - 1
+        return n / self.generation_s if n > 0 and self.generation_s > 0 else 0.0
+
+
+def stream_text(
+    model,
+    tokenizer,
+    prompt: list[int],
+    *,
+    max_tokens: int = 256,
+    sampler: Sampler = greedy,
+    logits_processors: list[LogitsProcessor] = (),
+    stop_strings: tuple[str, ...] = (),
+    ignore_eos: bool = False,
+    cache: list | None = None,
+    on_text: Callable[[str], None] | None = None,
+    result: Generation | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Generation:
+    """Generate, calling `on_text` with each new piece of text; returns a Generation.
+
+    Stop strings end generation and are not part of the text. `result` may be passed in so
+    a caller that is interrupted still holds what was generated so far.
+    """
+    result = result if result is not None else Generation()
+    result.prompt_tokens = len(prompt)
+    detokenizer = tokenizer.detokenizer()
+    stop_ids = () if ignore_eos else (tokenizer.eos_id,)
+    holdback = max((len(s) for s in stop_strings), default=1) - 1
+    emitted = 0
+    start = clock()
+    first = None
+    tokens = generate_tokens(
+        model, prompt, cache=cache, sampler=sampler, logits_processors=logits_processors,
+        max_tokens=max_tokens, stop_ids=stop_ids,
+    )
+    result.finish_reason = "length"
+    for token in tokens:
+        now = clock()
+        if first is None:
+            first = now
+            result.prompt_s = now - start
+        result.generation_s = now - first
+        result.tokens.append(token)
+        detokenizer.add(token)
+        text = detokenizer.text
+        cut = _find_stop(text, stop_strings)
+        if cut is not None:
+            result.text = text[:cut]
+            _deliver(on_text, result.text[emitted:])
+            result.finish_reason = "stop"
+            return result
+        # Hold back a possible stop string's beginning until it is decided.
+        safe = len(text) - holdback if stop_strings else len(text)
+        if safe > emitted:
+            _deliver(on_text, text[emitted:safe])
+            emitted = safe
+        result.text = text
+    else:
+        if len(result.tokens) < max_tokens:
+            result.finish_reason = "eos"
+    detokenizer.finish()
+    result.text = detokenizer.text
+    cut = _find_stop(result.text, stop_strings)
+    if cut is not None:
+        result.text = result.text[:cut]
+        result.finish_reason = "stop"
+    _deliver(on_text, result.text[emitted:])
+    return result
+
+
+def _find_stop(text: str, stop_strings: tuple[str, ...]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _deliver(on_text, text: str) -> None:
+    if on_text is not None and text:
+        on_text(text)

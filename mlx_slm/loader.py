@@ -1,0 +1,101 @@
+"""load(dir) -> (model, tokenizer): strict, validated, lazy until the one eval at the end."""
+
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from mlx_slm import quant
+from mlx_slm.errors import SlmError
+from mlx_slm.model import Model, ModelArgs
+from mlx_slm.tokenizer import TOKENIZER_FILE, Tokenizer
+from mlx_slm.weights import load_weights, read_config
+
+DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+
+
+def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Accept Apple's CoreNet MLX names, which lack the `transformer.` prefix."""
+    if any(k.startswith("transformer.") for k in weights):
+        return weights
+    return {
+        (k if k.startswith("lm_head.") else f"transformer.{k}"): v for k, v in weights.items()
+    }
+
+
+def check_weights(model: Model, weights: dict[str, mx.array], where: Path) -> None:
+    """Every expected tensor present with its shape, nothing unexpected; errors name it."""
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SlmError(f"{where}: tensor {missing[0]} is missing{more}; the checkpoint is "
+                       "incomplete or does not match config.json.")
+    unexpected = sorted(set(weights) - set(expected))
+    if unexpected:
+        raise SlmError(f"{where}: unexpected tensor {unexpected[0]}; the checkpoint does not "
+                       "match config.json.")
+    for name, param in expected.items():
+        if tuple(weights[name].shape) != tuple(param.shape):
+            raise SlmError(
+                f"{where}: tensor {name} has shape {tuple(weights[name].shape)}, "
+                f"config.json implies {tuple(param.shape)}."
+            )
+
+
+def build_model(config: dict) -> Model:
+    """An uninitialized model for `config`, quantized layers swapped in where it says."""
+    model = Model(ModelArgs.from_config(config))
+    if config.get("quantization"):
+        quant.apply(model, config["quantization"])
+    return model
+
+
+def cast_floats(model: Model, dtype: mx.Dtype) -> None:
+    """Cast floating-point parameters (not quantized weights, which are integers)."""
+    model.update(
+        _map_arrays(model.parameters(), lambda a: a.astype(dtype)
+                    if mx.issubdtype(a.dtype, mx.floating) else a)
+    )
+
+
+def _map_arrays(tree, fn):
+    if isinstance(tree, dict):
+        return {k: _map_arrays(v, fn) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_map_arrays(v, fn) for v in tree]
+    return fn(tree)
+
+
+def load_model(model_dir: Path, dtype: str | None = None) -> tuple[Model, dict]:
+    """The model of an MLX (or Hub-layout) directory and its config dict."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise SlmError(f"Model directory {model_dir} does not exist.")
+    config = read_config(model_dir)
+    model = build_model(config)
+    weights = sanitize(load_weights(model_dir))
+    check_weights(model, weights, model_dir)
+    model.load_weights(list(weights.items()), strict=True)
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise SlmError(f"Unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
+        cast_floats(model, DTYPES[dtype])
+    mx.eval(model.parameters())
+    return model, config
+
+
+def load(model_dir: Path, dtype: str | None = None) -> tuple[Model, Tokenizer]:
+    """Load a converted model directory: the model and its tokenizer."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise SlmError(f"Model directory {model_dir} does not exist.")
+    tokenizer = Tokenizer(model_dir / TOKENIZER_FILE)
+    model, _ = load_model(model_dir, dtype)
+    return model, tokenizer
+
+
+def model_dtype(model: Model) -> str:
+    """The dtype of the model's floating-point parameters, by name."""
+    norm = model.transformer.norm.weight.dtype
+    return next((name for name, d in DTYPES.items() if d == norm), str(norm))

@@ -1,0 +1,110 @@
+"""Samplers (log-probs -> token ids) and logits processors, built once by factories."""
+
+from collections.abc import Callable
+
+import mlx.core as mx
+
+from mlx_slm.errors import SlmError
+
+Sampler = Callable[[mx.array], mx.array]
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+# The valid range of each sampling option, shared with the CLI's checks.
+RANGES = {
+    "temperature": (0.0, None),
+    "top_p": (0.0, 1.0),
+    "top_k": (0, None),
+    "min_p": (0.0, 1.0),
+    "repetition_penalty": (0.0, None),
+}
+
+
+def check_range(name: str, value: float) -> None:
+    low, high = RANGES[name]
+    ok = value >= low and (high is None or value <= high)
+    if name == "repetition_penalty":
+        ok = value > low
+    if not ok:
+        span = f"> {low}" if name == "repetition_penalty" else (
+            f">= {low}" if high is None else f"between {low} and {high}"
+        )
+        raise SlmError(f"{name.replace('_', '-')} must be {span}, got {value}.")
+
+
+def greedy(logprobs: mx.array) -> mx.array:
+    return mx.argmax(logprobs, axis=-1)
+
+
+def make_sampler(
+    temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0
+) -> Sampler:
+    """A sampler over log-probs [B, V]. Temperature 0 is greedy (the filters are moot).
+
+    Order: temperature scaling, then top-k, top-p (smallest set whose mass reaches p) and
+    min-p (tokens with at least min_p times the top token's probability); then a draw.
+    """
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
+                        ("min_p", min_p)):
+        check_range(name, value)
+    if temperature == 0:
+        return greedy
+
+    def sample(logprobs: mx.array) -> mx.array:
+        logits = logprobs * (1.0 / temperature)
+        if top_k > 0:
+            logits = apply_top_k(logits, top_k)
+        if top_p < 1.0:
+            logits = apply_top_p(logits, top_p)
+        if min_p > 0.0:
+            logits = apply_min_p(logits, min_p)
+        return mx.random.categorical(logits, axis=-1)
+
+    return sample
+
+
+def apply_top_k(logits: mx.array, k: int) -> mx.array:
+    if k >= logits.shape[-1]:
+        return logits
+    kth = mx.min(mx.topk(logits, k, axis=-1), axis=-1, keepdims=True)
+    return mx.where(logits >= kth, logits, -mx.inf)
+
+
+def apply_top_p(logits: mx.array, p: float) -> mx.array:
+    order = mx.argsort(-logits, axis=-1)
+    sorted_probs = mx.take_along_axis(mx.softmax(logits, axis=-1), order, axis=-1)
+    # Keep a token while the mass of the tokens ranked above it is still below p.
+    keep_sorted = (mx.cumsum(sorted_probs, axis=-1) - sorted_probs) < p
+    keep = mx.put_along_axis(mx.zeros(logits.shape, mx.bool_), order, keep_sorted, axis=-1)
+    return mx.where(keep, logits, -mx.inf)
+
+
+def apply_min_p(logits: mx.array, min_p: float) -> mx.array:
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    threshold = mx.max(logprobs, axis=-1, keepdims=True) + mx.log(mx.array(min_p))
+    return mx.where(logprobs >= threshold, logits, -mx.inf)
+
+
+def make_repetition_penalty(penalty: float, context_size: int = 64) -> LogitsProcessor:
+    """CTRL-style penalty on the last `context_size` tokens: positive logits are divided by
+    `penalty`, negative ones multiplied, once per distinct token."""
+    check_range("repetition_penalty", penalty)
+    if context_size < 1:
+        raise SlmError(f"repetition-context must be >= 1, got {context_size}.")
+
+    def process(tokens: mx.array, logits: mx.array) -> mx.array:
+        recent = tokens[-context_size:]
+        if recent.size == 0:
+            return logits
+        selected = logits[:, recent]
+        selected = mx.where(selected < 0, selected * penalty, selected / penalty)
+        logits[:, recent] = selected
+        return logits
+
+    return process
+
+
+def make_logits_processors(repetition_penalty: float | None = None,
+                           repetition_context: int = 64) -> list[LogitsProcessor]:
+    if repetition_penalty is None or repetition_penalty == 1.0:
+        return []
+    return [make_repetition_penalty(repetition_penalty, repetition_context)]

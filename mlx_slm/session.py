@@ -1,0 +1,171 @@
+"""What `mlx-slm generate` does, as a library call: resolve, load, generate, report."""
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlx_slm.errors import SlmError
+
+DEFAULT_PROMPT = "What is the capital of California?"
+
+
+@dataclass
+class GenerationRequest:
+    model: str
+    prompt: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.2
+    repetition_context: int = 64
+    seed: int | None = None
+    ignore_eos: bool = False
+    stop_strings: tuple[str, ...] = ()
+    dtype: str | None = None
+    chat: bool | None = None
+    system: str | None = None
+    force: bool = False
+
+
+def looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def resolve_model_dir(name: str) -> Path:
+    """A model directory for `name`: the directory itself, or a Hub id's cached conversion."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise SlmError(f"{name} is a file; --model takes a model directory or a Hub repo id.")
+    if looks_like_repo_id(name):
+        from mlx_slm.convert.auto import converted_model_dir
+
+        return converted_model_dir(name)
+    raise SlmError(f"{name} is neither a model directory nor a Hub repo id (owner/name).")
+
+
+def fit_to_context(prompt_tokens: int, max_tokens: int, context: int) -> int:
+    """How many tokens may be generated; an over-long prompt is an error."""
+    if prompt_tokens >= context:
+        raise SlmError(
+            f"The prompt has {prompt_tokens} tokens but the model's context is {context}; "
+            "shorten the prompt."
+        )
+    return min(max_tokens, context - prompt_tokens)
+
+
+def run_generation(request: GenerationRequest, as_json: bool = False, out=None, err=None) -> int:
+    """Generate for `request`, streaming text to `out` and stats to `err`; returns the exit code."""
+    import mlx.core as mx
+
+    from mlx_slm.blas import blas_in_use
+    from mlx_slm.chat_format import is_instruct, prompt_ids
+    from mlx_slm.generate import Generation, stream_text
+    from mlx_slm.loader import load, model_dtype
+    from mlx_slm.memory_guard import check_fits
+    from mlx_slm.sample import make_logits_processors, make_sampler
+    from mlx_slm.stats import backend, memory_report, reset_mlx_peak
+    from mlx_slm.weights import read_config
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    sampler = make_sampler(request.temperature, request.top_p, request.top_k, request.min_p)
+    processors = make_logits_processors(request.repetition_penalty, request.repetition_context)
+    start = time.perf_counter()
+    model_dir = resolve_model_dir(request.model)
+    config = read_config(model_dir)
+    check_fits(model_dir, config, request.dtype, force=request.force)
+    model, tokenizer = load(model_dir, request.dtype)
+    load_s = time.perf_counter() - start
+
+    chat = is_instruct(config) if request.chat is None else request.chat
+    prompt = request.prompt if request.prompt else DEFAULT_PROMPT
+    ids = prompt_ids(tokenizer, prompt, chat, request.system)
+    max_tokens = fit_to_context(len(ids), request.max_tokens, model.args.max_context_length)
+    if max_tokens < request.max_tokens:
+        print(f"[generation capped at {max_tokens} tokens by the {model.args.max_context_length}"
+              "-token context]", file=err)
+    if request.seed is not None:
+        mx.random.seed(request.seed)
+
+    def show(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    hint = reference_blas_hint()
+    if hint:
+        print(hint, file=err)
+    reset_mlx_peak()
+    result = Generation(load_s=load_s)
+    code = 0
+    try:
+        stream_text(
+            model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler,
+            logits_processors=processors, stop_strings=request.stop_strings,
+            ignore_eos=request.ignore_eos, on_text=None if as_json else show, result=result,
+        )
+    except KeyboardInterrupt:
+        result.finish_reason = "interrupted"
+        result.text = tokenizer.decode(result.tokens)
+        code = 130
+    report = {
+        "model": str(request.model),
+        "text": result.text,
+        "tokens": result.tokens,
+        "prompt_tokens": result.prompt_tokens,
+        "generation_tokens": result.generation_tokens,
+        "prompt_tps": result.prompt_tps,
+        "generation_tps": result.generation_tps,
+        "ttft_s": result.prompt_s,
+        "load_s": result.load_s,
+        **memory_report(),
+        "backend": backend(),
+        "blas": blas_in_use(),
+        "dtype": model_dtype(model),
+        "quantization": config.get("quantization"),
+        "chat_format": chat,
+        "finish_reason": result.finish_reason,
+    }
+    if as_json:
+        out.write(json.dumps(report) + "\n")
+    else:
+        out.write("\n")
+        out.flush()
+        print(format_stats(report), file=err)
+    return code
+
+
+def reference_blas_hint() -> str | None:
+    """On Linux's CPU backend with the reference BLAS: the one line that says how to fix it."""
+    from mlx_slm.blas import FIX_HINT, blas_in_use
+    from mlx_slm.stats import backend
+
+    if sys.platform.startswith("linux") and backend() == "cpu" and blas_in_use() == "reference":
+        return f"[hint: MLX uses the slow reference BLAS; for 20-100x faster float32: {FIX_HINT}]"
+    return None
+
+
+def format_stats(report: dict) -> str:
+    """The one stats line printed after a generation."""
+    parts = [
+        f"prompt: {report['prompt_tokens']} tokens, {report['prompt_tps']:.1f} tok/s",
+        f"generation: {report['generation_tokens']} tokens, {report['generation_tps']:.1f} tok/s",
+        f"TTFT {report['ttft_s']:.2f} s",
+        f"load {report['load_s']:.2f} s",
+        f"peak MLX {report['peak_memory_gb']:.2f} GB",
+        f"peak RSS {report['rss_gb']:.2f} GB",
+    ]
+    if "footprint_gb" in report:
+        parts.append(f"footprint {report['footprint_gb']:.2f} GB")
+    blas = "" if report["backend"] != "cpu" else f", BLAS {report['blas'].split(' ')[0]}"
+    parts.append(f"{report['backend']} backend{blas}, {report['dtype']}")
+    line = " | ".join(parts)
+    if report["finish_reason"] == "interrupted":
+        line = "[interrupted] " + line
+    return line

@@ -1,0 +1,90 @@
+"""Memory figures and the backend that produced a number."""
+
+import ctypes
+import resource
+import sys
+
+import mlx.core as mx
+
+GB = 1e9
+
+
+def backend() -> str:
+    """The MLX backend in use: 'metal', 'cuda' or 'cpu'."""
+    device = mx.default_device()
+    if device.type == mx.gpu:
+        return "cuda" if mx.cuda.is_available() else "metal"
+    return "cpu"
+
+
+def mlx_peak_bytes() -> int:
+    return mx.get_peak_memory()
+
+
+def reset_mlx_peak() -> None:
+    mx.reset_peak_memory()
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def current_rss_bytes() -> int | None:
+    """The process's resident set now (Linux: /proc; macOS: the task's resident size)."""
+    if sys.platform.startswith("linux"):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    info = _darwin_rusage()
+    return info.ri_resident_size if info else None
+
+
+def physical_footprint_bytes() -> int | None:
+    """macOS only: the physical footprint, the figure Activity Monitor shows as Memory."""
+    info = _darwin_rusage()
+    return info.ri_phys_footprint if info else None
+
+
+class _RusageInfoV0(ctypes.Structure):
+    _fields_ = [
+        ("ri_uuid", ctypes.c_uint8 * 16),
+        ("ri_user_time", ctypes.c_uint64),
+        ("ri_system_time", ctypes.c_uint64),
+        ("ri_pkg_idle_wkups", ctypes.c_uint64),
+        ("ri_interrupt_wkups", ctypes.c_uint64),
+        ("ri_pageins", ctypes.c_uint64),
+        ("ri_wired_size", ctypes.c_uint64),
+        ("ri_resident_size", ctypes.c_uint64),
+        ("ri_phys_footprint", ctypes.c_uint64),
+        ("ri_proc_start_abstime", ctypes.c_uint64),
+        ("ri_proc_exit_abstime", ctypes.c_uint64),
+    ]
+
+
+def _darwin_rusage() -> _RusageInfoV0 | None:
+    if sys.platform != "darwin":
+        return None
+    import os
+
+    try:
+        libproc = ctypes.CDLL("/usr/lib/libproc.dylib")
+    except OSError:
+        return None
+    info = _RusageInfoV0()
+    # proc_pid_rusage(pid, RUSAGE_INFO_V0, &info) returns 0 on success.
+    if libproc.proc_pid_rusage(os.getpid(), 0, ctypes.byref(info)) != 0:
+        return None
+    return info
+
+
+def memory_report() -> dict:
+    """MLX's allocator peak, the process's peak RSS and (macOS) the physical footprint, GB."""
+    report = {
+        "peak_memory_gb": mlx_peak_bytes() / GB,
+        "rss_gb": peak_rss_bytes() / GB,
+    }
+    footprint = physical_footprint_bytes()
+    if footprint is not None:
+        report["footprint_gb"] = footprint / GB
+    return report
