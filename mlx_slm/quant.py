@@ -53,3 +53,18 @@ def apply(model: nn.Module, quantization: dict) -> None:
         return layer_settings(path, module, quantization) or False
 
     nn.quantize(model, class_predicate=predicate)
+
+
+def quantize(model: nn.Module, bits: int = 4, group_size: int = 64) -> dict:
+    """Quantize a loaded model in place; returns the config's "quantization" entry.
+
+    Every Linear layer and the (tied) embedding are quantized; the output projection keeps
+    working through the quantized embedding's `as_linear`.
+    """
+    quantization = validate({"group_size": group_size, "bits": bits, "mode": "affine"})
+
+    def predicate(path, module):
+        return layer_settings(path, module, quantization) or False
+
+    nn.quantize(model, class_predicate=predicate)
+    return quantization
