@@ -197,14 +197,18 @@ class Model(nn.Module):
     def layers(self) -> list[TransformerBlock]:
         return self.transformer.layers
 
-    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
-        return self.logits(self.hidden(inputs, cache))
+    def __call__(self, inputs: mx.array, cache=None, mask=None) -> mx.array:
+        return self.logits(self.hidden(inputs, cache, mask))
 
-    def hidden(self, inputs: mx.array, cache=None) -> mx.array:
-        """The final-normed hidden states, before the output projection."""
+    def hidden(self, inputs: mx.array, cache=None, mask=None) -> mx.array:
+        """The final-normed hidden states, before the output projection.
+
+        `mask` (boolean or additive, broadcastable to [B, heads, L, cached + L]) replaces the
+        default: none for one query row, else causal aligned to the cache's end.
+        """
         h = self.transformer.token_embeddings(inputs)
-        # One query row needs no mask; longer inputs are causal, aligned to the cache's end.
-        mask = "causal" if inputs.shape[1] > 1 else None
+        if mask is None and inputs.shape[1] > 1:
+            mask = "causal"
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, cache[i] if cache is not None else None)
         return self.transformer.norm(h)

@@ -55,12 +55,16 @@ def apply(model: nn.Module, quantization: dict) -> None:
     nn.quantize(model, class_predicate=predicate)
 
 
-def quantize(model: nn.Module, bits: int = 4, group_size: int = 64) -> dict:
+def quantize(model: nn.Module, bits: int = 4, group_size: int = 64,
+             recipe: str | None = None) -> dict:
     """Quantize a loaded model in place; returns the config's "quantization" entry.
 
     Every Linear layer and the (tied) embedding are quantized; the output projection keeps
-    working through the quantized embedding's `as_linear`.
+    working through the quantized embedding's `as_linear`. `recipe` names a mixed-precision
+    recipe (per-layer bit widths); None quantizes every layer alike.
     """
+    if recipe is not None:
+        raise SlmError(f"Unknown quantization recipe {recipe!r}.")
     quantization = validate({"group_size": group_size, "bits": bits, "mode": "affine"})
 
     def predicate(path, module):
