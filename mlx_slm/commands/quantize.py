@@ -1,0 +1,42 @@
+"""`mlx-slm quantize SRC_DIR DST_DIR`: quantize a converted model, then report what it cost."""
+
+import click
+
+from mlx_slm.recipes import RECIPES
+
+RECIPE_HELP = "; ".join(f"{name}: {about}" for name, (_, about) in RECIPES.items())
+
+
+@click.command()
+@click.argument("src_dir", type=click.Path(path_type=str))
+@click.argument("dst_dir", type=click.Path(path_type=str))
+@click.option("--q-bits", type=int, default=4, show_default=True,
+              help="Bits per weight: 2, 3, 4, 5, 6 or 8.")
+@click.option("--q-group-size", type=int, default=64, show_default=True,
+              help="Weights sharing one scale and bias: 32, 64 or 128.")
+@click.option("--q-recipe", default=None, metavar="NAME",
+              help=f"Mixed precision: sensitive layers get 6 bits (8 from --q-bits 5 up). "
+                   f"{RECIPE_HELP}.")
+@click.option("--force", is_flag=True,
+              help="Replace DST_DIR if it exists (only once the new one is complete).")
+@click.option("--no-report", is_flag=True, help="Skip the quality report.")
+@click.option("--report-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Tokens of the built-in sample text the quality report scores.")
+def quantize(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force, no_report,
+             report_tokens):
+    """Quantize a converted model directory.
+
+    Writes DST_DIR (in mlx-lm's format) from the unquantized model in SRC_DIR, then prints
+    the quality report: perplexity of both, KL divergence, top-1 agreement, size and memory.
+    """
+    from mlx_slm.quality_report import compare, format_comparison
+    from mlx_slm.quantize_dir import quantize_directory
+
+    result = quantize_directory(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force)
+    q = result.quantization
+    layers = sum(isinstance(v, dict) for v in q.values())
+    mixed = f", {layers} layers at {q_recipe} recipe's higher width" if q_recipe else ""
+    click.echo(f"Quantized {result.src_dir} -> {result.out_dir}: {q['bits']}-bit, group size "
+               f"{q['group_size']}{mixed} ({result.seconds:.1f} s)")
+    if not no_report:
+        click.echo(format_comparison(compare(src_dir, result.out_dir, max_tokens=report_tokens)))

@@ -1,0 +1,188 @@
+"""Quality reports on model directories: perplexity of one, the cost of a quantization of two.
+
+Both models run with float32 activations by default (float16/bfloat16 weights and quantized
+scales upcast exactly), so the comparison measures the quantization itself, not float16
+rounding of activations; `dtype` picks another compute precision.
+"""
+
+import hashlib
+import time
+from pathlib import Path
+
+from mlx_slm.errors import SlmError
+from mlx_slm.tokenizer import TOKENIZER_FILE
+from mlx_slm.weights import read_config
+
+# ModelArgs fields that decide tensor shapes: models that differ here cannot be compared.
+SHAPE_KEYS = (
+    "model_dim", "head_dim", "num_transformer_layers", "num_query_heads", "num_kv_heads",
+    "ffn_multipliers", "ffn_dim_divisor", "ffn_with_glu", "vocab_size",
+    "share_input_output_layers", "normalize_qk_projections",
+)
+FLOAT_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def footprint(model_dir: Path, config: dict) -> dict:
+    """Size on disk, weight memory, bits per weight and precision, from headers alone."""
+    from mlx_slm.inspect import parameter_count
+    from mlx_slm.memory_guard import weight_bytes
+    from mlx_slm.weights import read_headers, weight_files
+
+    params = parameter_count(config)
+    weights = weight_bytes(model_dir)
+    return {
+        "path": str(model_dir),
+        "precision": precision_label(config, read_headers(model_dir)),
+        "parameters": params,
+        "size_on_disk_bytes": sum(p.stat().st_size for p in weight_files(model_dir)),
+        "weight_bytes": weights,
+        "bits_per_weight": 8 * weights / params,
+        "float16_ratio": weights / (2 * params),
+    }
+
+
+def precision_label(config: dict, headers: dict) -> str:
+    """'float16', '4-bit g64', or 'mixed 4/6-bit g64' (every bit width the layers use)."""
+    quantization = config.get("quantization")
+    floats = sorted({FLOAT_NAMES[e["dtype"]] for e in headers.values()
+                     if e["dtype"] in FLOAT_NAMES})
+    if not quantization:
+        return "/".join(floats)
+    layers = [v for v in quantization.values() if isinstance(v, dict)]
+    bits = sorted({quantization["bits"], *(v["bits"] for v in layers)})
+    groups = sorted({quantization["group_size"], *(v["group_size"] for v in layers)})
+    kind = f"{bits[0]}-bit" if len(bits) == 1 else "mixed " + "/".join(map(str, bits)) + "-bit"
+    return f"{kind} g{'/'.join(map(str, groups))}"
+
+
+def check_comparable(base_dir: Path, quant_dir: Path, base_config: dict,
+                     quant_config: dict) -> None:
+    """Refuse two models with different shapes or tokenizers: their logits do not compare."""
+    from mlx_slm.model import ModelArgs
+
+    base_args, quant_args = ModelArgs.from_config(base_config), ModelArgs.from_config(quant_config)
+    for key in SHAPE_KEYS:
+        ours, theirs = getattr(base_args, key), getattr(quant_args, key)
+        if ours != theirs:
+            raise SlmError(
+                f"{base_dir} and {quant_dir} have different shapes ({key} {ours!s:.40} vs "
+                f"{theirs!s:.40}); compare a quantized model with the model it was made from."
+            )
+    if tokenizer_digest(base_dir) != tokenizer_digest(quant_dir):
+        raise SlmError(
+            f"{base_dir} and {quant_dir} have different tokenizers ({TOKENIZER_FILE} differs); "
+            "their token probabilities cannot be compared."
+        )
+
+
+def tokenizer_digest(model_dir: Path) -> str:
+    """sha256 of a directory's tokenizer.model."""
+    path = Path(model_dir) / TOKENIZER_FILE
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise SlmError(f"{path} is missing: scoring a text needs the model's tokenizer.") from None
+
+
+def _model_dir(path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise SlmError(f"Model directory {path} does not exist.")
+    return path
+
+
+def _text_ids(model_dir: Path, text_path, max_tokens: int | None):
+    from mlx_slm.quality import read_text
+    from mlx_slm.tokenizer import Tokenizer
+
+    text, label = read_text(text_path)
+    tokenizer = Tokenizer(model_dir / TOKENIZER_FILE)
+    ids = tokenizer.encode(text, bos=False)
+    return (ids[:max_tokens] if max_tokens else ids), tokenizer.bos_id, label
+
+
+def measure_perplexity(model_dir, text_path=None, max_tokens: int | None = None,
+                       dtype: str | None = "float32", window: int | None = None) -> dict:
+    """Perplexity of one model on a text file (default: the built-in sample)."""
+    from mlx_slm.loader import load_model
+    from mlx_slm.quality import score
+    from mlx_slm.stats import backend
+
+    model_dir = _model_dir(model_dir)
+    config = read_config(model_dir)
+    ids, bos_id, label = _text_ids(model_dir, text_path, max_tokens)
+    model, _ = load_model(model_dir, dtype)
+    start = time.perf_counter()
+    result = score(model, ids, bos_id, window=window)
+    return {
+        "text": label, **result, "dtype": dtype or "model", "backend": backend(),
+        "seconds": time.perf_counter() - start, "model": footprint(model_dir, config),
+    }
+
+
+def compare(base_dir, quant_dir, text_path=None, max_tokens: int | None = None,
+            dtype: str | None = "float32", window: int | None = None) -> dict:
+    """Perplexity of both, mean KL(base || quant), top-1 agreement, sizes and memory."""
+    from mlx_slm.loader import load_model
+    from mlx_slm.quality import score
+    from mlx_slm.stats import backend
+
+    base_dir, quant_dir = _model_dir(base_dir), _model_dir(quant_dir)
+    base_config, quant_config = read_config(base_dir), read_config(quant_dir)
+    check_comparable(base_dir, quant_dir, base_config, quant_config)
+    ids, bos_id, label = _text_ids(base_dir, text_path, max_tokens)
+    base, _ = load_model(base_dir, dtype)
+    quant, _ = load_model(quant_dir, dtype)
+    start = time.perf_counter()
+    result = score(base, ids, bos_id, quant, window=window)
+    return {
+        "text": label, **result, "dtype": dtype or "model", "backend": backend(),
+        "seconds": time.perf_counter() - start,
+        "base": footprint(base_dir, base_config), "quant": footprint(quant_dir, quant_config),
+    }
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3f} {unit}"
+    return f"{n} B"
+
+
+def _heading(report: dict) -> str:
+    return (f"Scored on the {report['text']}: {report['tokens']:,} tokens in windows of "
+            f"{report['window']}, {report['dtype']} compute, {report['backend']} backend "
+            f"({report['seconds']:.1f} s)")
+
+
+def format_perplexity(report: dict) -> str:
+    """The text `mlx-slm perplexity` prints."""
+    model = report["model"]
+    return "\n".join([
+        _heading(report),
+        f"perplexity: {report['perplexity']:.3f}  ({model['precision']}, "
+        f"{human_bytes(model['weight_bytes'])} of weights)",
+    ])
+
+
+def format_comparison(report: dict) -> str:
+    """The table `mlx-slm quality` (and `quantize`) prints."""
+    base, quant = report["base"], report["quant"]
+    change = report["perplexity_quant"] / report["perplexity"] - 1
+    rows = [
+        ("", base["precision"], quant["precision"], ""),
+        ("perplexity", f"{report['perplexity']:.3f}", f"{report['perplexity_quant']:.3f}",
+         f"{change:+.2%}"),
+        ("size on disk", human_bytes(base["size_on_disk_bytes"]),
+         human_bytes(quant["size_on_disk_bytes"]), ""),
+        ("weight memory", human_bytes(base["weight_bytes"]), human_bytes(quant["weight_bytes"]),
+         f"{quant['weight_bytes'] / base['weight_bytes']:.3f}x base, "
+         f"{quant['float16_ratio']:.3f}x float16"),
+        ("bits per weight", f"{base['bits_per_weight']:.2f}", f"{quant['bits_per_weight']:.2f}",
+         ""),
+    ]
+    lines = [_heading(report)]
+    lines += [f"{a:<16}{b:>20}{c:>20}  {d}".rstrip() for a, b, c, d in rows]
+    lines.append(f"{'KL(base||quant)':<16}{report['kl_mean']:>20.5f}  nats per token (mean)")
+    lines.append(f"{'top-1 agreement':<16}{report['top1_agreement']:>20.2%}")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""Quantize a converted model directory into a new one (`mlx-slm quantize`), atomically.
+
+The new directory has the source's layout: quantized weights, config.json with the
+"quantization" entry, the source's other files (tokenizer.model, tokenizer_config.json, ...)
+and a fresh manifest.json. Nothing is written unless all of it is.
+"""
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlx_slm.convert.manifest import MANIFEST_FILE
+from mlx_slm.errors import SlmError
+from mlx_slm.weights import CONFIG_FILE, INDEX_FILE
+
+
+@dataclass
+class Quantization:
+    """What `quantize_directory` wrote, for the summary."""
+
+    src_dir: Path
+    out_dir: Path
+    quantization: dict
+    seconds: float
+
+
+def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
+                       recipe: str | None = None, force: bool = False) -> Quantization:
+    """Quantize the unquantized model in `src_dir` into the new directory `out_dir`."""
+    from mlx.utils import tree_flatten
+
+    from mlx_slm import quant
+    from mlx_slm.convert.manifest import write_manifest
+    from mlx_slm.convert.staging import check_destination, staged_directory
+    from mlx_slm.loader import load_model
+    from mlx_slm.recipes import check_recipe
+    from mlx_slm.weights import read_config, read_headers, save_weights, write_json
+
+    start = time.perf_counter()
+    src_dir, out_dir = Path(src_dir), Path(out_dir).expanduser().absolute()
+    if not src_dir.is_dir():
+        raise SlmError(f"Model directory {src_dir} does not exist.")
+    config = read_config(src_dir)
+    if quant.is_quantized(config):
+        q = config.get("quantization") or {}
+        what = f" ({q.get('bits')}-bit, group size {q.get('group_size')})" if q else ""
+        raise SlmError(f"{src_dir} is already quantized{what}; quantize the unquantized model "
+                       "it was made from.")
+    if out_dir.exists() and out_dir.resolve() == src_dir.resolve():
+        raise SlmError(f"{out_dir} is the source directory; choose another output directory.")
+    check_destination(out_dir, force)
+    quant.validate({"bits": bits, "group_size": group_size})
+    if recipe is not None:
+        check_recipe(recipe, bits)
+
+    model, _ = load_model(src_dir)
+    quantization = quant.quantize(model, bits, group_size, recipe)
+    with staged_directory(out_dir, force) as tmp:
+        try:
+            save_weights(tmp, dict(tree_flatten(model.parameters())))
+            for path in sorted(src_dir.iterdir()):
+                if path.is_file() and _carried_over(path.name):
+                    shutil.copyfile(path, tmp / path.name)
+            write_json(tmp / CONFIG_FILE, {**config, "quantization": quantization})
+        except (OSError, RuntimeError) as err:
+            # MLX reports a failed write (e.g. a full disk) as RuntimeError.
+            raise SlmError(f"Writing {out_dir} failed: {err}.") from None
+        read_headers(tmp)  # a short write shows up here, not at load time
+        write_manifest(tmp)
+    return Quantization(src_dir, out_dir, quantization, time.perf_counter() - start)
+
+
+def _carried_over(name: str) -> bool:
+    """The source's files other than its weights, config and manifest, which are rewritten."""
+    return not name.endswith(".safetensors") and name not in (CONFIG_FILE, INDEX_FILE,
+                                                               MANIFEST_FILE)
