@@ -24,11 +24,9 @@ IDS = [1, 450, 73, 310, 846, 338, 299, 13, 999, 42, 7, 450]
 
 def quantizable_config(num_layers: int = 4, **overrides) -> dict:
     """A tiny config whose every layer width is a multiple of 128 (all group sizes fit)."""
-    return tiny_config(
-        num_layers=num_layers, model_dim=128, head_dim=32, query_heads=(4, 4, 8, 8),
-        kv_heads=(1, 2, 2, 4), ffn_multipliers=(0.5, 1.5, 2.5, 3.0), ffn_dim_divisor=128,
-        **overrides,
-    )
+    shape = dict(model_dim=128, head_dim=32, query_heads=(4, 4, 8, 8), kv_heads=(1, 2, 2, 4),
+                 ffn_multipliers=(0.5, 1.5, 2.5, 3.0), ffn_dim_divisor=128)
+    return tiny_config(num_layers=num_layers, **{**shape, **overrides})
 
 
 def make_model_dir(path, config=None, seed=1, dtype="float16"):

@@ -1,0 +1,151 @@
+"""`mlx-slm quantize`, `quality` and `perplexity` from the command line: output, files, errors."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from mlx_slm.cli import main
+from mlx_slm.loader import load_model
+from mlx_slm.synthetic import tiny_config
+from tests.test_quant import make_model_dir, quantizable_config
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("cli") / "base", quantizable_config(), seed=7)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def only_entries(parent):
+    return sorted(p.name for p in parent.iterdir())
+
+
+def test_quantize_writes_a_loadable_directory_and_reports_quality(tmp_path, src):
+    out = tmp_path / "q4"
+    result = run("quantize", src, out, "--report-tokens", 48)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Quantized {src} -> {out}: 4-bit, group size 64")
+    for row in ("perplexity", "size on disk", "weight memory", "bits per weight",
+                "KL(base||quant)", "top-1 agreement"):
+        assert row in result.output
+    assert "48 tokens" in result.output
+    assert only_entries(out) == ["config.json", "manifest.json", "model.safetensors",
+                                 "tokenizer.model"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 64, "bits": 4, "mode": "affine"}
+    model, _ = load_model(out)
+    assert model.transformer.token_embeddings.bits == 4
+    assert only_entries(tmp_path) == ["q4"]  # no temporary directory left behind
+
+
+def test_quantize_with_a_recipe_and_no_report(tmp_path, src):
+    out = tmp_path / "mixed"
+    result = run("quantize", src, out, "--q-bits", 3, "--q-group-size", 32, "--q-recipe",
+                 "edges", "--no-report")
+    assert result.exit_code == 0, result.output
+    assert "edges" in result.output and "perplexity" not in result.output
+    config = json.loads((out / "config.json").read_text())["quantization"]
+    assert config["transformer.layers.0.ffn.proj_1"] == {"group_size": 32, "bits": 6,
+                                                         "mode": "affine"}
+    assert "transformer.layers.1.ffn.proj_1" not in config
+
+
+def test_force_replaces_an_existing_directory(tmp_path, src):
+    out = tmp_path / "q"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    refused = run("quantize", src, out, "--no-report")
+    assert refused.exit_code == 1
+    assert refused.output == f"Error: {out} already exists; pass --force to replace it, or " \
+                             "choose another output directory.\n"
+    assert only_entries(out) == ["old.txt"]
+    assert run("quantize", src, out, "--no-report", "--force").exit_code == 0
+    assert "old.txt" not in only_entries(out) and (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--q-bits", 7], "Unsupported bit width 7: choose one of (2, 3, 4, 5, 6, 8)."),
+        (["--q-group-size", 100], "Unsupported group size 100: choose one of (32, 64, 128)."),
+        (["--q-recipe", "mixed_3_6"], "Unknown quantization recipe 'mixed_3_6': choose one of "
+                                      "embed, edges."),
+        (["--q-bits", 8, "--q-recipe", "embed"], "Recipe 'embed' gives some layers more than 8 "
+                                                 "bits, and 8 is the most there is; lower the "
+                                                 "bit width or drop the recipe."),
+    ],
+)
+def test_bad_settings_are_one_line_errors_and_write_nothing(tmp_path, src, args, message):
+    result = run("quantize", src, tmp_path / "out", *args)
+    assert result.exit_code == 1
+    assert result.output == f"Error: {message}\n"
+    assert only_entries(tmp_path) == []
+
+
+def test_group_size_that_does_not_divide_a_layer_is_refused_naming_it(tmp_path):
+    src = make_model_dir(tmp_path / "odd", tiny_config(vocab_size=1000))
+    result = run("quantize", src, tmp_path / "out", "--q-group-size", 64)
+    assert result.exit_code == 1
+    assert result.output == ("Error: Group size 64 does not divide the width 32 of layer "
+                             "transformer.layers.0.ffn.proj_2; choose --q-group-size 32.\n")
+    assert only_entries(tmp_path) == ["odd"]
+
+
+def test_quantizing_a_quantized_directory_is_refused(tmp_path, src):
+    q = tmp_path / "q"
+    assert run("quantize", src, q, "--no-report", "--q-bits", 8).exit_code == 0
+    result = run("quantize", q, tmp_path / "qq")
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {q} is already quantized (8-bit, group size 64); quantize "
+                             "the unquantized model it was made from.\n")
+    assert only_entries(tmp_path) == ["q"]
+
+
+def test_quantize_refuses_its_own_source_and_a_missing_one(tmp_path, src):
+    result = run("quantize", src, src, "--force")
+    assert result.exit_code == 1 and "is the source directory" in result.output
+    missing = run("quantize", tmp_path / "nope", tmp_path / "out")
+    assert missing.output == f"Error: Model directory {tmp_path / 'nope'} does not exist.\n"
+    assert only_entries(tmp_path) == []
+
+
+def test_quality_json_and_errors(tmp_path, src):
+    q = tmp_path / "q"
+    assert run("quantize", src, q, "--no-report").exit_code == 0
+    result = run("quality", src, q, "--max-tokens", 32, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["tokens"] == 32 and report["dtype"] == "float32"
+    assert report["kl_mean"] > 0 and 0 <= report["top1_agreement"] <= 1
+    assert report["quant"]["precision"] == "4-bit g64"
+    assert report["quant"]["float16_ratio"] <= 0.30
+
+    other = make_model_dir(tmp_path / "other", quantizable_config(num_layers=3))
+    shapes = run("quality", src, other)
+    assert shapes.exit_code == 1 and shapes.output.count("\n") == 1
+    assert "have different shapes (num_transformer_layers 4 vs 3)" in shapes.output
+
+    retok = tmp_path / "retok"
+    shutil.copytree(q, retok)
+    (retok / "tokenizer.model").write_bytes(b"not the same tokenizer")
+    tokens = run("quality", src, retok)
+    assert tokens.exit_code == 1 and "different tokenizers" in tokens.output
+
+
+def test_perplexity_command(tmp_path, src):
+    text = tmp_path / "t.txt"
+    text.write_text("Mountains rise where plates collide, and rivers carve them down again.")
+    result = run("perplexity", src, "--text", text)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Scored on the {text}:")
+    assert "perplexity: " in result.output and "float16" in result.output
+    as_json = json.loads(run("perplexity", src, "--text", text, "--json").output)
+    assert as_json["perplexity"] > 1 and as_json["model"]["precision"] == "float16"
+    missing = run("perplexity", src, "--text", tmp_path / "none.txt")
+    assert missing.exit_code == 1
+    assert missing.output == f"Error: Text file {tmp_path / 'none.txt'} does not exist.\n"
