@@ -5,7 +5,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from mlx_slm import quant
+from mlx_slm import backend, quant
 from mlx_slm.errors import SlmError
 from mlx_slm.model import Model, ModelArgs
 from mlx_slm.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -67,8 +67,12 @@ def _map_arrays(tree, fn):
     return fn(tree)
 
 
-def load_model(model_dir: Path, dtype: str | None = None) -> tuple[Model, dict]:
-    """The model of an MLX (or Hub-layout) directory and its config dict."""
+def load_model(model_dir: Path, dtype: str | None = None,
+               prepare: bool = True) -> tuple[Model, dict]:
+    """The model of an MLX (or Hub-layout) directory and its config dict.
+
+    `prepare=False` keeps model.py's formulation on every backend (for parity tests).
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise SlmError(f"Model directory {model_dir} does not exist.")
@@ -82,6 +86,8 @@ def load_model(model_dir: Path, dtype: str | None = None) -> tuple[Model, dict]:
             raise SlmError(f"Unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
         cast_floats(model, DTYPES[dtype])
     mx.eval(model.parameters())
+    if prepare:
+        backend.prepare(model)
     return model, config
 
 
