@@ -97,6 +97,12 @@ def load(model_dir: Path, dtype: str | None = None) -> tuple[Model, Tokenizer]:
     if not model_dir.is_dir():
         raise SlmError(f"Model directory {model_dir} does not exist.")
     tokenizer = Tokenizer(model_dir / TOKENIZER_FILE)
+    vocab = read_config(model_dir).get("vocab_size")
+    if tokenizer.vocab_size != vocab:
+        raise SlmError(
+            f"{tokenizer.path} has {tokenizer.vocab_size} pieces but config.json's vocab_size "
+            f"is {vocab}: it is not this model's tokenizer; copy the Llama-2 tokenizer.model."
+        )
     model, _ = load_model(model_dir, dtype)
     return model, tokenizer
 
