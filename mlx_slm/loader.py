@@ -81,6 +81,7 @@ def load_model(model_dir: Path, dtype: str | None = None,
     weights = sanitize(load_weights(model_dir))
     check_weights(model, weights, model_dir)
     model.load_weights(list(weights.items()), strict=True)
+    del weights  # so each source tensor can be freed as soon as its cast copy exists
     if dtype is not None:
         if dtype not in DTYPES:
             raise SlmError(f"Unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
