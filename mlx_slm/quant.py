@@ -137,6 +137,9 @@ def quantize(model: nn.Module, bits: int = 4, group_size: int = 64,
     """
     quantization = plan(model, bits, group_size, recipe)
     _swap(model, quantization)
+    from mlx_slm import backend  # the new quantized layers get the backend's forward too
+
+    backend.prepare(model)
     return quantization
 
 

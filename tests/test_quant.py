@@ -233,7 +233,7 @@ def test_mlx_lm_directory_with_layers_it_left_unquantized_loads(tmp_path):
     theirs = mlx_lm_quantized_dir(tmp_path / "q", hub, 64, 4)
     ours, _ = load_model(tmp_path / "q")
     ffn = [layer.ffn for layer in ours.layers]
-    assert [type(f.proj_2) for f in ffn] == [nn.Linear] * 3  # widths 32, 96, 160
+    assert not any(isinstance(f.proj_2, nn.QuantizedLinear) for f in ffn)  # widths 32, 96, 160
     assert all(isinstance(f.proj_1, nn.QuantizedLinear) for f in ffn)  # width 64
     ids = [1, 5, 999, 17, 3]
     np.testing.assert_allclose(logits_of(ours, ids), logits_of(theirs, ids), atol=1e-4)
