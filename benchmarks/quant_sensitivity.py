@@ -40,21 +40,35 @@ LAYER_KINDS = ("attn.qkv_proj", "attn.out_proj", "ffn.proj_1", "ffn.proj_2")
 
 def candidate_rules(num_blocks: int) -> dict:
     """The shipped recipes, then alternatives not shipped: name -> rule(path, blocks)."""
-    embedding, attention = recipes.EMBEDDING_PATHS, ("qkv_proj", "out_proj")
     quarter = max(1, num_blocks // 4)
 
-    def early(p):
+    def embedding(p, n):
+        return p in recipes.EMBEDDING_PATHS
+
+    def first_quarter(p, n):
         return recipes.block_index(p) is not None and recipes.block_index(p) < quarter
 
+    def first_and_last(p, n):
+        return recipes.block_index(p) in (0, n - 1)
+
+    def attention(p, n):
+        return p.endswith(("qkv_proj", "out_proj"))
+
+    def union(*parts):
+        return lambda p, n: any(part(p, n) for part in parts)
+
     alternatives = {
-        "embed": lambda p, n: p in embedding,
-        "edges": lambda p, n: p in embedding or recipes.block_index(p) in (0, n - 1),
-        "first_quarter": lambda p, n: p in embedding or early(p),
-        "attention": lambda p, n: p in embedding or p.endswith(attention),
-        "first_quarter+attention": lambda p, n: p in embedding or early(p) or p.endswith(attention),
+        "embedding": embedding,
+        "embedding+first_and_last": union(embedding, first_and_last),
+        "first_quarter": first_quarter,
+        "embedding+first_quarter": union(embedding, first_quarter),
+        "attention": attention,
+        "embedding+attention": union(embedding, attention),
+        "first_quarter+attention": union(first_quarter, attention),
+        "embedding+first_quarter+attention": union(embedding, first_quarter, attention),
     }
     rules = {name: rule for name, (rule, _) in recipes.RECIPES.items()}
-    rules.update({f"alt:{k}": v for k, v in alternatives.items() if k not in recipes.RECIPES})
+    rules.update({f"alt:{k}": v for k, v in alternatives.items()})
     return rules
 
 
@@ -113,9 +127,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="270M", help="published shape (270M, 450M, 1.1B, 3B)")
     parser.add_argument("--tokens", type=int, default=256, help="tokens of the sample text")
-    parser.add_argument("--bits", default="2,3", help="low widths for the one-group sweep")
+    parser.add_argument("--bits", default="2,3",
+                        help="low widths for the one-group sweep ('' skips it)")
     parser.add_argument("--plan-bits", default="2,3,4",
                         help="base widths for the recipe plans")
+    parser.add_argument("--uniform-bits", default="5,6,8",
+                        help="further uniform widths to place on the size/KL curve")
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
@@ -140,7 +157,7 @@ def main() -> None:
     for i in range(num_blocks):
         groups[f"block {i}"] = [p for p in fq.layers if recipes.block_index(p) == i]
     sweep = []
-    for bits in (int(b) for b in args.bits.split(",")):
+    for bits in (int(b) for b in args.bits.split(",") if b):
         for name, paths in groups.items():
             share = sum(fq.layers[p].weight.size for p in paths) / params
             row = {"group": name, "bits": bits, "weight_share": share,
@@ -162,9 +179,9 @@ def main() -> None:
             row = {"plan": name, "bits": bits, "bits_per_weight": bpw,
                    **measure(fq, plan_settings(fq, plan), inputs, targets, base_logits)}
             plans.append(row)
-            print(f"plan {bits}-bit {name:<24} {bpw:5.2f} bits/weight  KL {row['kl_mean']:.5f}  "
+            print(f"plan {bits}-bit {name:<38} {bpw:5.2f} bits/weight  KL {row['kl_mean']:.5f}  "
                   f"top-1 {row['top1_agreement']:.3f}", flush=True)
-    for bits in (5, 6, 8):
+    for bits in (int(b) for b in args.uniform_bits.split(",") if b):
         plan = {"group_size": gs, "bits": bits, "mode": "affine"}
         bpw = 8 * quant.weight_bytes({**config, "quantization": plan}) / params
         row = {"plan": "uniform", "bits": bits, "bits_per_weight": bpw,

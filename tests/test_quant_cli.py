@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from mlx_slm.cli import main
 from mlx_slm.loader import load_model
-from mlx_slm.synthetic import tiny_config
+from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
 from tests.test_quant import make_model_dir, quantizable_config
 
 
@@ -48,11 +48,21 @@ def test_quantize_with_a_recipe_and_no_report(tmp_path, src):
     result = run("quantize", src, out, "--q-bits", 3, "--q-group-size", 32, "--q-recipe",
                  "edges", "--no-report")
     assert result.exit_code == 0, result.output
-    assert "edges" in result.output and "perplexity" not in result.output
+    assert ", recipe edges: 9 layers at 6-bit" in result.output
+    assert "perplexity" not in result.output
     config = json.loads((out / "config.json").read_text())["quantization"]
     assert config["transformer.layers.0.ffn.proj_1"] == {"group_size": 32, "bits": 6,
                                                          "mode": "affine"}
     assert "transformer.layers.1.ffn.proj_1" not in config
+
+
+def test_quantize_without_a_tokenizer_skips_the_report(tmp_path):
+    hub = write_hub_checkpoint(tmp_path / "hub", quantizable_config(vocab_size=1000))
+    result = run("quantize", hub, tmp_path / "q")
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith(f"No quality report: {hub} has no tokenizer.model to read the "
+                                  "text with.\n")
+    assert load_model(tmp_path / "q")[1]["quantization"]["bits"] == 4
 
 
 def test_force_replaces_an_existing_directory(tmp_path, src):

@@ -29,14 +29,21 @@ def quantize(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force, no_report,
     Writes DST_DIR (in mlx-lm's format) from the unquantized model in SRC_DIR, then prints
     the quality report: perplexity of both, KL divergence, top-1 agreement, size and memory.
     """
+    from pathlib import Path
+
     from mlx_slm.quality_report import compare, format_comparison
     from mlx_slm.quantize_dir import quantize_directory
+    from mlx_slm.tokenizer import TOKENIZER_FILE
 
     result = quantize_directory(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force)
     q = result.quantization
-    layers = sum(isinstance(v, dict) for v in q.values())
-    mixed = f", {layers} layers at {q_recipe} recipe's higher width" if q_recipe else ""
+    raised = [v["bits"] for v in q.values() if isinstance(v, dict)]
+    mixed = f", recipe {q_recipe}: {len(raised)} layers at {max(raised)}-bit" if raised else ""
     click.echo(f"Quantized {result.src_dir} -> {result.out_dir}: {q['bits']}-bit, group size "
                f"{q['group_size']}{mixed} ({result.seconds:.1f} s)")
-    if not no_report:
-        click.echo(format_comparison(compare(src_dir, result.out_dir, max_tokens=report_tokens)))
+    if no_report:
+        return
+    if not (Path(src_dir) / TOKENIZER_FILE).exists():
+        click.echo(f"No quality report: {src_dir} has no {TOKENIZER_FILE} to read the text with.")
+        return
+    click.echo(format_comparison(compare(src_dir, result.out_dir, max_tokens=report_tokens)))
