@@ -57,15 +57,12 @@ def candidate_rules(num_blocks: int) -> dict:
     def union(*parts):
         return lambda p, n: any(part(p, n) for part in parts)
 
-    alternatives = {
+    alternatives = {  # the shipped recipes are: first_quarter, +embedding, +attention
         "embedding": embedding,
         "embedding+first_and_last": union(embedding, first_and_last),
-        "first_quarter": first_quarter,
-        "embedding+first_quarter": union(embedding, first_quarter),
         "attention": attention,
         "embedding+attention": union(embedding, attention),
         "first_quarter+attention": union(first_quarter, attention),
-        "embedding+first_quarter+attention": union(embedding, first_quarter, attention),
     }
     rules = {name: rule for name, (rule, _) in recipes.RECIPES.items()}
     rules.update({f"alt:{k}": v for k, v in alternatives.items()})

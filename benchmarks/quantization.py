@@ -39,7 +39,8 @@ from mlx_slm.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOATS = ("float32", "float16", "bfloat16")
-DEFAULT_PRECISIONS = "float32,float16,bfloat16,8,6,4,3,2,4:edges,3:edges,2:edges"
+DEFAULT_PRECISIONS = ("float32,float16,bfloat16,8,6,5,4,3,2,"
+                      "4:early,4:early-embed,3:early-embed,3:early-embed-attn")
 
 
 def model_dirs(size: str, precisions: list[str], group_size: int, workdir: Path, seed: int,

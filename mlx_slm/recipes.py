@@ -3,7 +3,10 @@
 A recipe is a rule over OpenELM's module paths (`transformer.token_embeddings`, which is also
 the output projection when tied, `lm_head` when not, and `transformer.layers.{i}.attn.qkv_proj`,
 `.attn.out_proj`, `.ffn.proj_1`, `.ffn.proj_2`). Layers it picks get HIGHER_BITS[bits], the
-rest `bits`. The rules were chosen by measurement (benchmarks/quant_sensitivity.py; README).
+rest `bits`. The rules were chosen by measurement (benchmarks/quant_sensitivity.py; README):
+on seeded synthetic weights the first blocks are by far the most sensitive per weight (their
+error passes through every later block), then the attention projections and the embedding;
+the last block is not.
 """
 
 from collections.abc import Callable
@@ -26,15 +29,32 @@ def _embedding(path: str, num_blocks: int) -> bool:
     return path in EMBEDDING_PATHS
 
 
-def _edges(path: str, num_blocks: int) -> bool:
-    return _embedding(path, num_blocks) or block_index(path) in (0, num_blocks - 1)
+def _attention(path: str, num_blocks: int) -> bool:
+    return path.endswith((".attn.qkv_proj", ".attn.out_proj"))
 
 
-# name -> (rule: does the layer at this path get the higher width?, one-line description)
+def _early(path: str, num_blocks: int) -> bool:
+    """In the first quarter of the blocks (at least the first block)."""
+    block = block_index(path)
+    return block is not None and block < max(1, num_blocks // 4)
+
+
+def _early_embed(path: str, num_blocks: int) -> bool:
+    return _early(path, num_blocks) or _embedding(path, num_blocks)
+
+
+def _early_embed_attn(path: str, num_blocks: int) -> bool:
+    return _early_embed(path, num_blocks) or _attention(path, num_blocks)
+
+
+# name -> (rule: does the layer at this path get the higher width?, one-line description).
+# Ordered by size: each adds the next most sensitive group per bit spent.
 RECIPES: dict[str, tuple[Callable[[str, int], bool], str]] = {
-    "embed": (_embedding, "the embedding / output projection at higher precision"),
-    "edges": (_edges, "the embedding / output projection and the first and last blocks at "
-                      "higher precision"),
+    "early": (_early, "the first quarter of the blocks"),
+    "early-embed": (_early_embed, "the first quarter of the blocks and the embedding "
+                                  "(the output projection)"),
+    "early-embed-attn": (_early_embed_attn, "the first quarter of the blocks, the embedding "
+                                            "and every attention projection"),
 }
 
 

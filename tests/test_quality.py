@@ -157,7 +157,7 @@ def test_compare_reports_sizes_and_the_same_model_agrees_with_itself(float_dir):
 
 def test_footprint_of_a_quantized_directory(tmp_path, float_dir):
     out = quantize_directory(float_dir, tmp_path / "q", bits=4, group_size=32,
-                             recipe="embed").out_dir
+                             recipe="early-embed").out_dir
     info = footprint(out, read_config(out))
     headers_bytes = sum(v.nbytes for v in load_weights(out).values())
     assert info["weight_bytes"] == headers_bytes

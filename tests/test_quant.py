@@ -1,6 +1,7 @@
 """Quantization: the config format (mlx-lm's), recipes, validation, memory, and mlx-lm interop."""
 
 import json
+import math
 import shutil
 
 import mlx.core as mx
@@ -16,7 +17,7 @@ from mlx_slm.memory_guard import weight_bytes as header_bytes
 from mlx_slm.model import Model, ModelArgs
 from mlx_slm.quantize_dir import quantize_directory
 from mlx_slm.recipes import HIGHER_BITS
-from mlx_slm.synthetic import published_config, tiny_config, write_hub_checkpoint
+from mlx_slm.synthetic import published_config, tensor_shapes, tiny_config, write_hub_checkpoint
 from tests.conftest import LLAMA2_TOKENIZER
 
 IDS = [1, 450, 73, 310, 846, 338, 299, 13, 999, 42, 7, 450]
@@ -83,31 +84,58 @@ def test_bfloat16_model_keeps_bfloat16_scales_biases_and_norms(tmp_path):
                                                               for k in floats)
 
 
-def test_edges_recipe_raises_embedding_and_first_and_last_blocks():
-    model = Model(ModelArgs.from_config(quantizable_config()))
-    entry = quant.quantize(model, bits=3, group_size=64, recipe="edges")
+def raised_paths(entry: dict) -> list[str]:
+    return sorted(k for k, v in entry.items() if isinstance(v, dict))
+
+
+BLOCK_LAYERS = ("attn.qkv_proj", "attn.out_proj", "ffn.proj_1", "ffn.proj_2")
+
+
+@pytest.mark.parametrize(
+    "recipe, expected",
+    [
+        ("early", [f"transformer.layers.0.{n}" for n in BLOCK_LAYERS]),
+        ("early-embed", ["transformer.token_embeddings"]
+         + [f"transformer.layers.0.{n}" for n in BLOCK_LAYERS]),
+        ("early-embed-attn", ["transformer.token_embeddings"]
+         + [f"transformer.layers.0.{n}" for n in BLOCK_LAYERS]
+         + [f"transformer.layers.{i}.attn.{n}" for i in (1, 2, 3)
+            for n in ("qkv_proj", "out_proj")]),
+    ],
+)
+def test_recipes_raise_the_layers_they_name(recipe, expected):
+    model = Model(ModelArgs.from_config(quantizable_config()))  # 4 blocks: a quarter is one
+    entry = quant.quantize(model, bits=3, group_size=64, recipe=recipe)
     high = {"group_size": 64, "bits": HIGHER_BITS[3], "mode": "affine"}
-    raised = sorted(k for k, v in entry.items() if isinstance(v, dict))
-    assert all(entry[k] == high for k in raised)
-    assert raised == sorted(["transformer.token_embeddings"] + [
-        f"transformer.layers.{i}.{name}" for i in (0, 3)
-        for name in ("attn.qkv_proj", "attn.out_proj", "ffn.proj_1", "ffn.proj_2")])
+    assert raised_paths(entry) == sorted(expected)
+    assert all(entry[k] == high for k in expected)
     layers = dict(model.named_modules())
-    assert layers["transformer.layers.0.ffn.proj_2"].bits == 6
-    assert layers["transformer.layers.1.ffn.proj_2"].bits == 3
-    assert layers["transformer.token_embeddings"].bits == 6
+    for path, module in layers.items():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            assert module.bits == (6 if path in expected else 3), path
 
 
-def test_embed_recipe_raises_an_untied_output_head():
+def test_early_recipe_at_the_270M_shape():
+    # 16 blocks: the first four are raised; the plan's size follows without allocating.
+    config = published_config("270M")
+    entry = quant.plan(Model(ModelArgs.from_config(config)), 4, 64, "early")
+    assert raised_paths(entry) == sorted(f"transformer.layers.{i}.{n}" for i in range(4)
+                                         for n in BLOCK_LAYERS)
+    params = sum(math.prod(s) for s in tensor_shapes(config).values())
+    bits_per_weight = 8 * quant.weight_bytes({**config, "quantization": entry}) / params
+    assert 4.6 < bits_per_weight < 4.8
+
+
+def test_recipes_raise_an_untied_output_head():
     model = Model(ModelArgs.from_config(quantizable_config(share_input_output_layers=False)))
-    entry = quant.quantize(model, bits=4, group_size=128, recipe="embed")
-    assert sorted(k for k, v in entry.items() if isinstance(v, dict)) == [
-        "lm_head", "transformer.token_embeddings"]
-    assert model.lm_head.bits == 6 and model.transformer.layers[0].attn.qkv_proj.bits == 4
+    entry = quant.quantize(model, bits=4, group_size=128, recipe="early-embed")
+    assert "lm_head" in raised_paths(entry) and "transformer.token_embeddings" in entry
+    assert model.lm_head.bits == 6 and model.transformer.layers[1].attn.qkv_proj.bits == 4
 
 
 def test_config_entry_round_trips_through_the_loader(tmp_path, base_dir):
-    quantize_directory(base_dir, tmp_path / "mixed", bits=2, group_size=32, recipe="edges")
+    quantize_directory(base_dir, tmp_path / "mixed", bits=2, group_size=32,
+                       recipe="early-embed-attn")
     config = json.loads((tmp_path / "mixed" / "config.json").read_text())
     model = build_model(config)
     layers = dict(model.named_modules())
@@ -132,8 +160,8 @@ def test_false_entry_keeps_a_layer_unquantized():
         ({"bits": 7}, r"Unsupported bit width 7: choose one of \(2, 3, 4, 5, 6, 8\)\."),
         ({"group_size": 48}, r"Unsupported group size 48: choose one of \(32, 64, 128\)\."),
         ({"recipe": "mixed_4_6"}, "Unknown quantization recipe 'mixed_4_6': choose one of "
-                                  "embed, edges."),
-        ({"bits": 8, "recipe": "edges"}, "Recipe 'edges' gives some layers more than 8 bits"),
+                                  "early, early-embed, early-embed-attn."),
+        ({"bits": 8, "recipe": "early"}, "Recipe 'early' gives some layers more than 8 bits"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):
@@ -171,7 +199,8 @@ def test_bad_config_entries_are_refused_by_the_loader(entry, message):
 
 
 def test_weight_bytes_from_config_match_the_written_files(tmp_path, base_dir):
-    for bits, group_size, recipe in ((4, 64, None), (3, 32, "edges"), (6, 128, "embed")):
+    for bits, group_size, recipe in ((4, 64, None), (3, 32, "early-embed-attn"),
+                                       (6, 128, "early-embed")):
         out = tmp_path / f"q{bits}"
         result = quantize_directory(base_dir, out, bits, group_size, recipe)
         config = {**quantizable_config(vocab_size=1000), "quantization": result.quantization}
@@ -192,7 +221,7 @@ def test_weight_memory_targets_at_real_shapes(size):
 
 def test_our_quantized_directories_load_in_mlx_lm(tmp_path, base_dir):
     mlx_lm_utils = pytest.importorskip("mlx_lm.utils")
-    for name, kwargs in (("q4", {}), ("mixed", {"bits": 3, "recipe": "edges"})):
+    for name, kwargs in (("q4", {}), ("mixed", {"bits": 3, "recipe": "early-embed-attn"})):
         out = tmp_path / name
         quantize_directory(base_dir, out, **kwargs)
         # float32 compute on both sides, so only the reading of the files can differ.

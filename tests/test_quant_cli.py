@@ -46,9 +46,9 @@ def test_quantize_writes_a_loadable_directory_and_reports_quality(tmp_path, src)
 def test_quantize_with_a_recipe_and_no_report(tmp_path, src):
     out = tmp_path / "mixed"
     result = run("quantize", src, out, "--q-bits", 3, "--q-group-size", 32, "--q-recipe",
-                 "edges", "--no-report")
+                 "early-embed", "--no-report")
     assert result.exit_code == 0, result.output
-    assert ", recipe edges: 9 layers at 6-bit" in result.output
+    assert ", recipe early-embed: 5 layers at 6-bit" in result.output
     assert "perplexity" not in result.output
     config = json.loads((out / "config.json").read_text())["quantization"]
     assert config["transformer.layers.0.ffn.proj_1"] == {"group_size": 32, "bits": 6,
@@ -84,8 +84,8 @@ def test_force_replaces_an_existing_directory(tmp_path, src):
         (["--q-bits", 7], "Unsupported bit width 7: choose one of (2, 3, 4, 5, 6, 8)."),
         (["--q-group-size", 100], "Unsupported group size 100: choose one of (32, 64, 128)."),
         (["--q-recipe", "mixed_3_6"], "Unknown quantization recipe 'mixed_3_6': choose one of "
-                                      "embed, edges."),
-        (["--q-bits", 8, "--q-recipe", "embed"], "Recipe 'embed' gives some layers more than 8 "
+                                      "early, early-embed, early-embed-attn."),
+        (["--q-bits", 8, "--q-recipe", "early"], "Recipe 'early' gives some layers more than 8 "
                                                  "bits, and 8 is the most there is; lower the "
                                                  "bit width or drop the recipe."),
     ],
