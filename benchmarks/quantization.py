@@ -85,8 +85,10 @@ def row(size: str, precision: str, reference: Path, model_dir: Path, args,
         prompt: list[int]) -> dict:
     report = compare(reference, model_dir, max_tokens=args.tokens)
     quant = report["quant"]
+    recipe = precision.partition(":")[2]
     return {
-        "size": size, "precision": precision, "label": quant["precision"],
+        "size": size, "precision": precision,
+        "label": quant["precision"] + (f" ({recipe})" if recipe else ""),
         "size_on_disk_bytes": quant["size_on_disk_bytes"], "weight_bytes": quant["weight_bytes"],
         "float16_ratio": quant["float16_ratio"], "bits_per_weight": quant["bits_per_weight"],
         "perplexity": report["perplexity_quant"], "reference_perplexity": report["perplexity"],
@@ -105,7 +107,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['size']} | {r['label']} | {r['size_on_disk_bytes'] / 1e9:.3f} GB "
             f"| {r['weight_bytes'] / 1e9:.3f} GB | {r['float16_ratio']:.3f} "
-            f"| {r['bits_per_weight']:.2f} | {r['perplexity']:.1f} | {r['kl_mean']:.5f} "
+            f"| {r['bits_per_weight']:.2f} | {r['perplexity']:.1f} | {r['kl_mean']:.3g} "
             f"| {r['top1_agreement']:.1%} | {r['prompt_tps']:.1f} | {r['decode_tps']:.2f} |"
         )
     return "\n".join(lines)
