@@ -68,7 +68,9 @@ def tokenizer_config(config: dict) -> dict:
         "unk_token": "<unk>",
         "add_bos_token": True,
         "add_eos_token": False,
-        "legacy": False,
+        # SentencePiece's own behaviour (transformers 4.x; 5.x ignores it and differs only
+        # for text that starts with a space).
+        "legacy": True,
         "clean_up_tokenization_spaces": False,
         "model_max_length": config.get("max_context_length", 2048),
     }

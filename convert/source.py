@@ -37,7 +37,8 @@ class Source:
         meta = self.config.get(METADATA_KEY) or {}
         if "instruct" in meta:
             return bool(meta["instruct"])
-        return repo_name(self.name, self.path).endswith("-Instruct")
+        # apple/OpenELM-270M-Instruct, mlx-community/OpenELM-3B-Instruct-4bit, ...
+        return "instruct" in repo_name(self.name, self.path).split("/")[-1].lower().split("-")
 
 
 def repo_name(name: str, path: Path) -> str:

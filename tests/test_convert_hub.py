@@ -1,6 +1,7 @@
 """Converting Hub repo ids: huggingface_hub's real cache and offline mode, its errors mapped
 to one-line messages, and the tokenizer's resolution. Nothing here touches the network."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ from huggingface_hub.utils import (
 from mlx_slm.chat_format import METADATA_KEY
 from mlx_slm.cli import main
 from mlx_slm.convert.llama_tokenizer import LLAMA2_SHA256
+from mlx_slm.convert.manifest import MANIFEST_FILE, file_sha256
+from mlx_slm.convert.pipeline import convert
 from mlx_slm.loader import load
 from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
 from mlx_slm.weights import read_config
@@ -225,22 +228,33 @@ def test_tokenizer_repo_without_the_file(tmp_path, monkeypatch, hub_checkpoint):
             "directory.")
 
 
-def test_mlx_repo_brings_its_own_tokenizer(tmp_path, monkeypatch, hub_checkpoint):
-    """mlx-community conversions: quantized MLX weights plus tokenizer files, used as they are."""
-    mlx_dir = tmp_path / "mlx"
-    assert run_convert(hub_checkpoint, mlx_dir, "-q", "--q-group-size", "32", "--tokenizer",
-                       LLAMA2_TOKENIZER, "--no-instruct").exit_code == 0
+MLX_REPO = "mlx-community/OpenELM-270M-Instruct-4bit"
+
+
+def add_mlx_community_repo(cache: Path, hub_checkpoint: Path, work: Path) -> dict:
+    """An mlx-community style repo: 4-bit MLX weights, its tokenizer, no metadata of ours."""
+    mlx_dir = work / "mlx-community"
+    convert(hub_checkpoint, mlx_dir, tokenizer=str(LLAMA2_TOKENIZER), quantize=True,
+            q_group_size=32, log=lambda _: None)
     config = read_config(mlx_dir)
-    del config[METADATA_KEY]  # as mlx-lm writes it
-    (mlx_dir / "config.json").write_text(__import__("json").dumps(config))
+    del config[METADATA_KEY]
+    (mlx_dir / "config.json").write_text(json.dumps(config))
+    fake_repo(cache, MLX_REPO, {k: v for k, v in hub_files(mlx_dir).items()
+                                if k != MANIFEST_FILE})
+    return config
+
+
+def test_mlx_repo_brings_its_own_tokenizer(tmp_path, monkeypatch, hub_checkpoint):
     cache = tmp_path / "hf"
     use_offline_cache(monkeypatch, cache)
-    fake_repo(cache, "mlx-community/OpenELM-270M-Instruct-4bit", hub_files(mlx_dir))
+    config = add_mlx_community_repo(cache, hub_checkpoint, tmp_path)
     out = tmp_path / "out"
-    result = run_convert("mlx-community/OpenELM-270M-Instruct-4bit", out)
+    result = run_convert(MLX_REPO, out)
     assert result.exit_code == 0, result.output  # no tokenizer repo in the cache: not needed
-    assert "4-bit, group size 32" in result.output and "Instruct" in result.output
+    assert "4-bit, group size 32" in result.output and "Instruct (chat format on)" in result.output
+    assert f"models--mlx-community--OpenELM-270M-Instruct-4bit/snapshots/{COMMIT}" in result.output
     assert read_config(out)["quantization"] == config["quantization"]
+    assert read_config(out)[METADATA_KEY]["instruct"] is True
     load(out)
 
 
@@ -248,7 +262,6 @@ def test_a_tokenizer_with_the_wrong_hash(tmp_path, hub_checkpoint):
     other = tmp_path / "tokenizer.model"
     data = LLAMA2_TOKENIZER.read_bytes()
     other.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    from mlx_slm.convert.manifest import file_sha256
 
     out = tmp_path / "out"
     assert error_of(run_convert(hub_checkpoint, out, "--tokenizer", other)) == (
