@@ -26,8 +26,8 @@ from .staging import check_destination, staged_directory
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 # Apple: 3B overflows in float16, use bfloat16. Decided by size, not by name.
 BFLOAT16_ABOVE_PARAMS = 2_000_000_000
-# The Hub config's auto_map points at remote-code files we do not ship; transformers would
-# ask whether to run them.
+# Not carried over from the source config: auto_map names remote-code files we do not ship
+# (transformers would ask whether to run them); the rest we write afresh.
 DROPPED_KEYS = ("auto_map", "quantization", "quantization_config", METADATA_KEY)
 
 

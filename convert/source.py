@@ -26,7 +26,7 @@ HF_CACHE_FOLDER = re.compile(r"models--([^/]+?)--([^/]+)")
 @dataclass
 class Source:
     path: Path  # a local directory holding config.json and the weights
-    name: str  # the repo id, or the directory as given
+    name: str  # the repo id, or the directory's absolute path
     revision: str | None  # the commit of a Hub snapshot
     config: dict
     tokenizer: TokenizerFile
@@ -59,8 +59,7 @@ def checked_config(model_dir: Path) -> dict:
     return config
 
 
-def open_source(source: str, revision: str | None = None,
-                tokenizer: str | None = None, log=print) -> Source:
+def open_source(source: str, revision: str | None, tokenizer: str | None, log) -> Source:
     """Resolve SOURCE (a directory or a Hub repo id) and its tokenizer; download if needed."""
     path = Path(source).expanduser()
     if path.is_dir():

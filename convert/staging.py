@@ -24,8 +24,10 @@ OLD_MARK = ".old-"
 
 def check_destination(dest: Path, force: bool) -> None:
     """Refuse a destination that is a file, or an existing directory without `force`."""
-    if dest.is_symlink() or dest.exists():
-        if not dest.is_dir() or dest.is_symlink():
+    if dest.is_symlink():
+        raise SlmError(f"{dest} is a symbolic link; give the directory it points to instead.")
+    if dest.exists():
+        if not dest.is_dir():
             raise SlmError(f"{dest} exists and is not a directory; choose another output path.")
         if not force:
             raise SlmError(

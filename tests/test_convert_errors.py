@@ -114,7 +114,7 @@ def test_bad_source(tmp_path, hub_checkpoint, damage, message):
          "Cannot quantize {src}: [quantize] The last dimension of the matrix needs to be "
          "divisible by the quantization group size 64."),
         (["{src}", "{tmp}/out", "-q", "--q-recipe", "no-such-recipe"],
-         "Unknown quantization recipe 'no-such-recipe'"),
+         "'no-such-recipe'"),
     ],
 )
 def test_bad_arguments(tmp_path, hub_checkpoint, args, message):

@@ -81,10 +81,11 @@ def summary(result) -> str:
     quantized = f"{q['bits']}-bit, group size {q['group_size']}" if q else "not quantized"
     kind = "Instruct (chat format on)" if result.instruct else "base model"
     files = len(result.files)
+    size = f"{result.bytes / 1e9:.2f} GB" if result.bytes >= 1e9 else f"{result.bytes / 1e6:.1f} MB"
     tok = result.tokenizer
     return "\n".join([
         f"Converted {result.source}{revision} -> {result.out_dir}",
-        f"  {result.bytes / 1e9:.2f} GB ({files} weight file{'s' if files > 1 else ''}), "
+        f"  {size} ({files} weight file{'s' if files > 1 else ''}), "
         f"{result.dtype}, {quantized}, {kind}",
         f"  tokenizer sha256 {tok.sha256[:8]}...{tok.sha256[-4:]} (Llama-2, from {tok.origin})",
         f"  took {result.seconds:.1f} s",
