@@ -128,3 +128,16 @@ def test_bad_arguments(tmp_path, hub_checkpoint, args, message):
     assert message.format(**fill) in error_of(CliRunner().invoke(main, argv))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert sorted(p.name for p in src.iterdir()) == sorted(p.name for p in hub_checkpoint.iterdir())
+
+
+def test_symlinked_destination_is_refused(tmp_path, hub_checkpoint):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    result = CliRunner().invoke(main, ["convert", str(hub_checkpoint), str(link), "--force",
+                                       "--tokenizer", str(LLAMA2_TOKENIZER)])
+    assert error_of(result) == (
+        f"Error: {link} is a symbolic link; give the directory it points to instead."
+    )
+    assert list(real.iterdir()) == []

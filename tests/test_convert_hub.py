@@ -273,3 +273,14 @@ def test_a_tokenizer_with_the_wrong_hash(tmp_path, hub_checkpoint):
         "HF_TOKEN."
     )
     assert not out.exists()
+
+
+def test_tokenizer_repo_that_lacks_the_file_online(tmp_path, monkeypatch, hub_checkpoint):
+    from huggingface_hub.utils import EntryNotFoundError
+
+    def download(repo_id, filename, revision=None):
+        raise EntryNotFoundError(f"404: {filename} not found\nin {repo_id}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    result = run_convert(hub_checkpoint, tmp_path / "o", "--tokenizer", "someone/no-tokenizer")
+    assert error_of(result) == "Error: someone/no-tokenizer has no tokenizer.model."
