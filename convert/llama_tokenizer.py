@@ -15,6 +15,7 @@ from .hub import HubError, fetch_file
 from .manifest import file_sha256
 
 LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
+LLAMA2_PIECES = 32000
 # The official (gated) copy first, then a byte-identical public one.
 DEFAULT_REPOS = ("meta-llama/Llama-2-7b-hf", "NousResearch/Llama-2-7b-hf")
 HOW_TO_SUPPLY = (

@@ -17,7 +17,7 @@ from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import read_config
 
 from .hub import LIGHT_FILES, MODEL_FILES, fetch_snapshot
-from .llama_tokenizer import TokenizerFile, resolve_tokenizer
+from .llama_tokenizer import LLAMA2_PIECES, TokenizerFile, resolve_tokenizer
 
 # huggingface_hub's cache folder for a model repo: models--{owner}--{name}
 HF_CACHE_FOLDER = re.compile(r"models--([^/]+?)--([^/]+)")
@@ -53,9 +53,14 @@ def repo_name(name: str, path: Path) -> str:
 
 
 def checked_config(model_dir: Path) -> dict:
-    """config.json of `model_dir`, validated as an OpenELM config."""
+    """config.json of `model_dir`, validated as an OpenELM config over the Llama-2 vocabulary."""
     config = read_config(model_dir)
     ModelArgs.from_config(config)
+    if config.get("vocab_size", LLAMA2_PIECES) != LLAMA2_PIECES:
+        raise SlmError(
+            f"{model_dir / 'config.json'}: vocab_size is {config['vocab_size']}, but OpenELM's "
+            f"Llama-2 tokenizer has {LLAMA2_PIECES} pieces; this is not an OpenELM checkpoint."
+        )
     return config
 
 

@@ -145,7 +145,7 @@ def test_generate_with_an_unknown_repo_offline(tmp_path, hub):
 
 def test_generate_with_an_mlx_community_repo(tmp_path, hub, hub_checkpoint):
     add_mlx_community_repo(hub, hub_checkpoint, tmp_path)
-    result = CliRunner().invoke(main, ["generate", "-m", MLX_REPO, "-n", "2", "--json"])
+    result = CliRunner().invoke(main, ["generate", "-m", MLX_REPO, "-p", "Hi", "-n", "1", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["chat_format"] is True and report["quantization"]["bits"] == 4

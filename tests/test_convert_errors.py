@@ -60,6 +60,11 @@ def unknown_model_type(src):
     (src / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
 
 
+def other_vocabulary(src):
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "vocab_size": 50000}))
+
+
 def missing_shard(src):
     shutil.rmtree(src)
     write_hub_checkpoint(src, tiny_config(), seed=3, max_shard_bytes=200_000)
@@ -78,6 +83,8 @@ def missing_shard(src):
         (missing_tensor, f"{{src}}: tensor {LAYER1}ffn_norm.weight is missing;"),
         (unknown_model_type, "Unsupported model_type 'llama' in config.json"),
         (missing_shard, "model-00002-of-"),
+        (other_vocabulary, "{src}/config.json: vocab_size is 50000, but OpenELM's Llama-2 "
+                           "tokenizer has 32000 pieces; this is not an OpenELM checkpoint."),
     ],
 )
 def test_bad_source(tmp_path, hub_checkpoint, damage, message):

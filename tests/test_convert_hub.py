@@ -87,8 +87,8 @@ def test_converts_from_the_hub_cache_offline(tmp_path, monkeypatch, hub_checkpoi
 def test_sharded_repo_from_the_cache(tmp_path, monkeypatch):
     cache = tmp_path / "hf"
     use_offline_cache(monkeypatch, cache)
-    checkpoint = write_hub_checkpoint(tmp_path / "src", tiny_config(vocab_size=500), seed=2,
-                                      max_shard_bytes=50_000)
+    checkpoint = write_hub_checkpoint(tmp_path / "src", tiny_config(), seed=2,
+                                      max_shard_bytes=500_000)
     fake_repo(cache, "apple/OpenELM-3B", hub_files(checkpoint))
     out = tmp_path / "out"
     result = run_convert("apple/OpenELM-3B", out, "--tokenizer", LLAMA2_TOKENIZER)

@@ -24,6 +24,11 @@ def logits(model) -> np.ndarray:
     return np.array(model(mx.array([IDS]))[0].astype(mx.float32))
 
 
+def assert_close(got: np.ndarray, expected: np.ndarray) -> None:
+    """float16 logits from two implementations that order their sums differently."""
+    assert np.abs(got - expected).max() <= 0.01 * np.abs(expected).max()
+
+
 def quiet(_message):
     pass
 
@@ -35,7 +40,7 @@ def test_our_output_loads_in_mlx_lm(tmp_path, hub_checkpoint, quantize):
             q_group_size=32, log=quiet)
     ours, our_tokenizer = load(out)
     theirs, their_tokenizer = mlx_lm.load(str(out))
-    np.testing.assert_allclose(logits(theirs), logits(ours), atol=1e-3, rtol=1e-3)
+    assert_close(logits(theirs), logits(ours))
     for text in TEXTS:
         ids = our_tokenizer.encode(text)
         assert their_tokenizer.encode(text) == ids, text
@@ -66,9 +71,9 @@ def test_mlx_lm_output_loads_in_ours(tmp_path, mlx_lm_source, quantize):
     theirs, _ = mlx_lm.utils.load_model(out)
     ours, config = load_model(out)
     assert bool(config.get("quantization")) == quantize
-    np.testing.assert_allclose(logits(ours), logits(theirs), atol=1e-3, rtol=1e-3)
+    assert_close(logits(ours), logits(theirs))
     # Re-converted by us (with our metadata and tokenizer), it still computes the same.
     again = tmp_path / "again"
     convert(out, again, tokenizer=str(LLAMA2_TOKENIZER), log=quiet)
     model, _ = load(again)
-    np.testing.assert_allclose(logits(model), logits(theirs), atol=1e-3, rtol=1e-3)
+    assert_close(logits(model), logits(theirs))
