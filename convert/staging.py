@@ -42,17 +42,18 @@ def staged_directory(dest: Path, force: bool = False) -> Iterator[Path]:
     dest = Path(dest).absolute()
     check_destination(dest, force)
     created = _make_parents(dest.parent)
-    remove_leftovers(dest)
-    tmp = _fresh_sibling(dest, TEMP_MARK)
-    done = False
+    tmp, done = None, False
     try:
+        remove_leftovers(dest)
+        tmp = _fresh_sibling(dest, TEMP_MARK)
         with _sigterm_as_exit():
             yield tmp
-            _move_into_place(tmp, dest, force)
+        _move_into_place(tmp, dest, force)
         done = True
     finally:
         if not done:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             for parent in reversed(created):
                 _remove_if_empty(parent)
 
