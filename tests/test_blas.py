@@ -70,6 +70,15 @@ def test_bogus_path_warns_once_and_falls_back(tmp_path, value):
     assert "Traceback" not in done.stderr
 
 
+def test_keyword_for_a_family_that_is_not_installed(tmp_path):
+    done = run(MATMUL.format(out=tmp_path / "x.npy"), env={"MLX_SLM_BLAS": "mkl"})
+    if "mkl" in done.stdout:  # the mkl wheel is installed here: it must then serve MLX
+        assert done.stdout.strip().startswith("mkl (")
+    else:
+        assert done.stdout.strip() == "reference"
+        assert "MLX_SLM_BLAS=mkl cannot be used (not installed)" in done.stderr
+
+
 def test_library_without_cblas_names_is_refused(tmp_path):
     libm = "libm.so.6"
     done = run(MATMUL.format(out=tmp_path / "x.npy"), env={"MLX_SLM_BLAS": libm})
