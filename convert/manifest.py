@@ -2,7 +2,9 @@
 
 A directory whose manifest is missing, unreadable or disagrees with the files was
 interrupted or damaged after the fact; the auto-convert cache rebuilds it instead of
-loading it.
+loading it. Hashing gigabytes on every start would cost seconds, so a file is re-hashed
+only when its size or modification time (nanoseconds) differs from the record: any write
+to it changes those.
 """
 
 import hashlib
@@ -28,33 +30,40 @@ def write_manifest(model_dir: Path) -> None:
     """Record the size and sha256 of every file in `model_dir` (call it after the last write)."""
     model_dir = Path(model_dir)
     files = {
-        p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        p.name: {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
+                 "sha256": file_sha256(p)}
         for p in sorted(model_dir.iterdir())
         if p.is_file() and p.name != MANIFEST_FILE
     }
     write_json(model_dir / MANIFEST_FILE, {"files": files})
 
 
-def manifest_problem(model_dir: Path) -> str | None:
-    """Why `model_dir` does not match its manifest, or None when every file does."""
+def manifest_problem(model_dir: Path, deep: bool = False) -> str | None:
+    """Why `model_dir` does not match its manifest, or None when every file does.
+
+    `deep` re-hashes every file even when its size and modification time are unchanged.
+    """
     model_dir = Path(model_dir)
     try:
         with open(model_dir / MANIFEST_FILE, encoding="utf-8") as f:
             files = json.load(f)["files"]
-        expected = {str(name): (int(e["size"]), str(e["sha256"])) for name, e in files.items()}
+        expected = {str(name): (int(e["size"]), e.get("mtime_ns"), str(e["sha256"]))
+                    for name, e in files.items()}
     except FileNotFoundError:
         return "no manifest (an interrupted conversion)"
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "unreadable manifest"
     if not expected:
         return "empty manifest"
-    for name, (size, sha256) in sorted(expected.items()):
+    for name, (size, mtime_ns, sha256) in sorted(expected.items()):
         path = model_dir / name
         if Path(name).name != name or not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size} bytes, not {size}"
-        if file_sha256(path) != sha256:
+        stat = path.stat()
+        if stat.st_size != size:
+            return f"{name} has {stat.st_size} bytes, not {size}"
+        unchanged = stat.st_mtime_ns == mtime_ns
+        if (deep or not unchanged) and file_sha256(path) != sha256:
             return f"{name} is corrupt (sha256 mismatch)"
     # A stray weight file or index would change what the loader reads.
     strays = sorted(

@@ -149,3 +149,21 @@ def test_generate_with_an_mlx_community_repo(tmp_path, hub, hub_checkpoint):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["chat_format"] is True and report["quantization"]["bits"] == 4
+
+
+def test_unchanged_files_are_not_rehashed_but_a_deep_check_rehashes(tmp_path, hub, monkeypatch):
+    import os
+
+    from mlx_slm.convert import manifest
+
+    entry = auto.converted_model_dir(REPO, log=lambda _: None)
+    hashed = []
+    real = manifest.file_sha256
+    monkeypatch.setattr(manifest, "file_sha256", lambda p: hashed.append(p.name) or real(p))
+    assert manifest_problem(entry) is None and hashed == []  # start-up cost: stat calls only
+    weights = entry / "model.safetensors"
+    stat = weights.stat()
+    flip_a_byte(entry)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # a write that hid its trace
+    assert manifest_problem(entry) is None
+    assert manifest_problem(entry, deep=True) == "model.safetensors is corrupt (sha256 mismatch)"
