@@ -113,8 +113,10 @@ def destination_lock(dest: Path, wait: bool = False) -> Iterator[None]:
 
 def wait_for_writer(dest: Path) -> None:
     """Block until no process is writing `dest`."""
-    with suppress(FileNotFoundError), destination_lock(Path(dest).absolute(), wait=True):
-        pass
+    dest = Path(dest).absolute()
+    if dest.parent.is_dir():  # else the writer failed and removed the parents it made
+        with destination_lock(dest, wait=True):
+            pass
 
 
 def _is_file_at(fd: int, path: Path) -> bool:
