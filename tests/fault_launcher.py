@@ -63,6 +63,7 @@ def wrap(owner, name: str, before=None, after=None) -> None:
 
 
 def install(point: Points, no_exchange: bool) -> None:
+    """Wrap the functions that mark each point (see the module docstring)."""
     import mlx.core as mx
 
     from mlx_slm.convert import auto, pipeline, source, staging
