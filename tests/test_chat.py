@@ -201,3 +201,76 @@ def test_chat_cli_reports_a_missing_model(tmp_path):
     result = CliRunner().invoke(main, ["chat", "-m", str(tmp_path / "nope")], input="")
     assert result.exit_code == 1
     assert "is neither a model directory nor a Hub repo id" in result.stderr
+
+
+def read_until(fd, marker: bytes, seen: bytearray, timeout: float = 60.0) -> bytes:
+    """Read the terminal until `marker` appears after what was already `seen`."""
+    import os
+    import select
+    import time
+
+    start = len(seen)
+    deadline = time.monotonic() + timeout
+    while marker not in seen[start:]:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {marker!r} in {bytes(seen[start:])[-300:]!r}")
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            chunk = b""
+        if not chunk:
+            raise AssertionError(f"EOF before {marker!r}: {bytes(seen[start:])[-300:]!r}")
+        seen += chunk
+    return bytes(seen[start:])
+
+
+def test_chat_in_a_real_terminal(instruct_dir):
+    import os
+    import pty
+    import sys
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the chat, on a pseudo-terminal
+        os.execv(sys.executable, [sys.executable, "-m", "mlx_slm", "chat", "-m",
+                                  str(instruct_dir), "-n", "1500"])
+    seen = bytearray()
+    exited = False
+    try:
+        read_until(fd, b"> ", seen)
+        os.write(fd, b"Tell me a long story.\r")
+        read_until(fd, b"story.", seen)  # the terminal's echo
+        read_until(fd, b" ", seen)  # the answer has begun streaming
+        os.write(fd, b"\x03")  # Ctrl-C: stops the answer, not the chat
+        read_until(fd, b"[interrupted]", seen)
+        read_until(fd, b"> ", seen)
+        os.write(fd, b"/stats\r")
+        stats = read_until(fd, b"> ", seen)
+        assert b"context: " in stats and b"1 exchange(s)" in stats
+        os.write(fd, b"\x04")  # Ctrl-D at the prompt leaves
+        _, status = os.waitpid(pid, 0)
+        exited = True
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+        if not exited:  # only our own child, and only while it has not been reaped
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("flags, text", [
+    ([], "Sacramento.\n"),  # an Instruct model: chat format, stopped at the next turn header
+    (["--no-chat"], "Sacramento.\n<|user|>"),  # a completion: headers are just text
+])
+def test_generate_in_chat_format_stops_at_a_turn_header(instruct_dir, monkeypatch, flags, text):
+    import json
+
+    import mlx_slm.sample
+
+    _, tokenizer = load(instruct_dir)
+    script = dict(enumerate(tokenizer.encode("Sacramento.\n<|user|>", bos=False)))
+    monkeypatch.setattr(mlx_slm.sample, "make_sampler", lambda *a: scripted_sampler(script))
+    result = CliRunner().invoke(main, ["generate", "-m", str(instruct_dir), "-n", str(len(script)),
+                                       "--json", *flags])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["text"] == text
