@@ -203,59 +203,72 @@ def test_chat_cli_reports_a_missing_model(tmp_path):
     assert "is neither a model directory nor a Hub repo id" in result.stderr
 
 
-def read_until(fd, marker: bytes, seen: bytearray, timeout: float = 60.0) -> bytes:
-    """Read the terminal until `marker` appears after what was already `seen`."""
-    import os
-    import select
-    import time
+class Terminal:
+    """The controlling side of a pseudo-terminal, read up to expected markers."""
 
-    start = len(seen)
-    deadline = time.monotonic() + timeout
-    while marker not in seen[start:]:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise AssertionError(f"no {marker!r} in {bytes(seen[start:])[-300:]!r}")
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # the child closed the terminal
-            chunk = b""
-        if not chunk:
-            raise AssertionError(f"EOF before {marker!r}: {bytes(seen[start:])[-300:]!r}")
-        seen += chunk
-    return bytes(seen[start:])
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.seen = b""
+        self.position = 0
+
+    def expect(self, marker: bytes, timeout: float = 60.0) -> bytes:
+        """What the program wrote up to `marker`, which must come within `timeout` s."""
+        import os
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        while (found := self.seen.find(marker, self.position)) < 0:
+            ready, _, _ = select.select([self.fd], [], [], max(0, deadline - time.monotonic()))
+            try:
+                chunk = os.read(self.fd, 4096) if ready else b""
+            except OSError:  # the program closed the terminal
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"no {marker!r} in {self.seen[self.position:][-300:]!r}")
+            self.seen += chunk
+        text = self.seen[self.position : found]
+        self.position = found + len(marker)
+        return text
+
+    def write(self, data: bytes) -> None:
+        import os
+
+        os.write(self.fd, data)
 
 
 def test_chat_in_a_real_terminal(instruct_dir):
     import os
-    import pty
+    import signal
+    import subprocess
     import sys
 
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the chat, on a pseudo-terminal
-        os.execv(sys.executable, [sys.executable, "-m", "mlx_slm", "chat", "-m",
-                                  str(instruct_dir), "-n", "1500"])
-    seen = bytearray()
-    exited = False
+    # subprocess, not pty.fork: forking this process (MLX threads running) can deadlock.
+    fd, child_end = os.openpty()
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "mlx_slm", "chat", "-m", str(instruct_dir), "-n", "1500"],
+        stdin=child_end, stdout=child_end, stderr=child_end, start_new_session=True,
+    )
+    os.close(child_end)
+    terminal = Terminal(fd)
     try:
-        read_until(fd, b"> ", seen)
-        os.write(fd, b"Tell me a long story.\r")
-        read_until(fd, b"story.", seen)  # the terminal's echo
-        read_until(fd, b" ", seen)  # the answer has begun streaming
-        os.write(fd, b"\x03")  # Ctrl-C: stops the answer, not the chat
-        read_until(fd, b"[interrupted]", seen)
-        read_until(fd, b"> ", seen)
-        os.write(fd, b"/stats\r")
-        stats = read_until(fd, b"> ", seen)
+        terminal.expect(b"> ")
+        terminal.write(b"Tell me a long story.\r")
+        terminal.expect(b"story.\r\n")  # the terminal's echo
+        terminal.expect(b" ")  # the answer has begun streaming
+        chat.send_signal(signal.SIGINT)  # what Ctrl-C sends: stops the answer, not the chat
+        terminal.expect(b"[interrupted]")
+        terminal.expect(b"> ")
+        terminal.write(b"/stats\r")
+        stats = terminal.expect(b"> ")
         assert b"context: " in stats and b"1 exchange(s)" in stats
-        os.write(fd, b"\x04")  # Ctrl-D at the prompt leaves
-        _, status = os.waitpid(pid, 0)
-        exited = True
-        assert os.waitstatus_to_exitcode(status) == 0
+        terminal.write(b"\x04")  # Ctrl-D at the prompt leaves
+        assert chat.wait(timeout=60) == 0
     finally:
         os.close(fd)
-        if not exited:  # only our own child, and only while it has not been reaped
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
+        if chat.poll() is None:
+            chat.kill()
+            chat.wait()
 
 
 @pytest.mark.parametrize("flags, text", [
