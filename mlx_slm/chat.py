@@ -88,7 +88,7 @@ class ChatSession:
         report = {
             "context_tokens": len(self.ids()),
             "context_limit": self.context,
-            "turns": sum(t.role == "user" for t in self.turns),
+            "exchanges": sum(t.role == "user" for t in self.turns),
             "cache_gb": sum(c.nbytes for c in self.cache) / 1e9,
             **memory_report(),
         }
@@ -175,7 +175,7 @@ def format_chat_stats(report: dict) -> str:
     """The /stats lines."""
     lines = [
         f"context: {report['context_tokens']} of {report['context_limit']} tokens, "
-        f"{report['turns']} exchange(s), KV cache {report['cache_gb']:.3f} GB",
+        f"{report['exchanges']} exchange(s), KV cache {report['cache_gb']:.3f} GB",
     ]
     if "last_prompt_tokens" in report:
         lines.append(

@@ -182,7 +182,7 @@ class QuizRun:
 
 
 def run_quiz(model, tokenizer, questions: list[Question], *, chat: bool,
-             system: str | None = None, batch_size: int = 8, max_tokens: int = 32,
+             batch_size: int, system: str | None = None, max_tokens: int = 32,
              sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
              on_progress: Callable[[int, int], None] | None = None,
              clock: Callable[[], float] = time.perf_counter) -> QuizRun:
@@ -223,13 +223,12 @@ def run_quiz(model, tokenizer, questions: list[Question], *, chat: bool,
             run.answers.append(answer)
             run.verdicts.append(judge(answer, question))
         if on_progress is not None:
-            run_done = min(first + batch_size, len(questions))
-            on_progress(run_done, len(questions))
+            on_progress(first + len(batch), len(questions))
     return run
 
 
-def quiz_models(questions: list[Question], names: list[str], *, chat: bool | None = None,
-                system: str | None = None, batch_size: int = 8, max_tokens: int = 32,
+def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
+                chat: bool | None = None, system: str | None = None, max_tokens: int = 32,
                 sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
                 seed: int | None = None, dtype: str | None = None, force: bool = False,
                 on_progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
