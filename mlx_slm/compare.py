@@ -14,6 +14,8 @@ GB = 1e9
 
 @dataclass
 class LoadedModel:
+    """A model loaded for its turn, with what was needed to find and load it."""
+
     name: str
     path: Path
     config: dict

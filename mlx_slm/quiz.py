@@ -24,6 +24,8 @@ KEYS = {"question", "answer", "wrong", "cue"}
 
 @dataclass
 class Question:
+    """One question, the names that make an answer right, and those that make it wrong."""
+
     question: str
     answers: list[str]  # accepted spellings of the right answer
     wrong: list[str] = field(default_factory=list)  # names that would make it wrong

@@ -89,3 +89,18 @@ def test_render_table_wraps_and_aligns():
         "      three…",  # four lines cut to two
         "bb    short    10.25",
     ]
+
+
+def test_converted_models_get_their_format_from_the_converter(hub_checkpoint, tokenizer_path,
+                                                              tmp_path):
+    import shutil
+
+    outs = []
+    for name in ("OpenELM-tiny-Instruct", "OpenELM-tiny"):
+        source = shutil.copytree(hub_checkpoint, tmp_path / "hub" / name)
+        out = tmp_path / "mlx" / name
+        result = run("convert", source, out, "--tokenizer", tokenizer_path, "--dtype", "float32")
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    rows = json.loads(run("compare", "-m", outs[0], "-m", outs[1], "-n", 2, "--json").stdout)
+    assert [r["format"] for r in rows["results"]] == ["chat", "completion"]
