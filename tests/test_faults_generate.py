@@ -98,3 +98,25 @@ def test_interrupt_before_generation_exits_130_quietly(model_dir, monkeypatch):
     result = CliRunner().invoke(main, ["generate", "-m", str(model_dir), "-n", "2"])
     assert result.exit_code == 130
     assert result.stderr.strip() == "Interrupted."
+
+
+def test_hundred_turn_chat_keeps_memory_flat(model_dir):
+    """A long scripted chat trims its history at the context; memory stays at the cache's
+    ceiling instead of growing turn by turn."""
+    from mlx_slm.chat import ChatSession
+    from mlx_slm.loader import load
+
+    model, tokenizer = load(model_dir)
+    notes = []
+    session = ChatSession(model, tokenizer, max_tokens=12, notify=notes.append)
+    base = mx.get_active_memory()
+    extra = {}
+    for turn in range(100):
+        session.send(f"Question number {turn}: what is {turn} plus {turn}?")
+        if turn in (60, 80, 99):
+            extra[turn] = mx.get_active_memory() - base - sum(c.nbytes for c in session.cache)
+    assert notes, "the history never reached the context, so nothing was trimmed"
+    assert max(c.offset for c in session.cache) <= model.args.max_context_length
+    assert max(c.capacity for c in session.cache) <= model.args.max_context_length
+    assert max(extra.values()) < 1024 * 1024, extra
+    assert max(extra.values()) - min(extra.values()) < 256 * 1024, extra
