@@ -178,6 +178,13 @@ def test_cells_that_do_not_fit_are_skipped_with_the_figures():
         "its 1.1 GB model copy does not fit in the 0.1 GB free in /tmpx")
 
 
+def test_a_precision_that_cannot_be_built_is_skipped():
+    # tiny_config's 32-wide FFN layer cannot be quantized in groups of 64.
+    groups = plan([Source("tiny", tiny_config())], ["4bit"], [8], 4)
+    assert groups[0].cells[0].skip_reason.startswith("cannot be built at 4bit: ")
+    assert "divisible by the quantization group size 64" in groups[0].cells[0].skip_reason
+
+
 QUANTIZABLE = dict(model_dim=128, head_dim=32, ffn_dim_divisor=64, vocab_size=1000)
 
 

@@ -131,7 +131,10 @@ def plan(sources: list[Source], precisions: list[str] | None, prompt_lengths: li
                 reason = (f"{source.model_dir} is stored as {stored.name}; a quantized "
                           "directory is benchmarked at its own precision only")
             else:
-                group.weight_bytes = _weight_bytes(source, prec, group.needs_copy, seed)
+                try:
+                    group.weight_bytes = _weight_bytes(source, prec, group.needs_copy, seed)
+                except (SlmError, ValueError) as err:  # e.g. a width the group size won't divide
+                    reason = f"cannot be built at {prec.name}: {err}"
             if reason is None and group.needs_copy and free_disk is not None \
                     and group.weight_bytes > free_disk:
                 reason = (f"its {group.weight_bytes / GB:.1f} GB model copy does not fit in "

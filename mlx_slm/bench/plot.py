@@ -1,5 +1,6 @@
 """`--plot`: generation tok/s and peak memory per model size and precision, as one figure."""
 
+import math
 import os
 from pathlib import Path
 
@@ -41,10 +42,17 @@ def plot(rows: list[dict], path: str) -> None:
     for i, name in enumerate(precisions):
         xs = [m + (i - (len(precisions) - 1) / 2) * width for m in range(len(models))]
         cells = [by_cell.get((model, name)) for model in models]
-        speed.bar(xs, [c["gen_tps"] if c else 0 for c in cells], width, label=name,
-                  yerr=[c["gen_tps_stdev"] if c else 0 for c in cells], capsize=2)
-        memory.bar(xs, [c["peak_memory_bytes"] / GB if c else 0 for c in cells], width,
+        # A cell that did not run is a gap (NaN), not a zero.
+        speed.bar(xs, [c["gen_tps"] if c else math.nan for c in cells], width, label=name,
+                  yerr=[c["gen_tps_stdev"] if c else math.nan for c in cells], capsize=2,
+                  ecolor="0.45")
+        memory.bar(xs, [c["peak_memory_bytes"] / GB if c else math.nan for c in cells], width,
                    label=name)
+        theirs = [(x + width / 4, c["mlx_lm_gen_tps"]) for x, c in zip(xs, cells)
+                  if c and c["mlx_lm_gen_tps"] is not None]
+        if theirs:
+            speed.scatter(*zip(*theirs), marker="D", s=18, color="black", zorder=3,
+                          label="mlx-lm" if i == 0 else None)
     for axis, title in ((speed, "generation tok/s (median ± sd)"),
                         (memory, "MLX peak memory, GB")):
         axis.set_xticks(range(len(models)), models)

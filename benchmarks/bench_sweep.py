@@ -1,0 +1,95 @@
+"""The README's speed and memory figures, produced by `mlx-slm bench`'s own code.
+
+    python benchmarks/bench_sweep.py                   # the standard sweep (`make bench`)
+    python benchmarks/bench_sweep.py --preset full     # all sizes x precisions (make bench-full)
+    python benchmarks/bench_sweep.py --sizes 270M --precisions float32 --prompt-tokens 16 \
+        --gen-tokens 8 --reps 1 --no-compare           # a smoke run
+
+Writes benchmarks/results/bench-<preset>-<UTC time>-<backend>.json (every row, with its
+backend, BLAS, MLX version, machine and date), .md (the table for the README) and .png.
+"""
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlx_slm  # noqa: F401  (puts the optimized BLAS under MLX before it loads)
+from mlx_slm.bench import report
+from mlx_slm.bench.plot import plot
+from mlx_slm.bench.progress import ProgressLine
+from mlx_slm.bench.sweep import BenchRequest, run_bench
+from mlx_slm.errors import SlmError
+
+RESULTS = Path(__file__).parent / "results"
+STANDARD_PRECISIONS = ("float32", "bfloat16", "4bit")
+PRESETS = {
+    # Sized for a 2-core, 24 GB machine on MLX's CPU backend: about 15 minutes.
+    "standard": [
+        BenchRequest(synthetic=("270M",), precisions=STANDARD_PRECISIONS,
+                     prompt_lengths=(128, 1024), gen_tokens=64, reps=3, compare=True),
+        BenchRequest(synthetic=("1.1B",), precisions=STANDARD_PRECISIONS,
+                     prompt_lengths=(128,), gen_tokens=64, reps=3, compare=True),
+    ],
+    # The whole grid of the issue, for Apple Silicon: cells that do not fit are skipped.
+    "full": [
+        BenchRequest(synthetic=("all",), prompt_lengths=(128, 1024), gen_tokens=128, reps=3,
+                     compare=True),
+    ],
+}
+
+
+def requests_from(args) -> list[BenchRequest]:
+    """The preset's requests, with any size/precision/length given on the command line."""
+    requests = PRESETS[args.preset]
+    custom = {"synthetic": tuple(args.sizes or ()), "precisions": tuple(args.precisions or ()),
+              "prompt_lengths": tuple(args.prompt_tokens or ()), "gen_tokens": args.gen_tokens,
+              "reps": args.reps, "compare": args.compare, "bandwidth": args.bandwidth}
+    custom = {k: v for k, v in custom.items() if v not in ((), None)}
+    if not custom:
+        return requests
+    if "synthetic" in custom:  # one request for the sizes named, from the preset's first
+        requests = requests[:1]
+    return [BenchRequest(**{**vars(r), **custom}) for r in requests]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="standard")
+    parser.add_argument("--sizes", nargs="+", help="270M 450M 1.1B 3B (or all)")
+    parser.add_argument("--precisions", nargs="+", help="float32 float16 bfloat16 8bit 4bit ...")
+    parser.add_argument("--prompt-tokens", nargs="+", type=int)
+    parser.add_argument("--gen-tokens", type=int)
+    parser.add_argument("--reps", type=int)
+    parser.add_argument("--bandwidth", type=float, help="GB/s (default: detected or measured)")
+    parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run mlx-lm (default: as the preset says)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    try:
+        rows = []
+        progress = ProgressLine()
+        try:
+            for request in requests_from(args):
+                rows += run_bench(request, on_progress=progress)
+        finally:
+            progress.close()
+        stem = args.out_dir / f"bench-{args.preset}-{stamp}-{rows[0]['backend']}"
+        table = report.to_markdown(rows)
+        report.write_new_file(f"{stem}.json", report.to_json(rows))
+        report.write_new_file(f"{stem}.md", table)
+        if any(r["status"] == "ok" for r in rows):
+            plot(rows, f"{stem}.png")
+    except SlmError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
+    print(table, end="")
+    print(f"\nwrote {stem}.json, .md and .png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
