@@ -53,11 +53,15 @@ def test_json_to_stdout_moves_the_table_to_stderr(tiny_json):
     assert "| tiny " in result.stderr
 
 
-def test_model_directory_at_its_stored_precision(model_dir):
+def test_model_directory_at_its_stored_precision_and_another(model_dir):
     result = run(["--model", str(model_dir), *FAST, "--json", "-"])
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)["rows"][0]
     assert (row["model"], row["precision"], row["source"]) == ("tiny", "float32", str(model_dir))
+    result = run(["--model", str(model_dir), "-P", "bfloat16", *FAST, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)["rows"][0]
+    assert (row["precision"], row["status"], row["bits_per_weight"]) == ("bfloat16", "ok", 16)
 
 
 def test_existing_output_is_not_clobbered(tmp_path, tiny_json):

@@ -29,6 +29,7 @@ def cpu_brand() -> str:
 
 
 def total_ram_bytes() -> int | None:
+    """Physical memory in bytes, or None where the OS will not say."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

@@ -25,9 +25,11 @@ class MlxLmEngine:
         self.version = metadata.version("mlx-lm")
 
     def load(self, model_dir: Path):
+        """mlx-lm's model for the directory (its own class, its own weight loading)."""
         return self._utils.load_model(Path(model_dir))[0]
 
     def tokens(self, model, prompt: list[int], n: int) -> Iterable[int]:
+        """A lazy generator of `n` greedy token ids after `prompt`."""
         import mlx.core as mx
 
         steps = self._generate.generate_step(mx.array(prompt, mx.uint32), model, max_tokens=n)

@@ -46,6 +46,7 @@ class Source:
         return load_weights(self.model_dir)
 
     def stored(self) -> Precision | None:
+        """A directory's own precision; None for synthetic models."""
         return None if self.synthetic else stored_precision(self.model_dir, self.config)
 
 

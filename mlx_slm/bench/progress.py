@@ -23,6 +23,7 @@ class ProgressLine:
         self.stream.flush()
 
     def close(self) -> None:
+        """Clear the live line, so what follows starts on a clean one."""
         if self.drawn:
             self.stream.write("\r\x1b[K")
             self.stream.flush()

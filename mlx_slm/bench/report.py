@@ -46,10 +46,12 @@ def new_row(**fields) -> dict:
 
 
 def to_json(rows: list[dict]) -> str:
+    """The rows as one JSON document: {"schema_version": 1, "rows": [...]}."""
     return json.dumps({"schema_version": SCHEMA_VERSION, "rows": rows}, indent=2) + "\n"
 
 
 def to_csv(rows: list[dict]) -> str:
+    """The rows as CSV with a header, in CSV_KEYS order (every scalar key)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_KEYS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

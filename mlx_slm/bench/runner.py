@@ -44,11 +44,13 @@ class OurEngine:
         self.cache = None
 
     def load(self, model_dir: Path):
+        """The model, by the loader `mlx-slm generate` uses."""
         from mlx_slm.loader import load_model
 
         return load_model(model_dir)[0]
 
     def tokens(self, model, prompt: list[int], n: int) -> Iterable[int]:
+        """A lazy generator of `n` greedy token ids after `prompt`, EOS included."""
         from mlx_slm.cache import make_cache
         from mlx_slm.generate import generate_tokens
 
@@ -57,6 +59,7 @@ class OurEngine:
         return generate_tokens(model, prompt, cache=self.cache, max_tokens=n, stop_ids=())
 
     def kv_itemsize(self) -> int:
+        """Bytes per element of the last run's KV cache."""
         return self.cache[0].keys.dtype.size
 
 
