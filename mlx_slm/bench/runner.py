@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mlx_slm.bench.bandwidth import kv_bytes_read, roofline_fraction, weight_bytes_read
 from mlx_slm.bench.plan import Cell, Group
-from mlx_slm.bench.precisions import write_model_dir
+from mlx_slm.bench.precisions import parameter_bytes, write_model_dir
 from mlx_slm.bench.report import new_row
 from mlx_slm.bench.timing import Clock, RunTiming, measure, spread
 from mlx_slm.errors import SlmError
@@ -112,6 +112,8 @@ def _run_group(group: Group, settings: Settings, engines: list, clock: Clock,
             except CELL_FAILURES as err:
                 failure = {"error": f"building the model failed: {err}"}
                 return {id(c): {e.name: failure for e in engines} for c in cells}
+            gc.collect()
+            mx.clear_cache()
         for engine in engines:
             _run_engine(engine, model_dir, cells, results, settings, clock,
                         lambda what, e=engine: progress(f"{label} [{e.name}] {what}"))
@@ -164,6 +166,7 @@ def _measure_cell(engine, model, cell: Cell, settings: Settings, clock: Clock) -
         "peak_memory_bytes": mlx_peak_bytes(),
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_rss_scope": rss_scope,
+        "weight_bytes": parameter_bytes(model),
         "weight_bytes_read": weight_bytes_read(model),
         "kv_itemsize": engine.kv_itemsize() if hasattr(engine, "kv_itemsize") else None,
     }
@@ -205,7 +208,7 @@ def _row(group: Group, cell: Cell, result: dict, settings: Settings, machine: di
     if "error" in ours:
         row.update(status="failed", reason=ours["error"])
         return row
-    row.update(status="ok", **_our_fields(ours, cell, settings))
+    row.update(status="ok", **_our_fields(ours, group, cell, settings))
     for engine in engines[1:]:
         row["mlx_lm_version"] = engine.version
         theirs = result[engine.name]
@@ -226,8 +229,11 @@ def _summary(timings: list[RunTiming]) -> dict:
             "gen_tps_min": gen.min, "gen_tps_max": gen.max}
 
 
-def _our_fields(ours: dict, cell: Cell, settings: Settings) -> dict:
+def _our_fields(ours: dict, group: Group, cell: Cell, settings: Settings) -> dict:
     fields = {
+        # As loaded (the loader may lay weights out differently from the files).
+        "weight_bytes": ours["weight_bytes"],
+        "bits_per_weight": 8 * ours["weight_bytes"] / group.parameters,
         "load_s": ours["load_s"],
         **_summary(ours["timings"]),
         "peak_memory_bytes": ours["peak_memory_bytes"],
