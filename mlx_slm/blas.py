@@ -14,8 +14,8 @@ import sys
 
 ENV_VAR = "MLX_SLM_BLAS"
 FIX_HINT = (
-    "sudo apt-get install libopenblas0-pthread  (or: pip install mkl; "
-    f"or {ENV_VAR}=/path/to/libopenblas.so)"
+    "sudo apt-get install libopenblas0-pthread  (or: pip install mkl and "
+    f"{ENV_VAR}=mkl; or {ENV_VAR}=/path/to/libopenblas.so)"
 )
 # The symbols MLX's CPU backend calls; a library lacking them cannot interpose.
 _REQUIRED_SYMBOLS = ("cblas_sgemm", "sgemm_")
@@ -75,9 +75,17 @@ def preload() -> None:
     if _loaded:
         return
     if choice:
-        why = _try_load(choice)
-        if why:
-            _warn(f"{ENV_VAR}={choice} cannot be used ({why}); using MLX's reference BLAS.")
+        # Keywords name a family; anything else is a library path or soname.
+        candidates = {"openblas": _SYSTEM_OPENBLAS, "mkl": tuple(_mkl_candidates())}.get(
+            choice.lower(), (choice,))
+        reasons = []
+        for candidate in candidates:
+            why = _try_load(candidate)
+            if why is None:
+                return
+            reasons.append(why)
+        why = reasons[0] if reasons else "not installed"
+        _warn(f"{ENV_VAR}={choice} cannot be used ({why}); using MLX's reference BLAS.")
         return
     for candidate in (*_SYSTEM_OPENBLAS, *_mkl_candidates()):
         if _try_load(candidate) is None:

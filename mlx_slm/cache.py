@@ -19,7 +19,7 @@ class KVCache:
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         start, length = self.offset, keys.shape[2]
-        if self.keys is None or start + length > self.keys.shape[2]:
+        if self.keys is None or start + length > self.capacity:
             self._grow(keys, values, start + length)
         self.offset = start + length
         self.keys[..., start : self.offset, :] = keys
@@ -35,6 +35,15 @@ class KVCache:
             new_k[..., : self.offset, :] = self.keys[..., : self.offset, :]
             new_v[..., : self.offset, :] = self.values[..., : self.offset, :]
         self.keys, self.values = new_k, new_v
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def reserve(self, needed: int) -> None:
+        """Make room for `needed` positions (the buffers must exist: prefill first)."""
+        if needed > self.capacity:
+            self._grow(self.keys, self.values, needed)
 
     def trim(self, n: int) -> int:
         """Forget the last `n` positions (e.g. to re-run a token); returns how many went."""
@@ -58,3 +67,19 @@ def make_cache(model) -> list[KVCache]:
 
 def cache_offset(cache: list[KVCache]) -> int:
     return cache[0].offset if cache else 0
+
+
+class BufferView:
+    """One layer's cache buffers inside a compiled decode step, written at position `pos`.
+
+    Attention runs over the whole buffer; the step's mask hides positions after `pos`, so
+    the step's shapes depend only on the capacity and one trace serves many tokens.
+    """
+
+    def __init__(self, keys: mx.array, values: mx.array, pos: mx.array):
+        self.keys, self.values, self.offset = keys, values, pos
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        self.keys = mx.slice_update(self.keys, keys, self.offset, axes=(2,))
+        self.values = mx.slice_update(self.values, values, self.offset, axes=(2,))
+        return self.keys, self.values

@@ -49,15 +49,28 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def main(self, args=None, prog_name=None, **extra):
+        """Click's main, except that Ctrl-C anywhere exits 130 (Click's own handling says
+        "Aborted!" and exits 1)."""
+        extra.pop("standalone_mode", None)
+        try:
+            result = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("\nInterrupted.", err=True)
+            sys.exit(130)
+        except EOFError:
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except SlmError as err:
             click.echo(f"Error: {err}", err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:
-            click.echo("\nInterrupted.", err=True)
-            ctx.exit(130)
         except BrokenPipeError:
             _silence_stdout()
             ctx.exit(0)

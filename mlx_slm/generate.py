@@ -5,11 +5,57 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
-from mlx_slm.cache import make_cache
+from mlx_slm.cache import BufferView, make_cache
 from mlx_slm.sample import LogitsProcessor, Sampler, greedy
 
 PREFILL_STEP = 512
+
+
+class DecodeStep:
+    """One decode step of batch 1 as a compiled function of (token, position, buffers).
+
+    Compiling removes the per-token graph building and fuses the elementwise work, which
+    is what limits small models: the host cost per token roughly halves.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._compiled = mx.compile(self._forward)
+
+    def _forward(self, token: mx.array, pos: mx.array, *buffers: mx.array):
+        views = [BufferView(k, v, pos) for k, v in zip(buffers[::2], buffers[1::2])]
+        mask = mx.arange(buffers[0].shape[2]) <= pos
+        logits = self.model(token, views, mask)[:, -1, :]
+        return (logits, *[a for view in views for a in (view.keys, view.values)])
+
+    def __call__(self, token: mx.array, cache: list) -> mx.array:
+        """Logits [1, vocab] for `token` [1, 1]; appends its keys and values to `cache`."""
+        offset = cache[0].offset
+        for layer_cache in cache:
+            layer_cache.reserve(offset + 1)
+        buffers = [a for c in cache for a in (c.keys, c.values)]
+        logits, *buffers = self._compiled(token, mx.array(offset, mx.int32), *buffers)
+        for i, layer_cache in enumerate(cache):
+            layer_cache.keys, layer_cache.values = buffers[2 * i], buffers[2 * i + 1]
+            layer_cache.offset = offset + 1
+        return logits
+
+
+def decode_step(model) -> DecodeStep:
+    """The model's compiled decode step, kept on the model and rebuilt if its weights change.
+
+    The trace captures the parameters, so a model quantized or recast after a generation
+    must not reuse it.
+    """
+    weights = tuple(id(a) for _, a in tree_flatten(model.parameters()))
+    step = vars(model).get("_decode_step")
+    if step is None or step.weights != weights:
+        step = DecodeStep(model)
+        step.weights = weights
+        object.__setattr__(model, "_decode_step", step)
+    return step
 
 
 def prefill(model, tokens: mx.array, cache: list, step: int = PREFILL_STEP) -> mx.array:
@@ -32,6 +78,7 @@ def generate_tokens(
     max_tokens: int = 256,
     stop_ids: tuple[int, ...] = (),
     prefill_step: int = PREFILL_STEP,
+    compiled: bool = True,
 ) -> Iterator[int]:
     """Yield generated token ids; ends at a stop id (not yielded) or after `max_tokens`.
 
@@ -52,12 +99,13 @@ def generate_tokens(
             history = mx.concatenate([history, token.astype(mx.uint32)])
         return token
 
+    step = decode_step(model) if compiled else lambda t, c: model(t, c)[:, -1, :]
     token = choose(prefill(model, history, cache, prefill_step))
     mx.async_eval(token)
     for n in range(max_tokens):
         next_token = None
         if n + 1 < max_tokens:
-            next_token = choose(model(token[:, None], cache)[:, -1, :])
+            next_token = choose(step(token[:, None], cache))
             mx.async_eval(next_token)
         value = token.item()
         if value in stop_ids:

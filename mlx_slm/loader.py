@@ -5,7 +5,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from mlx_slm import quant
+from mlx_slm import backend, quant
 from mlx_slm.errors import SlmError
 from mlx_slm.model import Model, ModelArgs
 from mlx_slm.tokenizer import TOKENIZER_FILE, Tokenizer
@@ -67,8 +67,12 @@ def _map_arrays(tree, fn):
     return fn(tree)
 
 
-def load_model(model_dir: Path, dtype: str | None = None) -> tuple[Model, dict]:
-    """The model of an MLX (or Hub-layout) directory and its config dict."""
+def load_model(model_dir: Path, dtype: str | None = None,
+               prepare: bool = True) -> tuple[Model, dict]:
+    """The model of an MLX (or Hub-layout) directory and its config dict.
+
+    `prepare=False` keeps model.py's formulation on every backend (for parity tests).
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise SlmError(f"Model directory {model_dir} does not exist.")
@@ -77,11 +81,14 @@ def load_model(model_dir: Path, dtype: str | None = None) -> tuple[Model, dict]:
     weights = sanitize(load_weights(model_dir))
     check_weights(model, weights, model_dir)
     model.load_weights(list(weights.items()), strict=True)
+    del weights  # so each source tensor can be freed as soon as its cast copy exists
     if dtype is not None:
         if dtype not in DTYPES:
             raise SlmError(f"Unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
         cast_floats(model, DTYPES[dtype])
     mx.eval(model.parameters())
+    if prepare:
+        backend.prepare(model)
     return model, config
 
 
@@ -91,6 +98,12 @@ def load(model_dir: Path, dtype: str | None = None) -> tuple[Model, Tokenizer]:
     if not model_dir.is_dir():
         raise SlmError(f"Model directory {model_dir} does not exist.")
     tokenizer = Tokenizer(model_dir / TOKENIZER_FILE)
+    vocab = read_config(model_dir).get("vocab_size")
+    if tokenizer.vocab_size != vocab:
+        raise SlmError(
+            f"{tokenizer.path} has {tokenizer.vocab_size} pieces but config.json's vocab_size "
+            f"is {vocab}: it is not this model's tokenizer; copy the Llama-2 tokenizer.model."
+        )
     model, _ = load_model(model_dir, dtype)
     return model, tokenizer
 

@@ -67,7 +67,11 @@ def check_fits(model_dir: Path, config: dict, dtype: str | None = None, force: b
     needed = estimate_bytes(model_dir, config, dtype, tokens)
     if needed > available:
         raise SlmError(
-            f"This model needs about {needed / GB:.1f} GB (weights + KV cache) but only "
-            f"{available / GB:.1f} GB is available; use a smaller size or a quantized model "
+            f"This model needs about {human_bytes(needed)} (weights + KV cache) but only "
+            f"{human_bytes(available)} is available; use a smaller size or a quantized model "
             "(mlx-slm quantize), or pass --force to try anyway."
         )
+
+
+def human_bytes(n: float) -> str:
+    return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"

@@ -71,4 +71,7 @@ def quantize(model: nn.Module, bits: int = 4, group_size: int = 64,
         return layer_settings(path, module, quantization) or False
 
     nn.quantize(model, class_predicate=predicate)
+    from mlx_slm import backend  # the new quantized layers get the backend's forward too
+
+    backend.prepare(model)
     return quantization

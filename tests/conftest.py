@@ -28,3 +28,21 @@ def model_dir(tmp_path_factory, hub_checkpoint) -> Path:
     shutil.copytree(hub_checkpoint, out)
     shutil.copy(LLAMA2_TOKENIZER, out / "tokenizer.model")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_path(tmp_path_factory) -> Path:
+    """A tokenizer trained by the tests: a small BPE vocabulary with byte fallback."""
+    import sentencepiece as spm
+
+    out = tmp_path_factory.mktemp("spm")
+    corpus = out / "corpus.txt"
+    cities = ["capital", "city", "town", "state"] * 20
+    places = ["ohio", "peru", "mali"] * 27
+    corpus.write_text("\n".join(f"the {w} of {v} is near the river {i}"
+                                for i, (w, v) in enumerate(zip(cities, places))))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(out / "tiny"), vocab_size=300, model_type="bpe",
+        byte_fallback=True, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
+    )
+    return out / "tiny.model"

@@ -139,3 +139,34 @@ def test_random_weights_are_seeded():
     c = random_weights(tiny_config(vocab_size=100), seed=2)
     name = "transformer.layers.0.attn.qkv_proj.weight"
     assert mx.array_equal(a[name], b[name]) and not mx.array_equal(a[name], c[name])
+
+
+def test_compiled_decode_step_equals_plain_decoding_across_cache_growth(hub_checkpoint):
+    from mlx_slm.generate import decode_step, prefill
+
+    model, _ = load_model(hub_checkpoint)
+    plain, compiled = make_cache(model), make_cache(model)
+    prompt = mx.array(IDS)
+    prefill(model, prompt, plain)
+    prefill(model, prompt, compiled)
+    step = decode_step(model)
+    tokens = [(37 * i) % 32000 for i in range(260)]  # crosses the 256-position capacity
+    for t in tokens:
+        want = model(mx.array([[t]]), plain)[:, -1, :]
+        got = step(mx.array([[t]]), compiled)
+        np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-5)
+    assert compiled[0].offset == plain[0].offset == len(IDS) + len(tokens)
+    assert compiled[0].capacity == 512
+
+
+def test_decode_step_is_rebuilt_when_weights_change(hub_checkpoint):
+    from mlx_slm import quant
+    from mlx_slm.generate import decode_step
+
+    model, _ = load_model(hub_checkpoint)
+    first = decode_step(model)
+    assert decode_step(model) is first
+    quant.quantize(model, bits=8, group_size=32)
+    assert decode_step(model) is not first
+    uncompiled = list(generate_tokens(model, IDS, max_tokens=5, compiled=False))
+    assert list(generate_tokens(model, IDS, max_tokens=5)) == uncompiled

@@ -1,7 +1,6 @@
 """SentencePiece wrapper and the streaming detokenizer, with the real Llama-2 vocabulary."""
 
 import pytest
-import sentencepiece as spm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,19 +53,8 @@ def test_stream_equals_decode_on_arbitrary_ids(ids):
 
 
 @pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory):
-    """A tokenizer trained by the test: a different, small vocabulary with byte fallback."""
-    out = tmp_path_factory.mktemp("spm")
-    text = out / "corpus.txt"
-    text.write_text("\n".join(
-        f"the {w} of {v} is near the river {i}" for i, (w, v) in
-        enumerate(zip(["capital", "city", "town", "state"] * 20, ["ohio", "peru", "mali"] * 27))
-    ))
-    spm.SentencePieceTrainer.train(
-        input=str(text), model_prefix=str(out / "tiny"), vocab_size=300, model_type="bpe",
-        byte_fallback=True, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
-    )
-    return Tokenizer(out / "tiny.model")
+def tiny_tokenizer(tiny_tokenizer_path):
+    return Tokenizer(tiny_tokenizer_path)
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,0 +1,227 @@
+"""Backend-specific execution: the one place where the CPU backend gets its own formulations.
+
+Metal and CUDA run the model as written in model.py: MLX's fused kernels (fast.rope,
+fast.rms_norm, scaled_dot_product_attention, quantized_matmul) are what those backends are
+fastest at. On the CPU backend the same calls are composites of many small primitives,
+and half-precision and quantized matmuls are single-threaded loops (float32 goes to BLAS).
+`prepare` therefore swaps in subclasses with the same parameters and CPU-friendly
+forwards; weights, names and saved files are unchanged. Measurements: design.md and
+benchmarks/.
+"""
+
+import os
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlx_slm.model import Attention
+from mlx_slm.stats import backend
+
+# Products with at least this many input rows (prompt chunks) upcast or dequantize the
+# weight once and use float32 BLAS; fewer rows (decoding) use the native kernels split
+# across CPU streams, which MLX runs on separate threads.
+BLAS_MIN_ROWS = 8
+HALF = (mx.float16, mx.bfloat16)
+
+
+def cpu_streams() -> list:
+    """One MLX CPU stream per core (at most 4), shared by every prepared model."""
+    global _streams
+    if _streams is None:
+        count = max(1, min(4, os.cpu_count() or 1))
+        _streams = [mx.new_stream(mx.cpu) for _ in range(count)]
+    return _streams
+
+
+_streams = None
+
+
+def prepare(model: nn.Module, device_backend: str | None = None) -> nn.Module:
+    """Swap in the CPU formulations when running on the CPU backend; returns `model`.
+
+    Call it after the weights are final (the loader does): it precomputes per-layer
+    constants from them.
+    """
+    if (device_backend or backend()) != "cpu":
+        return model
+    positions = max(4096, getattr(getattr(model, "args", None), "max_context_length", 0))
+    for _, module in model.named_modules():
+        swap = _CPU_CLASSES.get(type(module))
+        if swap is not None:
+            module.__class__ = swap
+            module.prepare_cpu(positions)
+    return model
+
+
+def _split_rows(product, out_features: int, *weights: mx.array) -> mx.array:
+    """`product(*weight_slices, stream)` over slices of the output rows, one per stream."""
+    streams = cpu_streams()
+    count = min(len(streams), max(1, out_features // 256))
+    if count == 1:
+        return product(*weights, streams[0])
+    bounds = [out_features * i // count for i in range(count + 1)]
+    parts = [
+        product(*(w[bounds[i] : bounds[i + 1]] for w in weights), streams[i])
+        for i in range(count)
+    ]
+    return mx.concatenate(parts, axis=-1)
+
+
+def _rows(x: mx.array) -> int:
+    return x.size // x.shape[-1]
+
+
+def half_linear(x: mx.array, weight: mx.array) -> mx.array:
+    """x @ weight.T for a float16/bfloat16 weight on the CPU backend."""
+    if _rows(x) >= BLAS_MIN_ROWS:
+        return (x.astype(mx.float32) @ weight.astype(mx.float32).T).astype(x.dtype)
+    return _split_rows(lambda w, s: mx.matmul(x, w.T, stream=s), weight.shape[0], weight)
+
+
+def quantized_linear(x, weight, scales, biases, group_size: int, bits: int, mode: str):
+    """x @ dequantize(weight).T on the CPU backend, with float32 scales and biases.
+
+    The CPU kernels are 20-100x slower with half-precision scales, so they are upcast per
+    call (a transient 1/group_size of the weight), keeping the stored model small.
+    """
+    scales = scales.astype(mx.float32)
+    biases = biases.astype(mx.float32)
+    x32 = x.astype(mx.float32)
+    if _rows(x) >= BLAS_MIN_ROWS:
+        w = mx.dequantize(weight, scales, biases, group_size=group_size, bits=bits, mode=mode)
+        return (x32 @ w.T).astype(x.dtype)
+
+    def product(w, s, b, stream):
+        return mx.quantized_matmul(x32, w, s, b, transpose=True, group_size=group_size,
+                                   bits=bits, mode=mode, stream=stream)
+
+    return _split_rows(product, weight.shape[0], weight, scales, biases).astype(x.dtype)
+
+
+class CpuLinear(nn.Linear):
+    def prepare_cpu(self, positions: int):
+        pass
+
+    def __call__(self, x):
+        y = half_linear(x, self.weight) if self.weight.dtype in HALF else x @ self.weight.T
+        return y + self.bias if "bias" in self else y
+
+
+class CpuEmbedding(nn.Embedding):
+    def prepare_cpu(self, positions: int):
+        pass
+
+    def as_linear(self, x):
+        if self.weight.dtype in HALF:
+            return half_linear(x, self.weight)
+        return x @ self.weight.T
+
+
+class CpuQuantizedLinear(nn.QuantizedLinear):
+    def prepare_cpu(self, positions: int):
+        pass
+
+    def __call__(self, x):
+        y = quantized_linear(x, self["weight"], self["scales"], self["biases"],
+                             self.group_size, self.bits, self.mode)
+        return y + self["bias"] if "bias" in self else y
+
+
+class CpuQuantizedEmbedding(nn.QuantizedEmbedding):
+    def prepare_cpu(self, positions: int):
+        pass
+
+    def as_linear(self, x):
+        return quantized_linear(x, self["weight"], self["scales"], self["biases"],
+                                self.group_size, self.bits, self.mode)
+
+
+class CpuAttention(Attention):
+    """Attention with fewer primitives: q and k normed and rotated together, RoPE from a
+    table of cos/sin by position, and explicit grouped-query attention."""
+
+    def prepare_cpu(self, positions: int):
+        n_q, n_kv = self.n_heads, self.n_kv_heads
+        if "q_norm" in self:
+            self._qk_norm = mx.concatenate([
+                mx.broadcast_to(self.q_norm.weight, (n_q, self.head_dim)),
+                mx.broadcast_to(self.k_norm.weight, (n_kv, self.head_dim)),
+            ])[:, None, :]
+        self._cos, self._sin = rope_tables(self.head_dim, self.rope_base, positions)
+
+    def __call__(self, x: mx.array, mask, cache=None) -> mx.array:
+        B, L, _ = x.shape
+        n_q, n_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        # [B, L, heads*hd] -> [B, heads, L, hd]; rows of qkv_proj are all Q, then K, then V.
+        qkv = self.qkv_proj(x).reshape(B, L, -1, hd).transpose(0, 2, 1, 3)
+        qk, values = qkv[:, : n_q + n_kv], qkv[:, n_q + n_kv :]
+        if "q_norm" in self:
+            qk = mx.fast.rms_norm(qk, None, self.q_norm.eps) * self._qk_norm
+        offset = cache.offset if cache is not None else 0
+        # Attention runs in float32 (BLAS); the cache keeps float32 keys and values, since
+        # upcasting a half-precision cache every step would cost more than it saves.
+        qk = self._rotate(qk.astype(mx.float32), offset, L)
+        queries, keys = qk[:, :n_q] * self.scale, qk[:, n_q:]
+        values = values.astype(mx.float32)
+        if cache is not None:
+            keys, values = cache.update_and_fetch(keys, values)
+        out = grouped_attention(queries, keys, values, mask).astype(x.dtype)
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+    def _rotate(self, x: mx.array, offset, length: int) -> mx.array:
+        """Half-split (NeoX) RoPE at positions offset .. offset+length-1."""
+        positions = offset + mx.arange(length)
+        if isinstance(offset, mx.array) and offset.ndim == 1:  # one offset per row
+            positions = (offset[:, None] + mx.arange(length))[:, None]
+        cos, sin = self._cos[positions], self._sin[positions]
+        half = self.head_dim // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        return mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, mask) -> mx.array:
+    """Softmax attention where kv head j serves query heads j*g .. j*g+g-1 (no tiling).
+
+    `queries` are pre-scaled [B, n_q, L, hd]; `mask` is None, "causal" (aligned to the end
+    of the keys) or a boolean/additive array broadcastable to [B, 1, L, S] or [S].
+    """
+    B, n_q, L, hd = queries.shape
+    n_kv, S = keys.shape[1], keys.shape[2]
+    groups = n_q // n_kv
+    scores = queries.reshape(B, n_kv, groups * L, hd) @ keys.swapaxes(-1, -2)
+    scores = scores.reshape(B, n_kv, groups, L, S)
+    if isinstance(mask, str):
+        mask = mx.arange(S - L, S)[:, None] >= mx.arange(S)[None]
+    if mask is not None:
+        if mask.ndim == 4:  # [B, 1, L, S] -> [B, 1, 1, L, S]
+            mask = mask[:, :, None]
+        if mask.dtype == mx.bool_:
+            scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask
+    probs = mx.softmax(scores, axis=-1, precise=True).reshape(B, n_kv, groups * L, S)
+    return (probs @ values).reshape(B, n_q, L, hd)
+
+
+def rope_tables(head_dim: int, base: float, length: int = 4096) -> tuple[mx.array, mx.array]:
+    """cos and sin of RoPE's angles for positions 0..length-1, float32, shared by layers."""
+    key = (head_dim, float(base), length)
+    if key not in _rope_tables:
+        half = head_dim // 2
+        inv_freq = base ** (-mx.arange(half, dtype=mx.float32) * 2 / head_dim)
+        angles = mx.arange(length, dtype=mx.float32)[:, None] * inv_freq[None]
+        tables = (mx.cos(angles), mx.sin(angles))
+        mx.eval(tables)
+        _rope_tables[key] = tables
+    return _rope_tables[key]
+
+
+_rope_tables: dict = {}
+
+_CPU_CLASSES = {
+    Attention: CpuAttention,
+    nn.Linear: CpuLinear,
+    nn.Embedding: CpuEmbedding,
+    nn.QuantizedLinear: CpuQuantizedLinear,
+    nn.QuantizedEmbedding: CpuQuantizedEmbedding,
+}

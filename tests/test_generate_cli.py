@@ -1,0 +1,205 @@
+"""`mlx-slm generate` and `mlx-slm info` through Click's runner: output, stats, errors."""
+
+import json
+import shutil
+
+import mlx.core as mx
+import pytest
+from click.testing import CliRunner
+
+from mlx_slm.cli import main
+from mlx_slm.generate import Generation, generate_tokens, stream_text
+from mlx_slm.loader import load
+from mlx_slm.synthetic import random_weights, tiny_config
+from mlx_slm.weights import save_weights, write_json
+from tests.conftest import LLAMA2_TOKENIZER
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+def test_json_reports_every_field_and_greedy_tokens(model_dir):
+    result = invoke("generate", "-m", str(model_dir), "-p", "Hello there", "-n", "6",
+                    "--repetition-penalty", "1", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for key in ("text", "tokens", "prompt_tokens", "generation_tokens", "prompt_tps",
+                "generation_tps", "ttft_s", "load_s", "peak_memory_gb", "rss_gb", "backend",
+                "dtype", "blas"):
+        assert key in report
+    model, tokenizer = load(model_dir)
+    prompt = tokenizer.encode("Hello there")
+    expected = list(generate_tokens(model, prompt, max_tokens=6, stop_ids=(2,)))
+    assert report["tokens"] == expected
+    assert report["text"] == tokenizer.decode(expected)
+    assert report["prompt_tokens"] == len(prompt)
+    assert report["backend"] == "cpu" and report["dtype"] == "float32"
+    assert report["peak_memory_gb"] > 0 and report["rss_gb"] > 0
+
+
+def test_text_streams_to_stdout_and_stats_to_stderr(model_dir):
+    result = invoke("generate", "-m", str(model_dir), "-p", "Hi", "-n", "5")
+    assert result.exit_code == 0
+    model, tokenizer = load(model_dir)
+    tokens = list(generate_tokens(model, tokenizer.encode("Hi"), max_tokens=5, stop_ids=(2,),
+                                  logits_processors=_penalty()))
+    assert result.stdout == tokenizer.decode(tokens) + "\n"
+    stats = result.stderr.strip().splitlines()[-1]
+    for part in ("prompt: 2 tokens", "generation: 5 tokens", "tok/s", "TTFT", "load",
+                 "peak MLX", "peak RSS", "cpu backend", "float32"):
+        assert part in stats
+
+
+def _penalty():
+    from mlx_slm.sample import make_logits_processors
+
+    return make_logits_processors(1.2, 64)
+
+
+def test_prompt_from_stdin(model_dir):
+    piped = invoke("generate", "-m", str(model_dir), "-n", "3", "--json", input="Hi")
+    flag = invoke("generate", "-m", str(model_dir), "-n", "3", "--json", "-p", "Hi")
+    assert json.loads(piped.stdout)["tokens"] == json.loads(flag.stdout)["tokens"]
+
+
+def test_prompt_longer_than_context_is_refused(model_dir):
+    long_prompt = "word " * 2100  # BOS + "▁word" x 2100 + the trailing "▁"
+    result = invoke("generate", "-m", str(model_dir), "-p", long_prompt, "-n", "3")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: The prompt has 2102 tokens but the model's context "
+                                    "is 2048; shorten the prompt.")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_generation_is_capped_by_the_context(tmp_path, model_dir):
+    small = tmp_path / "small"
+    shutil.copytree(model_dir, small)
+    config = json.loads((small / "config.json").read_text())
+    write_json(small / "config.json", {**config, "max_context_length": 8})
+    result = invoke("generate", "-m", str(small), "-p", "Hi", "-n", "50", "--json",
+                    "--ignore-eos")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["generation_tokens"] == 6
+    assert "capped at 6 tokens" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temp", "-1"], "temperature must be >= 0.0"),
+    (["--top-p", "2"], "top-p must be between 0.0 and 1.0"),
+    (["--min-p", "1.5"], "min-p must be between 0.0 and 1.0"),
+    (["--top-k", "-1"], "top-k must be >= 0"),
+    (["--repetition-penalty", "0"], "repetition-penalty must be > 0.0"),
+    (["--max-tokens", "0"], "0 is not in the range x>=1"),
+])
+def test_invalid_sampling_values_show_the_valid_range(model_dir, args, message):
+    result = invoke("generate", "-m", str(model_dir), *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_missing_model_dir_and_bad_name(tmp_path):
+    result = invoke("generate", "-m", str(tmp_path / "nope" / "deeper"), "-n", "1")
+    assert result.exit_code == 1 and "neither a model directory nor a Hub repo id" in result.stderr
+    (tmp_path / "file.txt").write_text("x")
+    result = invoke("generate", "-m", str(tmp_path / "file.txt"), "-n", "1")
+    assert result.exit_code == 1 and "is a file" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def eos_model_dir(tmp_path_factory):
+    """A model whose every next token is EOS: the residual's dim 0 is large and positive,
+    the final norm passes only dim 0, and only the untied head's EOS row reads it."""
+    out = tmp_path_factory.mktemp("eos") / "model"
+    out.mkdir()
+    config = tiny_config(vocab_size=32000, share_input_output_layers=False)
+    weights = random_weights(config, seed=1)
+    emb = weights["transformer.token_embeddings.weight"]
+    weights["transformer.token_embeddings.weight"] = mx.concatenate(
+        [mx.full((emb.shape[0], 1), 50.0), emb[:, 1:]], axis=1)
+    norm = mx.zeros((config["model_dim"],))
+    weights["transformer.norm.weight"] = norm.at[0].add(1.0)
+    head = mx.zeros((config["vocab_size"], config["model_dim"]))
+    weights["lm_head.weight"] = head.at[2, 0].add(1.0)
+    save_weights(out, weights)
+    write_json(out / "config.json", config)
+    shutil.copy(LLAMA2_TOKENIZER, out / "tokenizer.model")
+    return out
+
+
+def test_stops_at_eos_unless_ignored(eos_model_dir):
+    stopped = json.loads(invoke("generate", "-m", str(eos_model_dir), "-n", "5",
+                                "--json").stdout)
+    assert stopped["generation_tokens"] == 0 and stopped["finish_reason"] == "eos"
+    ignored = json.loads(invoke("generate", "-m", str(eos_model_dir), "-n", "5", "--json",
+                                "--ignore-eos", "--repetition-penalty", "1").stdout)
+    assert ignored["tokens"] == [2] * 5 and ignored["finish_reason"] == "length"
+
+
+class FakeTokenizer:
+    """Decodes each id to a fixed string, to test stop strings exactly."""
+
+    eos_id = 2
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def decode(self, ids):
+        return "".join(self.pieces[i] for i in ids)
+
+    def detokenizer(self):
+        outer = self
+
+        class Detok:
+            text = ""
+
+            def add(self, token):
+                piece = outer.pieces[token]
+                self.text += piece
+                return piece
+
+            def finish(self):
+                return ""
+
+        return Detok()
+
+
+def test_stop_strings_end_generation_and_are_not_printed(model_dir, monkeypatch):
+    import mlx_slm.generate as gen
+
+    script = iter([5, 6, 7, 8, 9])
+    monkeypatch.setattr(gen, "generate_tokens", lambda *a, **k: script)
+    pieces = {5: "The answer", 6: " is 4", 7: "2.\nQ", 8: ": next", 9: " more"}
+    shown = []
+    result = stream_text(None, FakeTokenizer(pieces), [1], stop_strings=("\nQ:",),
+                         on_text=shown.append)
+    assert result.text == "The answer is 42."
+    assert "".join(shown) == "The answer is 42."
+    assert result.finish_reason == "stop" and result.tokens == [5, 6, 7, 8]
+
+
+def test_generation_rates_start_the_clock_at_the_first_token():
+    result = Generation(tokens=[1] * 11, prompt_tokens=100, prompt_s=0.5, generation_s=2.0)
+    assert result.prompt_tps == 200.0
+    assert result.generation_tps == 5.0  # 10 tokens after the first, in 2 s
+    assert Generation(tokens=[1], generation_s=0.0).generation_tps == 0.0
+
+
+def test_reference_blas_prints_the_fix(model_dir, monkeypatch):
+    import mlx_slm.blas
+
+    monkeypatch.setattr(mlx_slm.blas, "blas_in_use", lambda: "reference")
+    result = invoke("generate", "-m", str(model_dir), "-n", "1")
+    assert "apt-get install libopenblas0-pthread" in result.stderr
+
+
+def test_info_lists_layers(model_dir):
+    result = invoke("info", str(model_dir), "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    config = json.loads((model_dir / "config.json").read_text())
+    assert [r["q_heads"] for r in report["layers"]] == config["num_query_heads"]
+    assert report["dtype"] == "float32" and report["bits_per_weight"] == 32.0
+    text = invoke("info", str(model_dir)).stdout
+    assert "q_heads" in text and "parameters" in text
