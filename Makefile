@@ -31,8 +31,8 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 
 # The README's performance figures (benchmarks/results/bench-*.{json,md,png}).
-# `bench` fits a 2-core, 24 GB machine in about 15 minutes; `bench-full` is every size and
-# precision (for Apple Silicon). Both include the mlx-lm comparison.
+# `bench` fits a 2-core, 24 GB machine in about 15 minutes (CPU backend); `bench-full` is
+# every size and precision (for Apple Silicon). Both compare with mlx-lm (see the README).
 bench: install
 	$(BIN)/python benchmarks/bench_sweep.py --preset standard
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_sweep.py                   # the standard sweep (`make bench`)
     python benchmarks/bench_sweep.py --preset full     # all sizes x precisions (make bench-full)
     python benchmarks/bench_sweep.py --sizes 270M --precisions float32 --prompt-tokens 16 \
-        --gen-tokens 8 --reps 1 --no-compare           # a smoke run
+        --gen-tokens 8 --reps 1                        # a smoke run (any grid: "custom")
 
 Writes benchmarks/results/bench-<preset>-<UTC time>-<backend>.json (every row, with its
 backend, BLAS, MLX version, machine and date), .md (the table for the README) and .png.
@@ -17,19 +17,28 @@ from pathlib import Path
 import mlx_slm  # noqa: F401  (puts the optimized BLAS under MLX before it loads)
 from mlx_slm.bench import report
 from mlx_slm.bench.plot import plot
+from mlx_slm.bench.precisions import precision_names
 from mlx_slm.bench.progress import ProgressLine
 from mlx_slm.bench.sweep import BenchRequest, run_bench
 from mlx_slm.errors import SlmError
 
 RESULTS = Path(__file__).parent / "results"
-STANDARD_PRECISIONS = ("float32", "bfloat16", "4bit")
+STANDARD = {"gen_tokens": 64, "reps": 3, "time_limit": 150.0}
 PRESETS = {
-    # Sized for a 2-core, 24 GB machine on MLX's CPU backend: about 15 minutes.
+    # Sized for a 2-core, 24 GB machine on MLX's CPU backend: about 15 minutes. mlx-lm is
+    # compared where its CPU path finishes in minutes (float32 goes to BLAS; bfloat16 at
+    # short prompts); its quantized products take minutes per token there (design.md).
     "standard": [
-        BenchRequest(synthetic=("270M",), precisions=STANDARD_PRECISIONS,
-                     prompt_lengths=(128, 1024), gen_tokens=64, reps=3, compare=True),
-        BenchRequest(synthetic=("1.1B",), precisions=STANDARD_PRECISIONS,
-                     prompt_lengths=(128,), gen_tokens=64, reps=3, compare=True),
+        BenchRequest(synthetic=("270M",), precisions=("float32", "bfloat16"),
+                     prompt_lengths=(128,), compare=True, **STANDARD),
+        BenchRequest(synthetic=("1.1B",), precisions=("float32",), prompt_lengths=(128,),
+                     compare=True, **STANDARD),
+        BenchRequest(synthetic=("270M",), precisions=("4bit",), prompt_lengths=(128,),
+                     **STANDARD),
+        BenchRequest(synthetic=("270M",), precisions=("float32", "bfloat16", "4bit"),
+                     prompt_lengths=(1024,), **STANDARD),
+        BenchRequest(synthetic=("1.1B",), precisions=("4bit",), prompt_lengths=(128,),
+                     **STANDARD),
     ],
     # The whole grid of the issue, for Apple Silicon: cells that do not fit are skipped.
     "full": [
@@ -39,18 +48,25 @@ PRESETS = {
 }
 
 
-def requests_from(args) -> list[BenchRequest]:
-    """The preset's requests, with any size/precision/length given on the command line."""
-    requests = PRESETS[args.preset]
-    custom = {"synthetic": tuple(args.sizes or ()), "precisions": tuple(args.precisions or ()),
-              "prompt_lengths": tuple(args.prompt_tokens or ()), "gen_tokens": args.gen_tokens,
-              "reps": args.reps, "compare": args.compare, "bandwidth": args.bandwidth}
-    custom = {k: v for k, v in custom.items() if v not in ((), None)}
-    if not custom:
-        return requests
-    if "synthetic" in custom:  # one request for the sizes named, from the preset's first
-        requests = requests[:1]
-    return [BenchRequest(**{**vars(r), **custom}) for r in requests]
+def requests_from(args) -> tuple[str, list[BenchRequest]]:
+    """The sweep's name and requests: a preset, or one grid when sizes, precisions or
+    prompt lengths are given; --gen-tokens, --reps and the like override either."""
+    overrides = {"gen_tokens": args.gen_tokens, "reps": args.reps, "compare": args.compare,
+                 "bandwidth": args.bandwidth, "time_limit": args.time_limit}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.sizes or args.precisions or args.prompt_tokens:
+        grid = {"synthetic": tuple(args.sizes or ("270M",)),
+                "precisions": tuple(args.precisions or ()),
+                "prompt_lengths": tuple(args.prompt_tokens or (128,))}
+        return "custom", [BenchRequest(**{**STANDARD, **grid, **overrides})]
+    return args.preset, [BenchRequest(**{**vars(r), **overrides}) for r in PRESETS[args.preset]]
+
+
+def sweep_order(row: dict) -> tuple:
+    """Rows by size, then precision (float32 first), then prompt length."""
+    sizes = {"270M": 0, "450M": 1, "1.1B": 2, "3B": 3}
+    return (sizes.get(row["model"], 4), row["model"], precision_names().index(row["precision"])
+            if row["precision"] in precision_names() else 99, row["prompt_tokens"])
 
 
 def main() -> int:
@@ -62,6 +78,7 @@ def main() -> int:
     parser.add_argument("--gen-tokens", type=int)
     parser.add_argument("--reps", type=int)
     parser.add_argument("--bandwidth", type=float, help="GB/s (default: detected or measured)")
+    parser.add_argument("--time-limit", type=float, help="seconds per engine and cell")
     parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
                         help="also run mlx-lm (default: as the preset says)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -73,11 +90,13 @@ def main() -> int:
         rows = []
         progress = ProgressLine()
         try:
-            for request in requests_from(args):
+            name, requests = requests_from(args)
+            for request in requests:
                 rows += run_bench(request, on_progress=progress)
         finally:
             progress.close()
-        stem = args.out_dir / f"bench-{args.preset}-{stamp}-{rows[0]['backend']}"
+        rows.sort(key=sweep_order)
+        stem = args.out_dir / f"bench-{name}-{stamp}-{rows[0]['backend']}"
         table = report.to_markdown(rows)
         report.write_new_file(f"{stem}.json", report.to_json(rows))
         report.write_new_file(f"{stem}.md", table)

@@ -12,7 +12,13 @@ from mlx_slm.bench import bandwidth, report
 from mlx_slm.bench.plan import Source, directory_source, needed_bytes, plan
 from mlx_slm.bench.precisions import Precision, model_at, parameter_bytes, write_model_dir
 from mlx_slm.bench.runner import OurEngine, Settings, run_sweep
-from mlx_slm.bench.timing import WARMUP_TOKENS, measure, spread, time_run
+from mlx_slm.bench.timing import (
+    WARMUP_TOKENS,
+    TimeLimitExceeded,
+    measure,
+    spread,
+    time_run,
+)
 from mlx_slm.generate import generate_tokens
 from mlx_slm.loader import load_model
 from mlx_slm.memory_guard import kv_cache_bytes
@@ -85,6 +91,26 @@ def test_a_run_that_stops_short_is_an_error():
     clock = FakeClock()
     with pytest.raises(RuntimeError, match="generated 3 of 5 tokens"):
         measure(lambda n: timed_tokens(clock, 3, 0.1, 0.1), 4, 5, reps=1, warmup=0, clock=clock)
+
+
+def test_a_cell_past_its_time_limit_is_stopped_at_the_next_token():
+    clock = FakeClock()
+    produced = []
+
+    def run(n):
+        for token in timed_tokens(clock, n, 1.0, 2.0):
+            produced.append(token)
+            yield token
+
+    with pytest.raises(TimeLimitExceeded, match=r"^stopped after 10 s \(--time-limit\)$"):
+        measure(run, 4, 100, reps=3, warmup=1, clock=clock, time_limit=10.0)
+    # Tokens come at t = 1, 3, 5, ...: the warm-up's sixth (t = 11) is the first past 10.
+    assert len(produced) == 6 and clock.now == 11.0
+    # Runs of 5 tokens take 1 + 4 x 2 = 9 s: the warm-up and two timed runs fit in 30 s, the
+    # third is abandoned at its third token (27 + 5 > 30), and the two completed are kept.
+    produced.clear()
+    timings = measure(run, 4, 5, reps=3, warmup=1, clock=clock, time_limit=30.0)
+    assert [t.generation_tps for t in timings] == [0.5, 0.5] and len(produced) == 18
 
 
 def always_eos(model):
@@ -274,3 +300,30 @@ def test_skipped_rows_keep_the_schema_and_outputs_are_stable():
     assert table.startswith("cpu backend, BLAS openblas | MLX 0.0 | test cpu, 2 cores, 8 GB RAM")
     with pytest.raises(KeyError, match="not in the benchmark row schema: tok_s"):
         report.new_row(tok_s=1.0)
+
+
+def test_a_slow_peer_leaves_our_row_intact_with_a_note(model_dir):
+    clock = FakeClock()
+    ours = FakeEngine(clock, [0.1] * 4)
+    peer = FakeEngine(clock, [50.0] * 4)
+    peer.name, peer.version = "mlx-lm", "9.9"
+    groups = plan([directory_source(str(model_dir))], None, [16], 5)
+    settings = Settings(reps=3, warmup=1, time_limit_s=30.0)
+    row = next(run_sweep(groups, settings, MACHINE, clock=clock, engines=[ours, peer]))
+    assert row["status"] == "ok" and row["gen_tps"] == pytest.approx(10.0)
+    assert row["reason"] == "mlx-lm: stopped after 30 s (--time-limit)"
+    assert row["repetitions"] == 3
+    assert row["mlx_lm_version"] == "9.9" and row["mlx_lm_gen_tps"] is None
+    assert "- note: tiny float32, prompt 16: mlx-lm: stopped after 30 s" in report.to_markdown(
+        [row])
+
+
+def test_runs_cut_short_by_the_time_limit_are_counted_and_noted(model_dir):
+    clock = FakeClock()
+    ours = FakeEngine(clock, [1.0, 1.0, 1.0, 100.0])  # the third timed run is too slow
+    groups = plan([directory_source(str(model_dir))], None, [16], 5)
+    settings = Settings(reps=3, warmup=1, time_limit_s=30.0)
+    row = next(run_sweep(groups, settings, MACHINE, clock=clock, engines=[ours]))
+    assert row["status"] == "ok" and row["repetitions"] == 2 and len(row["runs"]) == 2
+    assert row["gen_tps"] == pytest.approx(1.0)
+    assert row["reason"] == "mlx-slm: 2 of 3 runs within the 30 s limit"

@@ -33,6 +33,7 @@ class Settings:
     seed: int = 0
     bandwidth_gbs: float | None = None
     bandwidth_source: str | None = None
+    time_limit_s: float | None = None  # per engine and cell, checked at each token
 
 
 class OurEngine:
@@ -160,7 +161,8 @@ def _measure_cell(engine, model, cell: Cell, settings: Settings, clock: Clock) -
     reset_mlx_peak()
     rss_scope = reset_peak_rss()
     timings = measure(lambda n: engine.tokens(model, prompt, n), cell.prompt_tokens,
-                      cell.gen_tokens, settings.reps, settings.warmup, clock)
+                      cell.gen_tokens, settings.reps, settings.warmup, clock,
+                      settings.time_limit_s)
     return {
         "timings": timings,
         "peak_memory_bytes": mlx_peak_bytes(),
@@ -209,14 +211,24 @@ def _row(group: Group, cell: Cell, result: dict, settings: Settings, machine: di
         row.update(status="failed", reason=ours["error"])
         return row
     row.update(status="ok", **_our_fields(ours, group, cell, settings))
+    notes = [_cut_short(engines[0].name, ours, settings)]
     for engine in engines[1:]:
         row["mlx_lm_version"] = engine.version
         theirs = result[engine.name]
         if "error" in theirs:
-            row["reason"] = theirs["error"]
+            notes.append(theirs["error"])
             continue
         row.update(_peer_fields(theirs, row))
+        notes.append(_cut_short(engine.name, theirs, settings))
+    row["reason"] = "; ".join(n for n in notes if n) or None
     return row
+
+
+def _cut_short(name: str, measured: dict, settings: Settings) -> str | None:
+    done = len(measured["timings"])
+    if done == settings.reps:
+        return None
+    return f"{name}: {done} of {settings.reps} runs within the {settings.time_limit_s:g} s limit"
 
 
 def _summary(timings: list[RunTiming]) -> dict:
@@ -239,6 +251,7 @@ def _our_fields(ours: dict, group: Group, cell: Cell, settings: Settings) -> dic
         "peak_memory_bytes": ours["peak_memory_bytes"],
         "peak_rss_bytes": ours["peak_rss_bytes"],
         "peak_rss_scope": ours["peak_rss_scope"],
+        "repetitions": len(ours["timings"]),
         "runs": [{"ttft_s": t.ttft_s, "generation_s": t.generation_s,
                   "prompt_tps": t.prompt_tps, "gen_tps": t.generation_tps}
                  for t in ours["timings"]],

@@ -26,6 +26,7 @@ class BenchRequest:
     compare: bool = False  # also time mlx-lm on the same files
     seed: int = 0
     force: bool = False  # run cells the memory check would skip
+    time_limit: float | None = None  # seconds per engine and cell, checked at each token
 
 
 def run_bench(request: BenchRequest,
@@ -57,5 +58,6 @@ def run_bench(request: BenchRequest,
                   free_disk=shutil.disk_usage(temp_dir).free, temp_dir=temp_dir)
     gbs, where = resolve_bandwidth(request.bandwidth)
     settings = Settings(reps=request.reps, warmup=request.warmup, seed=request.seed,
-                        bandwidth_gbs=gbs, bandwidth_source=where)
+                        bandwidth_gbs=gbs, bandwidth_source=where,
+                        time_limit_s=request.time_limit)
     return list(run_sweep(groups, settings, machine_info(), on_progress, engines=engines))

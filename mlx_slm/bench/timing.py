@@ -1,5 +1,6 @@
 """Time one generation run honestly, and summarize repetitions by median and spread."""
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -50,9 +51,17 @@ def spread(values: Iterable[float]) -> Spread:
     return Spread(statistics.median(values), stdev, min(values), max(values))
 
 
-def time_run(tokens: Iterable[int], prompt_tokens: int, clock: Clock = time.perf_counter
-             ) -> RunTiming:
-    """Drain a lazy token generator, reading the clock at the start and at each token."""
+class TimeLimitExceeded(RuntimeError):
+    """A cell took longer than its time limit; it is abandoned at the next token."""
+
+
+def time_run(tokens: Iterable[int], prompt_tokens: int, clock: Clock = time.perf_counter,
+             deadline: float = math.inf) -> RunTiming:
+    """Drain a lazy token generator, reading the clock at the start and at each token.
+
+    Past `deadline` (a clock reading) the run stops at the next token: a token already
+    being computed cannot be interrupted.
+    """
     start = clock()
     first = last = None
     count = 0
@@ -61,25 +70,34 @@ def time_run(tokens: Iterable[int], prompt_tokens: int, clock: Clock = time.perf
         if first is None:
             first = last
         count += 1
+        if last > deadline:
+            raise TimeLimitExceeded("the run went past its deadline")
     if first is None:
         raise RuntimeError("the generator yielded no tokens")
     return RunTiming(prompt_tokens, count, first - start, last - first)
 
 
 def measure(run: Callable[[int], Iterable[int]], prompt_tokens: int, gen_tokens: int,
-            reps: int, warmup: int = 1, clock: Clock = time.perf_counter) -> list[RunTiming]:
+            reps: int, warmup: int = 1, clock: Clock = time.perf_counter,
+            time_limit: float | None = None) -> list[RunTiming]:
     """`warmup` untimed runs, then `reps` timed ones; `run(n)` yields n tokens for the prompt.
 
     A timed run that stops short (e.g. at EOS) would time a different workload, so it is an
-    error: every timed run generates exactly `gen_tokens`.
+    error: every timed run generates exactly `gen_tokens`. `time_limit` (seconds) bounds
+    the whole cell, warm-up included: the runs completed by then are returned (fewer than
+    `reps`), or TimeLimitExceeded is raised if there are none.
     """
-    for _ in range(warmup):
-        for _ in run(min(gen_tokens, WARMUP_TOKENS)):
-            pass
+    deadline = math.inf if time_limit is None else clock() + time_limit
     timings = []
-    for _ in range(reps):
-        timing = time_run(run(gen_tokens), prompt_tokens, clock)
-        if timing.generated != gen_tokens:
-            raise RuntimeError(f"generated {timing.generated} of {gen_tokens} tokens")
-        timings.append(timing)
+    try:
+        for _ in range(warmup):
+            time_run(run(min(gen_tokens, WARMUP_TOKENS)), prompt_tokens, clock, deadline)
+        for _ in range(reps):
+            timing = time_run(run(gen_tokens), prompt_tokens, clock, deadline)
+            if timing.generated != gen_tokens:
+                raise RuntimeError(f"generated {timing.generated} of {gen_tokens} tokens")
+            timings.append(timing)
+    except TimeLimitExceeded:
+        if not timings:
+            raise TimeLimitExceeded(f"stopped after {time_limit:g} s (--time-limit)") from None
     return timings

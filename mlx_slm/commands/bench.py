@@ -32,8 +32,11 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the synthetic weights and prompts.")
 @click.option("--force", is_flag=True, help="Run cells that the memory check would skip.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop a cell (per engine) at its first token past this; completed runs "
+                   "are kept.")
 def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, warmup,
-          bandwidth, compare, json_path, csv_path, plot_path, seed, force):
+          bandwidth, compare, json_path, csv_path, plot_path, seed, force, time_limit):
     """Benchmark throughput and memory per model size and precision."""
     import signal
     import sys
@@ -57,7 +60,7 @@ def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, w
         synthetic=synthetic, model_dirs=model_dirs, precisions=precisions,
         prompt_lengths=prompt_lengths or DEFAULT_PROMPT_LENGTHS, gen_tokens=gen_tokens,
         reps=reps, warmup=warmup, bandwidth=bandwidth, compare=compare == "mlx-lm", seed=seed,
-        force=force,
+        force=force, time_limit=time_limit,
     )
     # A killed sweep (SIGTERM) still unwinds, so its temporary model copies are deleted.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
