@@ -10,6 +10,7 @@ backend, BLAS, MLX version, machine and date), .md (the table for the README) an
 """
 
 import argparse
+import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,6 +84,8 @@ def main() -> int:
                         help="also run mlx-lm (default: as the preset says)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
+    # A killed sweep (SIGTERM) still unwinds, so its temporary model copies are deleted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
