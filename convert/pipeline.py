@@ -6,6 +6,7 @@ tokenizer_config.json so that mlx-lm (through transformers) can load the directo
 manifest.json (sizes and hashes of the others, written last).
 """
 
+import errno
 import shutil
 import sys
 import time
@@ -29,6 +30,7 @@ BFLOAT16_ABOVE_PARAMS = 2_000_000_000
 # Not carried over from the source config: auto_map names remote-code files we do not ship
 # (transformers would ask whether to run them); the rest we write afresh.
 DROPPED_KEYS = ("auto_map", "quantization", "quantization_config", METADATA_KEY)
+MLX_WRITE_FAILED = "[write]"  # how MLX's RuntimeError for a failed write begins
 
 
 @dataclass
@@ -90,17 +92,18 @@ def convert(source: str | Path, out_dir: str | Path, *, revision: str | None = N
     src_path = Path(source).expanduser()
     if src_path.is_dir() and src_path.resolve() == out_dir.resolve():
         raise SlmError(f"{out_dir} is the source directory; choose another output directory.")
-    src = open_source(source, revision, tokenizer, log)
-    dtype = dtype or default_dtype(src.config)
-    log(f"Converting {source} to {dtype}...")
-    model, quantization = convert_model(src, dtype, quantize, q_bits, q_group_size, q_recipe)
-    result = Conversion(
-        out_dir=out_dir, source=src.name, revision=src.revision, dtype=dtype,
-        quantization=quantization, tokenizer=src.tokenizer,
-        instruct=src.instruct if instruct is None else instruct,
-    )
-    check_disk_space(out_dir, model)
+    # The whole conversion holds the destination's lock, so that a second one stops at once.
     with staged_directory(out_dir, force) as tmp:
+        src = open_source(source, revision, tokenizer, log)
+        dtype = dtype or default_dtype(src.config)
+        log(f"Converting {source} to {dtype}...")
+        model, quantization = convert_model(src, dtype, quantize, q_bits, q_group_size, q_recipe)
+        result = Conversion(
+            out_dir=out_dir, source=src.name, revision=src.revision, dtype=dtype,
+            quantization=quantization, tokenizer=src.tokenizer,
+            instruct=src.instruct if instruct is None else instruct,
+        )
+        check_disk_space(out_dir, model)
         write_model_dir(tmp, model, src, result, max_shard_bytes)
     result.bytes = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
     result.seconds = time.perf_counter() - start
@@ -183,8 +186,25 @@ def write_model_dir(out: Path, model, src: Source, result: Conversion,
         shutil.copyfile(result.tokenizer.path, out / TOKENIZER_FILE)
         write_json(out / TOKENIZER_CONFIG_FILE, tokenizer_config(src.config))
         write_json(out / CONFIG_FILE, output_config(src, result))
+        read_headers(out)  # a short write shows up here, not at load time
+        write_manifest(out)
     except (OSError, RuntimeError) as err:
-        # MLX reports a failed write (e.g. a full disk) as RuntimeError.
-        raise SlmError(f"Writing {result.out_dir} failed: {first_line(err)}.") from None
-    read_headers(out)  # a short write shows up here, not at load time
-    write_manifest(out)
+        raise write_error(result.out_dir, err) from None
+
+
+def write_error(out_dir: Path, err: Exception) -> SlmError:
+    """A failed write as one line; for want of space or of a larger file-size limit, what to do."""
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk is full; free some space or choose another output directory"
+    elif code == errno.EFBIG:
+        why = ("a file is over the file-size limit (ulimit -f) or the file system's; raise the "
+               "limit, pass a smaller --max-shard-size, or choose another output directory")
+    elif isinstance(err, RuntimeError) and first_line(err).startswith(MLX_WRITE_FAILED):
+        # MLX's writer says only how many bytes it could not write, not why.
+        detail = first_line(err).removeprefix(MLX_WRITE_FAILED).strip().rstrip(".")
+        why = (f"{detail} (the disk is full, or a file is over the size limit); free some "
+               "space, raise the limit (ulimit -f), or choose another output directory")
+    else:
+        why = first_line(err)
+    return SlmError(f"Writing {out_dir} failed: {why}.")

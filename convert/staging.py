@@ -1,12 +1,19 @@
 """Write a directory atomically: build it under a hidden name beside the destination, then
 rename it into place once complete.
 
-An interrupted (Ctrl-C, SIGTERM) or failed write leaves nothing behind; a process killed
-outright leaves a `.NAME.tmp-PID-*` directory that the next write to NAME removes once PID
-is gone. An existing destination is replaced only when asked, and only after the new
-directory is complete.
+One writer at a time: a writer holds an exclusive lock (flock) on `.NAME.lock` beside the
+destination, which the kernel releases if the process dies, so a killed writer never blocks
+the next one. An interrupted (Ctrl-C, SIGTERM) or failed write leaves nothing behind; a
+process killed outright leaves a `.NAME.tmp-PID-*` directory that the next write to NAME
+removes once PID is gone. An existing destination is replaced only when asked, only after
+the new directory is complete, and by one atomic exchange where the system offers it (Linux
+renameat2, macOS renamex_np). Elsewhere it takes two renames, and a kill between them leaves
+the old directory aside as `.NAME.old-PID-*/NAME`, which the next write to NAME puts back.
 """
 
+import ctypes
+import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -20,6 +27,15 @@ from mlx_slm.errors import SlmError
 
 TEMP_MARK = ".tmp-"
 OLD_MARK = ".old-"
+LOCK_MARK = ".lock"
+# renameat2's RENAME_EXCHANGE (Linux) and renamex_np's RENAME_SWAP (macOS) are both 2.
+SWAP_FLAG = 2
+AT_FDCWD = -100  # Linux
+NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+class DestinationBusy(SlmError):
+    """Another process is writing the same destination."""
 
 
 def check_destination(dest: Path, force: bool) -> None:
@@ -38,24 +54,76 @@ def check_destination(dest: Path, force: bool) -> None:
 
 @contextmanager
 def staged_directory(dest: Path, force: bool = False) -> Iterator[Path]:
-    """Yield an empty directory that becomes `dest` when the block completes without error."""
+    """Yield an empty directory that becomes `dest` when the block completes without error.
+
+    The block runs holding `dest`'s lock: another writer gets DestinationBusy at once.
+    """
     dest = Path(dest).absolute()
     check_destination(dest, force)
     created = _make_parents(dest.parent)
-    tmp, done = None, False
     try:
-        remove_leftovers(dest)
-        tmp = _fresh_sibling(dest, TEMP_MARK)
-        with _sigterm_as_exit():
-            yield tmp
-        _move_into_place(tmp, dest, force)
-        done = True
-    finally:
-        if not done:
-            if tmp is not None:
+        with destination_lock(dest):
+            remove_leftovers(dest)
+            check_destination(dest, force)  # a writer that held the lock may have made it
+            tmp = _fresh_sibling(dest, TEMP_MARK)
+            try:
+                with _sigterm_as_exit():
+                    yield tmp
+                _move_into_place(tmp, dest, force)
+            except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-            for parent in reversed(created):
-                _remove_if_empty(parent)
+                raise
+    except BaseException:
+        for parent in reversed(created):
+            _remove_if_empty(parent)
+        raise
+
+
+@contextmanager
+def destination_lock(dest: Path, wait: bool = False) -> Iterator[None]:
+    """Hold `dest`'s lock (its parent must exist); DestinationBusy if taken, unless `wait`."""
+    path = dest.parent / f".{dest.name}{LOCK_MARK}"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise SlmError(f"Cannot create {path}: {err.strerror}.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            # The holder before us removes the file as it lets go: then lock the new one.
+            held = _is_file_at(fd, path)
+        except BaseException as err:
+            os.close(fd)
+            if isinstance(err, BlockingIOError):
+                raise DestinationBusy(
+                    f"Another conversion is writing {dest}; wait for it to finish, or choose "
+                    "another output directory."
+                ) from None
+            raise
+        if held:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+def wait_for_writer(dest: Path) -> None:
+    """Block until no process is writing `dest`."""
+    dest = Path(dest).absolute()
+    if dest.parent.is_dir():  # else the writer failed and removed the parents it made
+        with destination_lock(dest, wait=True):
+            pass
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _fresh_sibling(dest: Path, mark: str) -> Path:
@@ -74,15 +142,14 @@ def _fresh_sibling(dest: Path, mark: str) -> Path:
 def _move_into_place(tmp: Path, dest: Path, force: bool) -> None:
     if dest.exists() or dest.is_symlink():
         check_destination(dest, force)  # it may have appeared while we worked
-        old = _fresh_sibling(dest, OLD_MARK)
-        os.replace(dest, old / dest.name)
         try:
-            os.replace(tmp, dest)
+            swapped = _exchange(tmp, dest)
         except OSError as err:
-            os.replace(old / dest.name, dest)
-            old.rmdir()
             raise SlmError(f"Cannot replace {dest}: {err.strerror}.") from None
-        shutil.rmtree(old, ignore_errors=True)
+        if swapped:
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
+        else:
+            _replace_in_two_renames(tmp, dest)
         return
     try:
         os.rename(tmp, dest)
@@ -90,17 +157,56 @@ def _move_into_place(tmp: Path, dest: Path, force: bool) -> None:
         raise SlmError(f"Cannot move the new directory to {dest}: {err.strerror}.") from None
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step; False where the system or file system cannot."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "renamex_np"):  # macOS
+        result = libc.renamex_np(os.fsencode(a), os.fsencode(b), SWAP_FLAG)
+    elif hasattr(libc, "renameat2"):  # Linux, glibc 2.28+
+        result = libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), SWAP_FLAG)
+    else:
+        return False
+    code = ctypes.get_errno() if result else 0
+    if code in NO_EXCHANGE:
+        return False
+    if code:
+        raise OSError(code, os.strerror(code), str(b))
+    return True
+
+
+def _replace_in_two_renames(tmp: Path, dest: Path) -> None:
+    """Move `dest` aside, then `tmp` in; on an error in between, the old one goes back."""
+    aside = _fresh_sibling(dest, OLD_MARK) / dest.name
+    try:
+        os.replace(dest, aside)
+        os.replace(tmp, dest)
+    except BaseException as err:
+        if aside.exists() and not dest.exists():
+            os.replace(aside, dest)
+        _remove_if_empty(aside.parent)
+        if isinstance(err, OSError):
+            raise SlmError(f"Cannot replace {dest}: {err.strerror}.") from None
+        raise
+    shutil.rmtree(aside.parent, ignore_errors=True)
+
+
 def remove_leftovers(dest: Path) -> None:
-    """Delete temporary and replaced siblings of `dest` whose writing process is gone."""
-    parent = Path(dest).parent
-    if not parent.is_dir():
+    """Delete temporary and replaced siblings of `dest` whose writing process is gone, first
+    putting back a `dest` that such a process had moved aside."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
         return
-    for path in parent.iterdir():
+    for path in dest.parent.iterdir():
         for mark in (TEMP_MARK, OLD_MARK):
             prefix = f".{dest.name}{mark}"
             if path.name.startswith(prefix):
                 pid = path.name[len(prefix):].split("-")[0]
                 if pid.isdigit() and not _alive(int(pid)):
+                    if mark == OLD_MARK and (path / dest.name).is_dir() and not dest.exists():
+                        try:
+                            os.replace(path / dest.name, dest)
+                        except OSError:
+                            continue  # never delete the only copy
                     shutil.rmtree(path, ignore_errors=True)
 
 

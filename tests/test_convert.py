@@ -192,7 +192,10 @@ def test_failed_write_is_one_line_and_leaves_nothing(tmp_path, hub_checkpoint, m
     monkeypatch.setattr(mlx_slm.weights, "save_weights", disk_full)
     out = tmp_path / "out"
     result = run_convert(hub_checkpoint, out, "--tokenizer", LLAMA2_TOKENIZER)
-    assert error_of(result) == f"Error: Writing {out} failed: No space left on device."
+    assert error_of(result) == (
+        f"Error: Writing {out} failed: the disk is full; free some space or choose another "
+        "output directory."
+    )
     assert not out.exists() and leftovers(tmp_path) == []
 
 
