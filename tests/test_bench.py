@@ -327,3 +327,23 @@ def test_runs_cut_short_by_the_time_limit_are_counted_and_noted(model_dir):
     assert row["status"] == "ok" and row["repetitions"] == 2 and len(row["runs"]) == 2
     assert row["gen_tps"] == pytest.approx(1.0)
     assert row["reason"] == "mlx-slm: 2 of 3 runs within the 30 s limit"
+
+
+def test_mixed_recipes_are_found_and_passed_to_quantize(monkeypatch):
+    import sys
+    import types
+
+    from mlx_slm import quant
+    from mlx_slm.bench import precisions
+
+    monkeypatch.setitem(sys.modules, "mlx_slm.recipes",
+                        types.SimpleNamespace(RECIPES={"early": None, "late": None}))
+    calls = []
+    monkeypatch.setattr(quant, "quantize", lambda model, **kw: calls.append(kw) or {"bits": 4})
+    assert precisions.precision_names()[-2:] == ["4bit-early", "4bit-late"]
+    config = tiny_config(**QUANTIZABLE)
+    prec = precisions.precision("4bit-late", config)
+    assert prec == Precision("4bit-late", "float16", bits=4, recipe="late")
+    _, written = model_at(config, random_weights(config), prec, "tiny")
+    assert calls == [{"bits": 4, "group_size": 64, "recipe": "late"}]
+    assert written["quantization"] == {"bits": 4}

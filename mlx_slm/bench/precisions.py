@@ -30,19 +30,29 @@ class Precision:
 
     @property
     def quantized(self) -> bool:
-        return self.bits is not None or self.recipe is not None
+        return self.bits is not None
+
+
+MIXED_BASE_BITS = 4  # mixed recipes raise some layers above this base width
 
 
 def recipe_names() -> list[str]:
-    """The mixed-precision recipes mlx_slm.quant offers (its RECIPES, when it has them)."""
-    from mlx_slm import quant
+    """The mixed-precision recipes of mlx_slm.recipes, in its order."""
+    try:
+        from mlx_slm.recipes import RECIPES
+    except ImportError:  # a build without the recipes module: uniform widths only
+        return []
+    return list(RECIPES)
 
-    return sorted(getattr(quant, "RECIPES", None) or {})
+
+def mixed_name(recipe: str) -> str:
+    """How the benchmark names a recipe on its base width: '4bit-early-embed'."""
+    return f"{MIXED_BASE_BITS}bit-{recipe}"
 
 
 def precision_names() -> list[str]:
     """Every precision the benchmark can build, in sweep order."""
-    return [*FLOAT_PRECISIONS, *QUANTIZED_BITS, *recipe_names()]
+    return [*FLOAT_PRECISIONS, *QUANTIZED_BITS, *map(mixed_name, recipe_names())]
 
 
 def quantized_dtype(config: dict) -> str:
@@ -58,8 +68,10 @@ def precision(name: str, config: dict) -> Precision:
         return Precision(name, name)
     if name in QUANTIZED_BITS:
         return Precision(name, quantized_dtype(config), bits=QUANTIZED_BITS[name])
-    if name in recipe_names():
-        return Precision(name, quantized_dtype(config), recipe=name)
+    recipes = {mixed_name(recipe): recipe for recipe in recipe_names()}
+    if name in recipes:
+        return Precision(name, quantized_dtype(config), bits=MIXED_BASE_BITS,
+                         recipe=recipes[name])
     raise SlmError(f"Unknown precision {name!r}: choose from {', '.join(precision_names())}.")
 
 
@@ -94,12 +106,9 @@ def model_at(config: dict, weights: dict, precision: Precision, where: str):
     check_weights(model, weights, where)
     model.load_weights(list(weights.items()), strict=True)
     cast_floats(model, DTYPES[precision.dtype])
-    if precision.recipe is not None:
-        config["quantization"] = quant.quantize(model, group_size=GROUP_SIZE,
-                                                recipe=precision.recipe)
-    elif precision.bits is not None:
+    if precision.quantized:
         config["quantization"] = quant.quantize(model, bits=precision.bits,
-                                                group_size=GROUP_SIZE)
+                                                group_size=GROUP_SIZE, recipe=precision.recipe)
     return model, config
 
 

@@ -10,7 +10,7 @@ import click
 @click.option("--model", "-m", "model_dirs", multiple=True, metavar="DIR",
               help="A converted model directory (repeatable).")
 @click.option("--precision", "-P", "precisions", multiple=True, metavar="NAME",
-              help="float32, float16, bfloat16, 8bit, 4bit or a mixed recipe (repeatable). "
+              help="float32, float16, bfloat16, 8bit, 4bit or 4bit-RECIPE (mixed; repeatable). "
                    "Default: all for synthetic models, the stored one for directories.")
 @click.option("--prompt-tokens", "-p", "prompt_lengths", multiple=True,
               type=click.IntRange(min=1), help="Prompt length (repeatable). Default: 128, 1024.")
