@@ -207,8 +207,9 @@ def test_cells_that_do_not_fit_are_skipped_with_the_figures():
 def test_a_precision_that_cannot_be_built_is_skipped():
     # tiny_config's 32-wide FFN layer cannot be quantized in groups of 64.
     groups = plan([Source("tiny", tiny_config())], ["4bit"], [8], 4)
-    assert groups[0].cells[0].skip_reason.startswith("cannot be built at 4bit: ")
-    assert "divisible by the quantization group size 64" in groups[0].cells[0].skip_reason
+    # The builder's own message follows (MLX's, or quant's once it validates widths).
+    reason = groups[0].cells[0].skip_reason
+    assert reason.startswith("cannot be built at 4bit: ") and "64" in reason
 
 
 QUANTIZABLE = dict(model_dim=128, head_dim=32, ffn_dim_divisor=64, vocab_size=1000)
