@@ -65,7 +65,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     import mlx.core as mx
 
     from mlx_slm.blas import blas_in_use
-    from mlx_slm.chat_format import is_instruct, prompt_ids
+    from mlx_slm.chat_format import TURN_HEADERS, is_instruct, prompt_ids
     from mlx_slm.generate import Generation, stream_text
     from mlx_slm.loader import load, model_dtype
     from mlx_slm.memory_guard import check_fits
@@ -107,7 +107,9 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     try:
         stream_text(
             model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler,
-            logits_processors=processors, stop_strings=request.stop_strings,
+            logits_processors=processors,
+            stop_strings=request.stop_strings + (TURN_HEADERS if chat and not request.ignore_eos
+                                                 else ()),
             ignore_eos=request.ignore_eos, on_text=None if as_json else show, result=result,
         )
     except KeyboardInterrupt:

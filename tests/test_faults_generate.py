@@ -7,6 +7,7 @@ import sys
 import time
 
 import mlx.core as mx
+import pytest
 from click.testing import CliRunner
 
 from mlx_slm import memory_guard
@@ -70,10 +71,20 @@ def test_closed_stdout_ends_quietly(model_dir):
     assert "Traceback" not in err.decode() and "Exception ignored" not in err.decode()
 
 
-def test_full_context_generation_keeps_memory_flat(hub_checkpoint):
+@pytest.fixture(scope="module")
+def one_layer_checkpoint(tmp_path_factory):
+    """The smallest model with a 2048-token context: the long runs below stay quick."""
+    from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
+
+    config = tiny_config(num_layers=1, model_dim=32, head_dim=16, query_heads=(2,),
+                         kv_heads=(1,), ffn_multipliers=(1.0,), vocab_size=1000)
+    return write_hub_checkpoint(tmp_path_factory.mktemp("one") / "model", config)
+
+
+def test_full_context_generation_keeps_memory_flat(one_layer_checkpoint):
     """Over a whole 2048-token context memory grows only by the KV cache: in flight there
     is at most one step's transients, and nothing is left behind afterwards."""
-    model, _ = load_model(hub_checkpoint)
+    model, _ = load_model(one_layer_checkpoint)
     base = mx.get_active_memory()
     for run in range(2):
         cache = make_cache(model)
@@ -98,3 +109,33 @@ def test_interrupt_before_generation_exits_130_quietly(model_dir, monkeypatch):
     result = CliRunner().invoke(main, ["generate", "-m", str(model_dir), "-n", "2"])
     assert result.exit_code == 130
     assert result.stderr.strip() == "Interrupted."
+
+
+def test_hundred_turn_chat_keeps_memory_flat(model_dir, tmp_path):
+    """A long scripted chat trims its history at the context; memory stays at the cache's
+    ceiling instead of growing turn by turn. (A 512-token context makes trimming, which
+    re-reads the kept turns, start early and cost little.)"""
+    import shutil
+
+    from mlx_slm.chat import ChatSession
+    from mlx_slm.loader import load
+    from mlx_slm.weights import write_json
+
+    short = tmp_path / "short"
+    shutil.copytree(model_dir, short)
+    config = json.loads((short / "config.json").read_text())
+    write_json(short / "config.json", {**config, "max_context_length": 512})
+    model, tokenizer = load(short)
+    notes = []
+    session = ChatSession(model, tokenizer, max_tokens=12, notify=notes.append)
+    base = mx.get_active_memory()
+    extra = {}
+    for turn in range(100):
+        session.send(f"Question number {turn}: what is {turn} plus {turn}?")
+        if turn in (60, 80, 99):
+            extra[turn] = mx.get_active_memory() - base - sum(c.nbytes for c in session.cache)
+    assert notes, "the history never reached the context, so nothing was trimmed"
+    assert max(c.offset for c in session.cache) <= model.args.max_context_length
+    assert max(c.capacity for c in session.cache) <= model.args.max_context_length
+    assert max(extra.values()) < 1024 * 1024, extra
+    assert max(extra.values()) - min(extra.values()) < 256 * 1024, extra

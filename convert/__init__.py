@@ -1,0 +1,1 @@
+"""Hub -> MLX conversion and the auto-convert cache."""

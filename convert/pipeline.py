@@ -1,0 +1,210 @@
+"""Checkpoint -> MLX model directory: read, check, cast, optionally quantize, write atomically.
+
+The output holds config.json (the source's, plus our metadata and any quantization),
+model.safetensors (or shards with an index), the Llama-2 tokenizer.model, a small
+tokenizer_config.json so that mlx-lm (through transformers) can load the directory too, and
+manifest.json (sizes and hashes of the others, written last).
+"""
+
+import errno
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlx_slm.chat_format import METADATA_KEY
+from mlx_slm.errors import SlmError
+from mlx_slm.tokenizer import TOKENIZER_FILE
+from mlx_slm.weights import CONFIG_FILE, DEFAULT_SHARD_BYTES, write_json
+
+from .hub import first_line
+from .llama_tokenizer import TokenizerFile
+from .manifest import write_manifest
+from .source import Source, open_source
+from .staging import check_destination, staged_directory
+
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Apple: 3B overflows in float16, use bfloat16. Decided by size, not by name.
+BFLOAT16_ABOVE_PARAMS = 2_000_000_000
+# Not carried over from the source config: auto_map names remote-code files we do not ship
+# (transformers would ask whether to run them); the rest we write afresh.
+DROPPED_KEYS = ("auto_map", "quantization", "quantization_config", METADATA_KEY)
+MLX_WRITE_FAILED = "[write]"  # how MLX's RuntimeError for a failed write begins
+
+
+@dataclass
+class Conversion:
+    """What a conversion wrote, for the summary."""
+
+    out_dir: Path
+    source: str
+    revision: str | None
+    dtype: str
+    quantization: dict | None
+    tokenizer: TokenizerFile
+    instruct: bool
+    bytes: int = 0
+    seconds: float = 0.0
+    files: list[str] = field(default_factory=list)
+
+
+def log_to_stderr(message: str) -> None:
+    """Progress lines go to stderr: stdout may carry generated text."""
+    print(message, file=sys.stderr)
+
+
+def default_dtype(config: dict) -> str:
+    """float16, except bfloat16 for models past 2B parameters (3B overflows in float16)."""
+    from mlx_slm.inspect import parameter_count
+
+    return "bfloat16" if parameter_count(config) > BFLOAT16_ABOVE_PARAMS else "float16"
+
+
+def tokenizer_config(config: dict) -> dict:
+    """The minimal tokenizer_config.json from which transformers builds the Llama tokenizer."""
+    return {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        # SentencePiece's own behaviour (transformers 4.x; 5.x ignores it and differs only
+        # for text that starts with a space).
+        "legacy": True,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": config.get("max_context_length", 2048),
+    }
+
+
+def convert(source: str | Path, out_dir: str | Path, *, revision: str | None = None,
+            dtype: str | None = None, tokenizer: str | None = None, force: bool = False,
+            quantize: bool = False, q_bits: int = 4, q_group_size: int = 64,
+            q_recipe: str | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+            instruct: bool | None = None, log=None) -> Conversion:
+    """Convert SOURCE (a Hub repo id or a Hub-layout directory) into the MLX directory OUT_DIR."""
+    log = log or log_to_stderr
+    source = str(source)
+    start = time.perf_counter()
+    out_dir = Path(out_dir).expanduser().absolute()
+    check_destination(out_dir, force)
+    src_path = Path(source).expanduser()
+    if src_path.is_dir() and src_path.resolve() == out_dir.resolve():
+        raise SlmError(f"{out_dir} is the source directory; choose another output directory.")
+    # The whole conversion holds the destination's lock, so that a second one stops at once.
+    with staged_directory(out_dir, force) as tmp:
+        src = open_source(source, revision, tokenizer, log)
+        dtype = dtype or default_dtype(src.config)
+        log(f"Converting {source} to {dtype}...")
+        model, quantization = convert_model(src, dtype, quantize, q_bits, q_group_size, q_recipe)
+        result = Conversion(
+            out_dir=out_dir, source=src.name, revision=src.revision, dtype=dtype,
+            quantization=quantization, tokenizer=src.tokenizer,
+            instruct=src.instruct if instruct is None else instruct,
+        )
+        check_disk_space(out_dir, model)
+        write_model_dir(tmp, model, src, result, max_shard_bytes)
+    result.bytes = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def convert_model(src: Source, dtype: str, quantize: bool, q_bits: int, q_group_size: int,
+                  q_recipe: str | None):
+    """The source's model, checked, cast and (if asked) quantized, with its quantization entry.
+
+    Lazy: nothing is computed until the weights are written.
+    """
+    from mlx_slm import quant
+    from mlx_slm.loader import DTYPES, build_model, cast_floats, check_weights, sanitize
+    from mlx_slm.weights import load_weights
+
+    if dtype not in DTYPES:
+        raise SlmError(f"Unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
+    quantization = src.config.get("quantization")
+    if quantize and quantization:
+        raise SlmError(f"{src.name} is already quantized; convert its unquantized source instead.")
+    model = build_model(src.config)
+    weights = sanitize(load_weights(src.path))
+    check_weights(model, weights, src.path)
+    model.load_weights(list(weights.items()), strict=True)
+    del weights  # the model holds them now; let the cast free each source tensor
+    cast_floats(model, DTYPES[dtype])
+    if quantize:
+        try:
+            quantization = quant.quantize(
+                model, bits=q_bits, group_size=q_group_size, recipe=q_recipe
+            )
+        except ValueError as err:  # MLX: a layer width not divisible by the group size
+            raise SlmError(f"Cannot quantize {src.name}: {first_line(err)}") from None
+    return model, quantization
+
+
+def check_disk_space(out_dir: Path, model) -> None:
+    """Refuse to start writing what the destination's file system cannot hold."""
+    from mlx.utils import tree_flatten
+
+    needed = sum(a.nbytes for _, a in tree_flatten(model.parameters()))
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise SlmError(
+            f"{out_dir} needs about {needed / 1e9:.2f} GB but its file system has "
+            f"{free / 1e9:.2f} GB free; free some space or choose another directory."
+        )
+
+
+def output_config(src: Source, result: Conversion) -> dict:
+    """The source's config.json with our metadata, the dtype and any quantization."""
+    from mlx_slm import __version__
+
+    config = {k: v for k, v in src.config.items() if k not in DROPPED_KEYS}
+    config["torch_dtype"] = result.dtype
+    config[METADATA_KEY] = {
+        "source": result.source,
+        "revision": result.revision,
+        "dtype": result.dtype,
+        "instruct": result.instruct,
+        "tokenizer_sha256": result.tokenizer.sha256,
+        "version": __version__,
+    }
+    if result.quantization:
+        config["quantization"] = result.quantization
+    return config
+
+
+def write_model_dir(out: Path, model, src: Source, result: Conversion,
+                    max_shard_bytes: int) -> None:
+    """Write weights, tokenizer and configs into the (empty, temporary) directory `out`."""
+    from mlx.utils import tree_flatten
+
+    from mlx_slm.weights import read_headers, save_weights
+
+    try:
+        result.files = save_weights(out, dict(tree_flatten(model.parameters())), max_shard_bytes)
+        shutil.copyfile(result.tokenizer.path, out / TOKENIZER_FILE)
+        write_json(out / TOKENIZER_CONFIG_FILE, tokenizer_config(src.config))
+        write_json(out / CONFIG_FILE, output_config(src, result))
+        read_headers(out)  # a short write shows up here, not at load time
+        write_manifest(out)
+    except (OSError, RuntimeError) as err:
+        raise write_error(result.out_dir, err) from None
+
+
+def write_error(out_dir: Path, err: Exception) -> SlmError:
+    """A failed write as one line; for want of space or of a larger file-size limit, what to do."""
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk is full; free some space or choose another output directory"
+    elif code == errno.EFBIG:
+        why = ("a file is over the file-size limit (ulimit -f) or the file system's; raise the "
+               "limit, pass a smaller --max-shard-size, or choose another output directory")
+    elif isinstance(err, RuntimeError) and first_line(err).startswith(MLX_WRITE_FAILED):
+        # MLX's writer says only how many bytes it could not write, not why.
+        detail = first_line(err).removeprefix(MLX_WRITE_FAILED).strip().rstrip(".")
+        why = (f"{detail} (the disk is full, or a file is over the size limit); free some "
+               "space, raise the limit (ulimit -f), or choose another output directory")
+    else:
+        why = first_line(err)
+    return SlmError(f"Writing {out_dir} failed: {why}.")

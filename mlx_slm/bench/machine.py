@@ -1,0 +1,62 @@
+"""What produced a number: backend, BLAS, versions, platform, CPU, cores, memory, date."""
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+
+def cpu_brand() -> str:
+    """The CPU's marketing name ('Apple M2 Pro', 'AMD EPYC 7B13'), or the architecture."""
+    if sys.platform == "darwin":
+        try:
+            done = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+                                  capture_output=True, text=True, timeout=5)
+            if done.returncode == 0 and done.stdout.strip():
+                return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    elif sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+    return platform.processor() or platform.machine()
+
+
+def total_ram_bytes() -> int | None:
+    """Physical memory in bytes, or None where the OS will not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def machine_fingerprint() -> str:
+    """A key that changes when the hardware does (a cached measurement is per machine)."""
+    return f"{cpu_brand()} | {os.cpu_count()} cores | {total_ram_bytes()} bytes"
+
+
+def machine_info() -> dict:
+    """The fields every benchmark row records about where it ran."""
+    import mlx.core as mx
+
+    from mlx_slm import __version__
+    from mlx_slm.blas import blas_in_use
+    from mlx_slm.stats import backend
+
+    return {
+        "backend": backend(),
+        "blas": blas_in_use(),
+        "mlx_version": mx.__version__,
+        "mlx_slm_version": __version__,
+        "platform": platform.platform(),
+        "cpu": cpu_brand(),
+        "cores": os.cpu_count(),
+        "ram_bytes": total_ram_bytes(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

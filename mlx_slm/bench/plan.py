@@ -1,0 +1,170 @@
+"""The cells of a sweep (model x precision x prompt length), and why any is skipped.
+
+A cell is skipped before anything is built when it cannot run: too long for the context,
+more memory than the machine has free, no disk for its model copy, or a precision that a
+quantized directory cannot be turned into.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlx_slm.bench.precisions import (
+    Precision,
+    model_at,
+    parameter_bytes,
+    precision,
+    precision_names,
+    stored_precision,
+)
+from mlx_slm.errors import SlmError
+
+GB = 1e9
+SYNTHETIC_SIZES = ("270M", "450M", "1.1B", "3B")
+
+
+@dataclass
+class Source:
+    """A model to benchmark: a published or custom shape with seeded random weights, or a
+    converted directory."""
+
+    label: str
+    config: dict
+    model_dir: Path | None = None  # None: synthetic
+
+    @property
+    def synthetic(self) -> bool:
+        return self.model_dir is None
+
+    def float_weights(self, seed: int) -> dict:
+        """The weights to build each precision from, lazily (nothing is read or drawn yet)."""
+        from mlx_slm.synthetic import random_weights
+        from mlx_slm.weights import load_weights
+
+        if self.synthetic:
+            return random_weights(self.config, seed)
+        return load_weights(self.model_dir)
+
+    def stored(self) -> Precision | None:
+        """A directory's own precision; None for synthetic models."""
+        return None if self.synthetic else stored_precision(self.model_dir, self.config)
+
+
+def synthetic_sources(spec: str) -> list[Source]:
+    """`spec` is a size (270M, 450M, 1.1B, 3B), 'all', or the path of a config.json."""
+    from mlx_slm.model import ModelArgs
+    from mlx_slm.synthetic import published_config
+    from mlx_slm.weights import read_json
+
+    if spec == "all":
+        return [Source(size, published_config(size)) for size in SYNTHETIC_SIZES]
+    path = Path(spec).expanduser()
+    if path.suffix == ".json" or path.is_file():
+        config = read_json(path, "a model configuration")
+        ModelArgs.from_config(config)
+        return [Source(path.parent.name if path.name == "config.json" else path.stem, config)]
+    config = published_config(spec)
+    return [Source(spec.replace("1_1B", "1.1B"), config)]
+
+
+def directory_source(path: str) -> Source:
+    """A converted model directory, benchmarked by its directory name."""
+    from mlx_slm.weights import read_config
+
+    model_dir = Path(path).expanduser()
+    if not model_dir.is_dir():
+        raise SlmError(f"Model directory {model_dir} does not exist.")
+    return Source(model_dir.resolve().name, read_config(model_dir), model_dir)
+
+
+@dataclass
+class Cell:
+    """One measurement: a model at a precision, a prompt length and a generation length."""
+
+    source: Source
+    precision: Precision
+    prompt_tokens: int
+    gen_tokens: int
+    skip_reason: str | None = None
+
+
+@dataclass
+class Group:
+    """The cells of one model at one precision, which share one build and one load."""
+
+    source: Source
+    precision: Precision
+    weight_bytes: int
+    parameters: int
+    needs_copy: bool  # built into a temporary directory first (else loaded where it is)
+    cells: list[Cell] = field(default_factory=list)
+
+
+def needed_bytes(config: dict, weight_bytes: int, tokens: int) -> int:
+    """Memory a cell needs: weights plus a float32 KV cache for `tokens`, with slack."""
+    from mlx_slm.memory_guard import OVERHEAD, kv_cache_bytes
+
+    return math.ceil((weight_bytes + kv_cache_bytes(config, tokens, 4)) * OVERHEAD)
+
+
+def plan(sources: list[Source], precisions: list[str] | None, prompt_lengths: list[int],
+         gen_tokens: int, *, seed: int = 0, force: bool = False,
+         available: int | None = None, free_disk: int | None = None,
+         temp_dir: str = "the temporary directory") -> list[Group]:
+    """Every cell to run, in order, each either runnable or carrying its skip reason.
+
+    `precisions` None means every precision for synthetic models and the stored one for
+    directories. `available` is free memory and `free_disk` free space for model copies
+    (None: unknown, nothing skipped for it); `force` skips no cell for memory.
+    """
+    from mlx_slm.inspect import parameter_count
+
+    groups = []
+    for source in sources:
+        stored = source.stored()
+        parameters = parameter_count(source.config)
+        for name in dict.fromkeys(precisions or ([stored.name] if stored else precision_names())):
+            prec = stored if stored is not None and name == stored.name else precision(
+                name, source.config)
+            group = Group(source, prec, 0, parameters, needs_copy=prec != stored)
+            reason = None
+            if group.needs_copy and stored is not None and stored.quantized:
+                reason = (f"{source.model_dir} is stored as {stored.name}; a quantized "
+                          "directory is benchmarked at its own precision only")
+            else:
+                try:
+                    group.weight_bytes = _weight_bytes(source, prec, group.needs_copy, seed)
+                except (SlmError, ValueError) as err:  # e.g. a width the group size won't divide
+                    reason = f"cannot be built at {prec.name}: {err}"
+            if reason is None and group.needs_copy and free_disk is not None \
+                    and group.weight_bytes > free_disk:
+                reason = (f"its {group.weight_bytes / GB:.1f} GB model copy does not fit in "
+                          f"the {free_disk / GB:.1f} GB free in {temp_dir}")
+            for prompt in prompt_lengths:
+                cell_reason = reason or _cell_reason(group, prompt + gen_tokens, force, available)
+                group.cells.append(Cell(source, prec, prompt, gen_tokens, cell_reason))
+            groups.append(group)
+    return groups
+
+
+def _weight_bytes(source: Source, prec: Precision, needs_copy: bool, seed: int) -> int:
+    if not needs_copy:
+        from mlx_slm.memory_guard import weight_bytes
+
+        return weight_bytes(source.model_dir)
+    # Built lazily: the byte count comes from shapes; no weight is drawn or read.
+    model, _ = model_at(source.config, source.float_weights(seed), prec, source.label)
+    return parameter_bytes(model)
+
+
+def _cell_reason(group: Group, tokens: int, force: bool, available: int | None) -> str | None:
+    context = group.source.config.get("max_context_length", 2048)
+    if tokens > context:
+        return f"prompt + generation ({tokens} tokens) exceed the {context}-token context"
+    if force or available is None:
+        return None
+    needed = needed_bytes(group.source.config, group.weight_bytes, tokens)
+    if needed > available:
+        return (f"needs about {needed / GB:.1f} GB (weights + KV cache) but "
+                f"{available / GB:.1f} GB is available")
+    return None

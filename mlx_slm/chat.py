@@ -1,0 +1,247 @@
+"""A multi-turn chat whose KV cache is kept across turns, and the terminal loop around it.
+
+The cache always holds a prefix of the conversation's token ids (`conversation_ids` of the
+history), so each turn runs only the tokens past that prefix: the previous answer's EOS if
+it was never fed, the new user turn and the assistant header.
+"""
+
+import sys
+from collections.abc import Callable
+
+import mlx.core as mx
+
+from mlx_slm.cache import make_cache
+from mlx_slm.chat_format import TURN_HEADERS, Turn, conversation_ids
+from mlx_slm.errors import SlmError
+from mlx_slm.generate import Generation, stream_text
+from mlx_slm.sample import LogitsProcessor, Sampler, greedy
+
+
+class ChatSession:
+    """Turns, the KV cache and the ids it holds; `send` answers one user message."""
+
+    def __init__(self, model, tokenizer, *, system: str | None = None, max_tokens: int = 256,
+                 sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
+                 stop_strings: tuple[str, ...] = TURN_HEADERS,
+                 notify: Callable[[str], None] | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.system = system
+        self.max_tokens = max_tokens
+        self.sampler = sampler
+        self.logits_processors = list(logits_processors)
+        self.stop_strings = stop_strings
+        self.notify = notify or (lambda note: None)
+        self.context = model.args.max_context_length
+        self.turns: list[Turn] = []
+        self.cache = make_cache(model)
+        self.cached_ids: list[int] = []
+        self.last: Generation | None = None
+
+    def ids(self, turns: list[Turn] | None = None, open_answer: bool = False) -> list[int]:
+        """The conversation's ids: the history (or `turns`), optionally opening an answer."""
+        turns = self.turns if turns is None else turns
+        return conversation_ids(self.tokenizer, turns, self.system, open_answer)
+
+    def send(self, text: str, on_text: Callable[[str], None] | None = None) -> Generation:
+        """Answer `text`, streaming pieces to `on_text`; Ctrl-C ends the answer early."""
+        turns, max_tokens = self._fit([*self.turns, Turn("user", text)])
+        ids = self.ids(turns, open_answer=True)
+        keep = min(_common_prefix(self.cached_ids, ids), len(ids) - 1)
+        self._rewind(keep)
+        result = Generation()
+        try:
+            stream_text(
+                self.model, self.tokenizer, ids[keep:], max_tokens=max_tokens,
+                sampler=self.sampler, logits_processors=self._with_earlier(ids[:keep]),
+                stop_strings=self.stop_strings, cache=self.cache, on_text=on_text,
+                result=result,
+            )
+        except KeyboardInterrupt:
+            result.finish_reason = "interrupted"
+        self.last = result
+        answer = self._answer_ids(result)
+        if result.finish_reason == "interrupted":
+            # The cache may be mid-update; what it held before this turn is sound.
+            self._rewind(keep)
+            if not result.tokens:
+                return result  # nothing was said: forget the question too
+        else:
+            fed = ids + result.tokens + [self.tokenizer.eos_id]
+            self.cached_ids = fed[: min(c.offset for c in self.cache)]
+        result.text = self.tokenizer.decode(answer)
+        self.turns = [*turns, Turn("assistant", result.text, ids=answer)]
+        return result
+
+    def reset(self) -> None:
+        """Forget the turns; the system message stays (and so does its cached prefix)."""
+        self.turns = []
+
+    def set_system(self, text: str | None) -> None:
+        """A new system message; the turns are kept and re-read after it on the next turn."""
+        self.system = text or None
+
+    def stats(self) -> dict:
+        """Tokens in context, the last answer's speed and the memory in use."""
+        from mlx_slm.stats import current_rss_bytes, memory_report
+
+        report = {
+            "context_tokens": len(self.ids()),
+            "context_limit": self.context,
+            "exchanges": sum(t.role == "user" for t in self.turns),
+            "cache_gb": sum(c.nbytes for c in self.cache) / 1e9,
+            **memory_report(),
+        }
+        rss = current_rss_bytes()
+        if rss is not None:
+            report["current_rss_gb"] = rss / 1e9
+        if self.last is not None:
+            report.update(
+                last_prompt_tokens=self.last.prompt_tokens,
+                last_generation_tokens=self.last.generation_tokens,
+                last_prompt_tps=self.last.prompt_tps,
+                last_generation_tps=self.last.generation_tps,
+                last_ttft_s=self.last.prompt_s,
+            )
+        return report
+
+    def _fit(self, turns: list[Turn]) -> tuple[list[Turn], int]:
+        """Drop the oldest exchanges until the prompt and an answer fit in the context."""
+        dropped = 0
+        while len(turns) > 1 and len(self.ids(turns, True)) + self.max_tokens > self.context:
+            turns = turns[2:]  # one user turn and its answer
+            dropped += 1
+        length = len(self.ids(turns, True))
+        if length >= self.context:
+            raise SlmError(
+                f"This message makes a {length}-token prompt but the context is {self.context} "
+                "tokens; send a shorter one (or a shorter /system message)."
+            )
+        if dropped:
+            self.notify(f"[dropped the {dropped} oldest exchange(s) to fit the "
+                        f"{self.context}-token context]")
+        max_tokens = min(self.max_tokens, self.context - length)
+        if max_tokens < self.max_tokens:
+            self.notify(f"[answer capped at {max_tokens} tokens by the context]")
+        return turns, max_tokens
+
+    def _rewind(self, keep: int) -> None:
+        """Make the cache hold exactly the first `keep` ids of `cached_ids`."""
+        for layer in self.cache:
+            layer.trim(layer.offset - keep)
+        self.cached_ids = self.cached_ids[:keep]
+
+    def _with_earlier(self, earlier: list[int]) -> list[LogitsProcessor]:
+        """Processors that also see the cached part of the prompt, as a fresh run would."""
+        if not self.logits_processors or not earlier:
+            return self.logits_processors
+        prefix = mx.array(earlier, dtype=mx.uint32)
+
+        def with_prefix(process):
+            return lambda tokens, logits: process(mx.concatenate([prefix, tokens]), logits)
+
+        return [with_prefix(p) for p in self.logits_processors]
+
+    def _answer_ids(self, result: Generation) -> list[int]:
+        """The generated ids that belong in the history: those before any stop string."""
+        if result.finish_reason != "stop":
+            return list(result.tokens)
+        tokens = result.tokens
+        for n in range(len(tokens), -1, -1):
+            if result.text.startswith(self.tokenizer.decode(tokens[:n])):
+                return list(tokens[:n])
+        return []
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+HELP = """Commands:
+  /reset          forget the conversation (the system message stays)
+  /system TEXT    set the system message (/system alone removes it)
+  /stats          tokens in context, the last answer's speed, memory
+  /help           this list
+  /exit           leave (so do Ctrl-D and Ctrl-C at the prompt)
+Ctrl-C during an answer stops it; the chat goes on."""
+
+
+def format_chat_stats(report: dict) -> str:
+    """The /stats lines."""
+    lines = [
+        f"context: {report['context_tokens']} of {report['context_limit']} tokens, "
+        f"{report['exchanges']} exchange(s), KV cache {report['cache_gb']:.3f} GB",
+    ]
+    if "last_prompt_tokens" in report:
+        lines.append(
+            f"last answer: prompt {report['last_prompt_tokens']} tokens at "
+            f"{report['last_prompt_tps']:.1f} tok/s, {report['last_generation_tokens']} tokens "
+            f"at {report['last_generation_tps']:.1f} tok/s, TTFT {report['last_ttft_s']:.2f} s"
+        )
+    memory = (f"memory: peak MLX {report['peak_memory_gb']:.2f} GB, "
+              f"peak RSS {report['rss_gb']:.2f} GB")
+    if "current_rss_gb" in report:
+        memory += f", RSS now {report['current_rss_gb']:.2f} GB"
+    return "\n".join([*lines, memory])
+
+
+def repl(session: ChatSession, read: Callable[[str], str] = input, out=None, err=None,
+         prompt: str = "> ") -> None:
+    """Read messages and commands until /exit, Ctrl-D or Ctrl-C at the prompt."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+
+    def show(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    while True:
+        try:
+            line = read(prompt)
+        except (EOFError, KeyboardInterrupt):
+            if prompt:
+                out.write("\n")
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            if not run_command(session, text, err):
+                return
+            continue
+        try:
+            result = session.send(text, on_text=show)
+        except SlmError as error:
+            print(f"Error: {error}", file=err)
+            continue
+        out.write("\n")
+        out.flush()
+        if result.finish_reason == "interrupted":
+            print("[interrupted]", file=err)
+
+
+def run_command(session: ChatSession, text: str, err) -> bool:
+    """Carry out one /command; False means leave the chat."""
+    name, _, argument = text.partition(" ")
+    argument = argument.strip()
+    if name in ("/exit", "/quit"):
+        return False
+    if name == "/reset":
+        session.reset()
+        print("[conversation cleared]", file=err)
+    elif name == "/system":
+        session.set_system(argument)
+        print(f"[system message set: {argument}]" if argument else "[system message removed]",
+              file=err)
+    elif name == "/stats":
+        print(format_chat_stats(session.stats()), file=err)
+    elif name == "/help":
+        print(HELP, file=err)
+    else:
+        print(f"Unknown command {name}; /help lists the commands.", file=err)
+    return True

@@ -1,0 +1,82 @@
+"""`mlx-slm bench`: throughput, latency and memory per model size, precision and length."""
+
+import click
+
+
+@click.command()
+@click.option("--synthetic", "-s", multiple=True, metavar="SIZE",
+              help="Seeded random weights at a real shape: 270M, 450M, 1.1B, 3B or all, or "
+                   "the path of a config.json (repeatable). Default (with no --model): all.")
+@click.option("--model", "-m", "model_dirs", multiple=True, metavar="DIR",
+              help="A converted model directory (repeatable).")
+@click.option("--precision", "-P", "precisions", multiple=True, metavar="NAME",
+              help="float32, float16, bfloat16, 8bit, 4bit or 4bit-RECIPE (mixed; repeatable). "
+                   "Default: all for synthetic models, the stored one for directories.")
+@click.option("--prompt-tokens", "-p", "prompt_lengths", multiple=True,
+              type=click.IntRange(min=1), help="Prompt length (repeatable). Default: 128, 1024.")
+@click.option("--gen-tokens", "-n", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Tokens generated per run (EOS ignored).")
+@click.option("--reps", "-r", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed runs per cell; the table shows their median and spread.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed runs first (full prompt, 8 generated tokens).")
+@click.option("--bandwidth", type=click.FloatRange(min=0, min_open=True), metavar="GB/s",
+              help="Memory bandwidth for the roofline. Default: Apple's figure for the chip, "
+                   "else measured once and cached.")
+@click.option("--compare", type=click.Choice(["mlx-lm"]),
+              help="Also run mlx-lm's generation on the same files; report ours/theirs.")
+@click.option("--json", "json_path", metavar="FILE", help="Write every row as JSON (- = stdout).")
+@click.option("--csv", "csv_path", metavar="FILE", help="Write every row as CSV (- = stdout).")
+@click.option("--plot", "plot_path", metavar="FILE.png",
+              help="Draw tok/s and memory per size and precision (needs matplotlib).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the synthetic weights and prompts.")
+@click.option("--force", is_flag=True, help="Run cells that the memory check would skip.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop a cell (per engine) at its first token past this; completed runs "
+                   "are kept.")
+def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, warmup,
+          bandwidth, compare, json_path, csv_path, plot_path, seed, force, time_limit):
+    """Benchmark throughput and memory per model size and precision."""
+    import signal
+    import sys
+
+    from mlx_slm.bench import report
+    from mlx_slm.bench.progress import ProgressLine
+    from mlx_slm.bench.sweep import DEFAULT_PROMPT_LENGTHS, BenchRequest, run_bench
+
+    outputs = [p for p in (json_path, csv_path, plot_path) if p]
+    for path in outputs:
+        report.check_new_file(path)
+    if len(set(outputs)) < len(outputs) or [json_path, csv_path].count("-") > 1:
+        raise click.BadParameter("each output needs its own file", param_hint="--json/--csv")
+    if plot_path == "-":
+        raise click.BadParameter("the plot needs a file name", param_hint="--plot")
+    if plot_path:
+        from mlx_slm.bench.plot import require_matplotlib
+
+        require_matplotlib()
+    request = BenchRequest(
+        synthetic=synthetic, model_dirs=model_dirs, precisions=precisions,
+        prompt_lengths=prompt_lengths or DEFAULT_PROMPT_LENGTHS, gen_tokens=gen_tokens,
+        reps=reps, warmup=warmup, bandwidth=bandwidth, compare=compare == "mlx-lm", seed=seed,
+        force=force, time_limit=time_limit,
+    )
+    # A killed sweep (SIGTERM) still unwinds, so its temporary model copies are deleted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    progress = ProgressLine()
+    try:
+        rows = run_bench(request, on_progress=progress)
+    finally:
+        progress.close()
+    table_to_stderr = "-" in (json_path, csv_path)
+    click.echo(report.to_markdown(rows), nl=False, err=table_to_stderr)
+    for path, text in ((json_path, report.to_json), (csv_path, report.to_csv)):
+        if path == "-":
+            click.echo(text(rows), nl=False)
+        elif path:
+            report.write_new_file(path, text(rows))
+    if plot_path:
+        from mlx_slm.bench.plot import plot
+
+        plot(rows, plot_path)

@@ -1,0 +1,293 @@
+"""A quiz of simple factual questions: prompts that suit each model, batched answers, scoring.
+
+Questions are JSON lines: {"question": str, "answer": str | [str, ...] (accepted spellings),
+"wrong": [str, ...] (other candidates, optional), "cue": str (optional)}. Base models get a
+completion cue ("Q: ...\\nA: {cue}"), Instruct models the chat format.
+"""
+
+import json
+import re
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from mlx_slm.chat_format import TURN_HEADERS, Turn, conversation_ids
+from mlx_slm.errors import SlmError
+from mlx_slm.sample import LogitsProcessor, Sampler, greedy
+
+BUILTIN = "data/quiz_capitals.jsonl"
+KEYS = {"question", "answer", "wrong", "cue"}
+
+
+@dataclass
+class Question:
+    """One question, the names that make an answer right, and those that make it wrong."""
+
+    question: str
+    answers: list[str]  # accepted spellings of the right answer
+    wrong: list[str] = field(default_factory=list)  # names that would make it wrong
+    cue: str | None = None  # how a completion of the answer begins, for base models
+
+
+def builtin_questions() -> list[Question]:
+    """The 50 US state capitals, each with the state's other big cities as wrong candidates."""
+    text = resources.files("mlx_slm").joinpath(BUILTIN).read_text(encoding="utf-8")
+    return parse_questions(text, BUILTIN)
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """The questions of a JSONL file; a bad line is an error naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SlmError(f"{path} does not exist; --questions takes a JSONL file.") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SlmError(f"Cannot read {path}: {err}.") from None
+    return parse_questions(text, str(path))
+
+
+def parse_questions(text: str, source: str) -> list[Question]:
+    """Validate JSON lines (blank lines skipped) into questions."""
+    questions = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+
+        def bad(why: str, number=number) -> SlmError:
+            return SlmError(f"{source} line {number}: {why}.")
+
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise bad(f"not valid JSON ({err.msg})") from None
+        if not isinstance(item, dict):
+            raise bad("must be a JSON object")
+        unknown = sorted(set(item) - KEYS)
+        if unknown:
+            raise bad(f"unknown key {unknown[0]!r} (keys: {', '.join(sorted(KEYS))})")
+        question, answer = item.get("question"), item.get("answer")
+        if not isinstance(question, str) or not question.strip():
+            raise bad('"question" must be a non-empty string')
+        answers = [answer] if isinstance(answer, str) else answer
+        if not _names(answers):
+            raise bad('"answer" must be a non-empty string or a list of them')
+        wrong = item.get("wrong", [])
+        if not isinstance(wrong, list) or (wrong and not _names(wrong)):
+            raise bad('"wrong" must be a list of non-empty strings')
+        cue = item.get("cue")
+        if cue is not None and not isinstance(cue, str):
+            raise bad('"cue" must be a string')
+        questions.append(Question(question.strip(), answers, wrong, cue or None))
+    if not questions:
+        raise SlmError(f"{source} holds no questions.")
+    return questions
+
+
+def _names(values) -> bool:
+    return isinstance(values, list) and bool(values) and all(
+        isinstance(v, str) and v.strip() for v in values
+    )
+
+
+def normalize(text: str) -> str:
+    """Case- and diacritics-insensitive form: 'São Tomé' -> 'sao tome'."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def _mentions(text: str, names: list[str]) -> list[tuple[int, int]]:
+    """(start, end) of every whole-word mention of any of `names` in normalized `text`."""
+    spans = []
+    for name in names:
+        words = [re.escape(w) for w in normalize(name).split()]
+        pattern = r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)"
+        spans += [(m.start(), m.end()) for m in re.finditer(pattern, text)]
+    return spans
+
+
+HEDGE = re.compile(r"^[\s,;:(\-–—]*(?:or|and/or)(?!\w)")
+
+
+def judge(answer: str, question: Question) -> str:
+    """'right' if the right name comes before any other candidate and is not hedged with
+    an 'or' to one; 'hedged' if it is; 'wrong' if another candidate comes first; 'none'
+    if no candidate is named."""
+    text = normalize(answer)
+    right = _mentions(text, question.answers)
+    wrong = _mentions(text, question.wrong)
+    # Earliest mention first; at one position the longer name wins ("New York City").
+    first = min([(s, -e, True) for s, e in right] + [(s, -e, False) for s, e in wrong],
+                default=None)
+    if first is None:
+        return "none"
+    start, neg_end, is_right = first
+    if not is_right:
+        return "wrong"
+    later = [s for s, _ in wrong if s >= -neg_end]
+    if later and HEDGE.match(text[-neg_end : min(later)]):
+        return "hedged"
+    return "right"
+
+
+def completion_prompt(question: Question) -> str:
+    """The cue that asks a base model: a Q/A pair whose answer the model completes."""
+    cue = f" {question.cue}" if question.cue else ""
+    return f"Q: {question.question}\nA:{cue}"
+
+
+def quiz_prompt_ids(tokenizer, question: Question, chat: bool,
+                    system: str | None = None) -> list[int]:
+    """The prompt ids in the form that suits the model: chat turn or completion cue."""
+    if chat:
+        return conversation_ids(tokenizer, [Turn("user", question.question)], system)
+    return tokenizer.encode(completion_prompt(question))
+
+
+def cut_answer(text: str, chat: bool) -> tuple[str, bool]:
+    """The answer text and whether it is complete: a chat answer ends at a turn header, a
+    completion at the end of its first non-empty line."""
+    if chat:
+        hits = [i for i in (text.find(h) for h in TURN_HEADERS) if i >= 0]
+        return (text[: min(hits)], True) if hits else (text, False)
+    start = len(text) - len(text.lstrip())
+    end = text.find("\n", start)
+    return (text[:end], True) if end >= 0 else (text, False)
+
+
+@dataclass
+class QuizRun:
+    """One model's answers, verdicts and aggregate timings."""
+
+    answers: list[str] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    timed_tokens: int = 0  # generated after each batch's first step, which starts the clock
+    prompt_s: float = 0.0
+    generation_s: float = 0.0
+
+    @property
+    def correct(self) -> int:
+        return self.verdicts.count("right")
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        return self.timed_tokens / self.generation_s if self.generation_s > 0 else 0.0
+
+
+def run_quiz(model, tokenizer, questions: list[Question], *, chat: bool,
+             batch_size: int, system: str | None = None, max_tokens: int = 32,
+             sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
+             on_progress: Callable[[int, int], None] | None = None,
+             clock: Callable[[], float] = time.perf_counter) -> QuizRun:
+    """Ask `questions` in batches; each row stops at EOS or at the end of its answer."""
+    from mlx_slm.batch import generate_batch
+
+    run = QuizRun()
+    for first in range(0, len(questions), batch_size):
+        batch = questions[first : first + batch_size]
+        prompts = [quiz_prompt_ids(tokenizer, q, chat, system) for q in batch]
+        tokens = [[] for _ in batch]
+        done = [False] * len(batch)
+        start, first_step, last_step = clock(), None, None
+        steps = generate_batch(
+            model, prompts, sampler=sampler, logits_processors=logits_processors,
+            max_tokens=max_tokens, stop_ids=(tokenizer.eos_id,),
+        )
+        for step in steps:
+            last_step = clock()
+            first_step = first_step or last_step
+            for i, token in enumerate(step):
+                if token is None:
+                    done[i] = True
+                elif not done[i]:
+                    tokens[i].append(token)
+                    done[i] = cut_answer(tokenizer.decode(tokens[i]), chat)[1]
+            if all(done):
+                break
+        steps.close()
+        if first_step is not None:
+            run.prompt_s += first_step - start
+            run.generation_s += last_step - first_step
+            run.timed_tokens += sum(max(len(t) - 1, 0) for t in tokens)
+        run.prompt_tokens += sum(len(p) for p in prompts)
+        run.generation_tokens += sum(len(t) for t in tokens)
+        for question, ids in zip(batch, tokens):
+            answer = cut_answer(tokenizer.decode(ids), chat)[0].strip()
+            run.answers.append(answer)
+            run.verdicts.append(judge(answer, question))
+        if on_progress is not None:
+            on_progress(first + len(batch), len(questions))
+    return run
+
+
+def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
+                chat: bool | None = None, system: str | None = None, max_tokens: int = 32,
+                sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
+                seed: int | None = None, dtype: str | None = None, force: bool = False,
+                on_progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+    """Quiz each model in turn, in the form that suits it (or the one `chat` forces)."""
+    import mlx.core as mx
+
+    from mlx_slm.chat_format import is_instruct
+    from mlx_slm.compare import load_each, memory_after
+    from mlx_slm.loader import model_dtype
+
+    results = []
+    for loaded in load_each(names, dtype, force):
+        as_chat = is_instruct(loaded.config) if chat is None else chat
+        if seed is not None:
+            mx.random.seed(seed)
+
+        def progress(done: int, total: int, name=loaded.name) -> None:
+            if on_progress is not None:
+                on_progress(name, done, total)
+
+        run = run_quiz(
+            loaded.model, loaded.tokenizer, questions, chat=as_chat, system=system,
+            batch_size=batch_size, max_tokens=max_tokens, sampler=sampler,
+            logits_processors=logits_processors, on_progress=progress,
+        )
+        results.append({
+            "model": loaded.name,
+            "format": "chat" if as_chat else "completion",
+            "correct": run.correct,
+            "total": len(questions),
+            "accuracy": run.correct / len(questions),
+            "prompt_tokens": run.prompt_tokens,
+            "generation_tokens": run.generation_tokens,
+            "prompt_tps": run.prompt_tps,
+            "generation_tps": run.generation_tps,
+            "load_s": loaded.load_s,
+            "dtype": model_dtype(loaded.model),
+            **memory_after(),
+            "answers": [
+                {"question": q.question, "expected": q.answers[0], "answer": a, "verdict": v}
+                for q, a, v in zip(questions, run.answers, run.verdicts)
+            ],
+        })
+    return results
+
+
+def format_quiz(results: list[dict]) -> str:
+    """The table of accuracy, speed and memory per model."""
+    from mlx_slm.compare import display_name
+    from mlx_slm.table import render_table
+
+    headers = ["model", "format", "accuracy", "prompt tok/s", "gen tok/s", "MLX peak GB",
+               "RSS GB"]
+    rows = [[
+        display_name(r["model"]), r["format"],
+        f"{r['correct']}/{r['total']} ({100 * r['accuracy']:.0f}%)",
+        f"{r['prompt_tps']:.1f}", f"{r['generation_tps']:.1f}", f"{r['peak_memory_gb']:.2f}",
+        "-" if r["rss_after_gb"] is None else f"{r['rss_after_gb']:.2f}",
+    ] for r in results]
+    return render_table(headers, rows, right=frozenset(range(2, 7)))

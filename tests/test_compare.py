@@ -1,0 +1,106 @@
+"""`mlx-slm compare` end to end on tiny models, and the table it prints."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mlx_slm.cli import main
+from mlx_slm.table import render_table
+from tests.instruct_fixtures import make_model_dir
+
+PROMPT = "What is the capital of California?"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    return (make_model_dir(root / "tiny-Instruct", instruct=True),
+            make_model_dir(root / "tiny-base", seed=4))
+
+
+def run(*args):
+    return CliRunner().invoke(main, [*map(str, args)])
+
+
+def generated(model, *flags):
+    result = run("generate", "-m", model, "-p", PROMPT, "-n", 8, "--json", *flags)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_each_model_answers_in_the_form_that_suits_it(models):
+    instruct, base = models
+    result = run("compare", "-m", instruct, "-m", base, "-n", 8, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["prompt"] == PROMPT and report["backend"] == "cpu"
+    chat_row, completion_row = report["results"]
+    assert (chat_row["format"], completion_row["format"]) == ("chat", "completion")
+    # The same answers `generate` gives, which picks the format the same way.
+    for row, model in ((chat_row, instruct), (completion_row, base)):
+        single = generated(model)
+        assert row["answer"] == single["text"]
+        assert row["prompt_tokens"] == single["prompt_tokens"]
+        assert row["peak_memory_gb"] > 0 and row["rss_after_gb"] > 0 and row["load_s"] > 0
+    assert chat_row["prompt_tokens"] > completion_row["prompt_tokens"]  # the chat template
+
+
+def test_chat_format_can_be_forced_for_every_model(models):
+    instruct, base = models
+    rows = json.loads(run("compare", PROMPT, "-m", instruct, "-m", base, "-n", 4, "--no-chat",
+                          "--json").stdout)["results"]
+    assert [r["format"] for r in rows] == ["completion", "completion"]
+    assert rows[0]["answer"] == generated(instruct, "--no-chat")["text"][: len(rows[0]["answer"])]
+
+
+def test_the_table_shows_every_model_side_by_side(models):
+    instruct, base = models
+    result = run("compare", "-m", instruct, "-m", base, "-n", 8)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"Prompt: {PROMPT}"
+    header = next(line for line in lines if line.startswith("model"))
+    for column in ("format", "answer", "prompt tok/s", "gen tok/s", "TTFT s", "MLX peak GB",
+                   "RSS GB"):
+        assert column in header
+    assert any(line.startswith("tiny-Instruct  chat") for line in lines)
+    assert any(line.startswith("tiny-base      completion") for line in lines)
+    assert "[" + str(instruct) + "]" in result.stderr  # progress
+
+
+def test_a_bad_model_fails_before_any_model_runs(models, tmp_path):
+    instruct, _ = models
+    result = run("compare", "-m", instruct, "-m", tmp_path / "missing")
+    assert result.exit_code == 1
+    assert result.stderr.endswith("is neither a model directory nor a Hub repo id (owner/name).\n")
+    assert "[" not in result.stderr  # nothing was loaded
+    assert run("compare").exit_code == 2  # --model is required
+
+
+def test_render_table_wraps_and_aligns():
+    table = render_table(["name", "text", "n"], [["a", "one two three four five six", "1.5"],
+                                                 ["bb", "short", "10.25"]],
+                         right=frozenset({2}), wrap={1: 9}, max_lines=2)
+    assert table.splitlines() == [
+        "name  text         n",
+        "----  -------  -----",
+        "a     one two    1.5",
+        "      three…",  # four lines cut to two
+        "bb    short    10.25",
+    ]
+
+
+def test_converted_models_get_their_format_from_the_converter(hub_checkpoint, tokenizer_path,
+                                                              tmp_path):
+    import shutil
+
+    outs = []
+    for name in ("OpenELM-tiny-Instruct", "OpenELM-tiny"):
+        source = shutil.copytree(hub_checkpoint, tmp_path / "hub" / name)
+        out = tmp_path / "mlx" / name
+        result = run("convert", source, out, "--tokenizer", tokenizer_path, "--dtype", "float32")
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    rows = json.loads(run("compare", "-m", outs[0], "-m", outs[1], "-n", 2, "--json").stdout)
+    assert [r["format"] for r in rows["results"]] == ["chat", "completion"]
