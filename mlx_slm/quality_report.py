@@ -56,8 +56,11 @@ def precision_label(config: dict, headers: dict) -> str:
 
 
 def check_comparable(base_dir: Path, quant_dir: Path, base_config: dict,
-                     quant_config: dict) -> None:
-    """Refuse two models with different shapes or tokenizers: their logits do not compare."""
+                     quant_config: dict) -> Path:
+    """Refuse two models with different shapes or tokenizers; returns a dir with a tokenizer.
+
+    One tokenizer.model is enough (a Hub checkpoint has none); two must be the same file.
+    """
     from mlx_slm.model import ModelArgs
 
     base_args, quant_args = ModelArgs.from_config(base_config), ModelArgs.from_config(quant_config)
@@ -68,20 +71,22 @@ def check_comparable(base_dir: Path, quant_dir: Path, base_config: dict,
                 f"{base_dir} and {quant_dir} have different shapes ({key} {ours!s:.40} vs "
                 f"{theirs!s:.40}); compare a quantized model with the model it was made from."
             )
-    if tokenizer_digest(base_dir) != tokenizer_digest(quant_dir):
+    digests = {d: tokenizer_digest(d) for d in (base_dir, quant_dir)
+               if (d / TOKENIZER_FILE).is_file()}
+    if not digests:
+        raise SlmError(f"Neither {base_dir} nor {quant_dir} has a {TOKENIZER_FILE}: scoring a "
+                       "text needs the model's tokenizer.")
+    if len(set(digests.values())) > 1:
         raise SlmError(
             f"{base_dir} and {quant_dir} have different tokenizers ({TOKENIZER_FILE} differs); "
             "their token probabilities cannot be compared."
         )
+    return next(iter(digests))
 
 
 def tokenizer_digest(model_dir: Path) -> str:
     """sha256 of a directory's tokenizer.model."""
-    path = Path(model_dir) / TOKENIZER_FILE
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        raise SlmError(f"{path} is missing: scoring a text needs the model's tokenizer.") from None
+    return hashlib.sha256((Path(model_dir) / TOKENIZER_FILE).read_bytes()).hexdigest()
 
 
 def _model_dir(path) -> Path:
@@ -129,8 +134,8 @@ def compare(base_dir, quant_dir, text_path=None, max_tokens: int | None = None,
 
     base_dir, quant_dir = _model_dir(base_dir), _model_dir(quant_dir)
     base_config, quant_config = read_config(base_dir), read_config(quant_dir)
-    check_comparable(base_dir, quant_dir, base_config, quant_config)
-    ids, bos_id, label = _text_ids(base_dir, text_path, max_tokens)
+    tokenizer_dir = check_comparable(base_dir, quant_dir, base_config, quant_config)
+    ids, bos_id, label = _text_ids(tokenizer_dir, text_path, max_tokens)
     base, _ = load_model(base_dir, dtype)
     quant, _ = load_model(quant_dir, dtype)
     start = time.perf_counter()

@@ -118,8 +118,8 @@ def test_bad_source(tmp_path, hub_checkpoint, damage, message):
         (["{src}", "{tmp}/out", "--tokenizer", "{tmp}"],
          "--tokenizer {tmp}: the directory has no tokenizer.model."),
         (["{src}", "{tmp}/out", "-q"],
-         "Cannot quantize {src}: [quantize] The last dimension of the matrix needs to be "
-         "divisible by the quantization group size 64."),
+         "Group size 64 does not divide the width 32 of layer transformer.layers.0.ffn.proj_2; "
+         "choose --q-group-size 32."),
         (["{src}", "{tmp}/out", "-q", "--q-recipe", "no-such-recipe"],
          "'no-such-recipe'"),
     ],

@@ -198,6 +198,20 @@ def test_different_tokenizers_are_refused(tmp_path, float_dir):
         compare(float_dir, other)
 
 
+def test_one_tokenizer_is_enough(tmp_path, float_dir):
+    # A Hub checkpoint has no tokenizer.model; its quantization (or conversion) has one.
+    hub = tmp_path / "hub"
+    shutil.copytree(float_dir, hub)
+    (hub / "tokenizer.model").unlink()
+    report = compare(hub, float_dir, max_tokens=16)
+    assert report["kl_mean"] == pytest.approx(0, abs=1e-6)
+    bare = tmp_path / "bare"
+    shutil.copytree(hub, bare)
+    with pytest.raises(SlmError, match=r"^Neither .*hub nor .*bare has a tokenizer\.model: "
+                                       r"scoring a text needs the model's tokenizer\.$"):
+        compare(hub, bare)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [(None, r"Text file .*missing\.txt does not exist\."),
