@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from mlx_slm.errors import SlmError
+from mlx_slm.memory_guard import human_bytes
 from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import read_config
 
@@ -145,13 +146,6 @@ def compare(base_dir, quant_dir, text_path=None, max_tokens: int | None = None,
         "seconds": time.perf_counter() - start,
         "base": footprint(base_dir, base_config), "quant": footprint(quant_dir, quant_config),
     }
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3f} {unit}"
-    return f"{n} B"
 
 
 def _heading(report: dict) -> str:
