@@ -32,6 +32,7 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
 
     from mlx_slm import quant
     from mlx_slm.convert.manifest import write_manifest
+    from mlx_slm.convert.pipeline import check_disk_space
     from mlx_slm.convert.staging import check_destination, staged_directory
     from mlx_slm.loader import load_model
     from mlx_slm.recipes import check_recipe
@@ -56,6 +57,7 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
 
     model, _ = load_model(src_dir)
     quantization = quant.quantize(model, bits, group_size, recipe)
+    check_disk_space(out_dir, model)
     with staged_directory(out_dir, force) as tmp:
         try:
             save_weights(tmp, dict(tree_flatten(model.parameters())))
