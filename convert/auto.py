@@ -11,9 +11,10 @@ import os
 import re
 from pathlib import Path
 
-from .manifest import manifest_problem
+from mlx_slm.manifest import manifest_problem
+from mlx_slm.staging import DestinationBusy, remove_leftovers, wait_for_writer
+
 from .pipeline import convert, log_to_stderr
-from .staging import DestinationBusy, remove_leftovers, wait_for_writer
 
 HOME_ENV = "MLX_SLM_HOME"
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from mlx_slm.chat_format import METADATA_KEY
 from mlx_slm.errors import SlmError
+from mlx_slm.manifest import write_manifest
+from mlx_slm.staging import check_destination, check_disk_space, staged_directory
 from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import CONFIG_FILE, DEFAULT_SHARD_BYTES, write_json
 
 from .hub import first_line
 from .llama_tokenizer import TokenizerFile
-from .manifest import write_manifest
 from .source import Source, open_source
-from .staging import check_destination, staged_directory
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 # Apple: 3B overflows in float16, use bfloat16. Decided by size, not by name.
@@ -139,20 +139,6 @@ def convert_model(src: Source, dtype: str, quantize: bool, q_bits: int, q_group_
         except ValueError as err:  # MLX: a layer width not divisible by the group size
             raise SlmError(f"Cannot quantize {src.name}: {first_line(err)}") from None
     return model, quantization
-
-
-def check_disk_space(out_dir: Path, model) -> None:
-    """Refuse to start writing what the destination's file system cannot hold."""
-    from mlx.utils import tree_flatten
-
-    needed = sum(a.nbytes for _, a in tree_flatten(model.parameters()))
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
-    free = shutil.disk_usage(existing).free
-    if needed > free:
-        raise SlmError(
-            f"{out_dir} needs about {needed / 1e9:.2f} GB but its file system has "
-            f"{free / 1e9:.2f} GB free; free some space or choose another directory."
-        )
 
 
 def output_config(src: Source, result: Conversion) -> dict:

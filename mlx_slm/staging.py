@@ -256,3 +256,17 @@ def _sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def check_disk_space(out_dir: Path, model) -> None:
+    """Refuse to start writing what the destination's file system cannot hold."""
+    from mlx.utils import tree_flatten
+
+    needed = sum(a.nbytes for _, a in tree_flatten(model.parameters()))
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise SlmError(
+            f"{out_dir} needs about {needed / 1e9:.2f} GB but its file system has "
+            f"{free / 1e9:.2f} GB free; free some space or choose another directory."
+        )
