@@ -44,6 +44,7 @@ class Conversion:
     quantization: dict | None
     tokenizer: TokenizerFile
     instruct: bool
+    source_path: Path | None = None  # the local Hub-layout directory converted from
     bytes: int = 0
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
@@ -101,7 +102,7 @@ def convert(source: str | Path, out_dir: str | Path, *, revision: str | None = N
         result = Conversion(
             out_dir=out_dir, source=src.name, revision=src.revision, dtype=dtype,
             quantization=quantization, tokenizer=src.tokenizer,
-            instruct=src.instruct if instruct is None else instruct,
+            instruct=src.instruct if instruct is None else instruct, source_path=src.path,
         )
         check_disk_space(out_dir, model)
         write_model_dir(tmp, model, src, result, max_shard_bytes)

@@ -120,9 +120,17 @@ def test_instruct_flag_from_the_directory_name_or_the_option(tmp_path, hub_check
 def test_quantized_conversion(tmp_path, hub_checkpoint, source_logits):
     out = tmp_path / "q"
     result = run_convert(hub_checkpoint, out, "-q", "--q-bits", "8", "--q-group-size", "32",
-                         "--tokenizer", LLAMA2_TOKENIZER)
+                         "--tokenizer", LLAMA2_TOKENIZER, "--report-tokens", "64")
     assert result.exit_code == 0, result.output
     assert "8-bit, group size 32" in result.output
+    # The quality report follows every quantized conversion, against the source.
+    report = result.output.split("Quality of the quantization against the unquantized source:")
+    assert len(report) == 2
+    for row in ("perplexity", "weight memory", "KL"):
+        assert row in report[1]
+    quiet = run_convert(hub_checkpoint, tmp_path / "q2", "-q", "--q-group-size", "32",
+                        "--no-report", "--tokenizer", LLAMA2_TOKENIZER)
+    assert quiet.exit_code == 0 and "Quality of the quantization" not in quiet.output
     config = read_config(out)
     assert config["quantization"] == {"bits": 8, "group_size": 32, "mode": "affine"}
     model, _ = load(out)

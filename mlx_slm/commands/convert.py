@@ -51,9 +51,13 @@ QUANT_OPTIONS = ("q_bits", "q_group_size", "q_recipe")
 @click.option("--instruct/--no-instruct", default=None,
               help="Mark the model as Instruct (chat format on by default in generate/chat); "
                    "default: from the repo or directory name.")
+@click.option("--no-report", is_flag=True,
+              help="Skip the quality report that follows a quantized conversion.")
+@click.option("--report-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Tokens of the built-in sample text the quality report scores.")
 @click.pass_context
 def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q_bits,
-            q_group_size, q_recipe, max_shard_size, instruct):
+            q_group_size, q_recipe, max_shard_size, instruct, no_report, report_tokens):
     """Convert an OpenELM checkpoint (Hub repo or local dir) to an MLX directory.
 
     SOURCE is a Hub repo id (e.g. apple/OpenELM-270M-Instruct) or a local directory in the
@@ -72,6 +76,12 @@ def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q
         q_recipe=q_recipe, max_shard_bytes=max_shard_size, instruct=instruct,
     )
     click.echo(summary(result))
+    if result.quantization and not no_report:
+        from mlx_slm.quality_report import compare, format_comparison
+
+        click.echo("Quality of the quantization against the unquantized source:")
+        click.echo(format_comparison(compare(result.source_path, result.out_dir,
+                                             max_tokens=report_tokens)))
 
 
 def summary(result) -> str:
