@@ -14,7 +14,7 @@ import os
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_slm.model import Attention
+from mlx_slm.model import Attention, Model
 from mlx_slm.stats import backend
 
 # Products with at least this many input rows (prompt chunks) upcast or dequantize the
@@ -98,12 +98,26 @@ def quantized_linear(x, weight, scales, biases, group_size: int, bits: int, mode
     return _split_rows(product, weight.shape[0], weight, scales, biases).astype(x.dtype)
 
 
+def transposed(module: nn.Module) -> mx.array:
+    """`module.weight.T`, made once: a transpose per call is one more graph node per step.
+
+    Remade whenever the weight array is replaced (the cached view keeps its source).
+    """
+    cached = vars(module).get("_weight_t")
+    if cached is None or cached[0] is not module.weight:
+        view = module.weight.T
+        mx.eval(view)
+        cached = (module.weight, view)
+        object.__setattr__(module, "_weight_t", cached)
+    return cached[1]
+
+
 class CpuLinear(nn.Linear):
     def prepare_cpu(self, positions: int):
         pass
 
     def __call__(self, x):
-        y = half_linear(x, self.weight) if self.weight.dtype in HALF else x @ self.weight.T
+        y = half_linear(x, self.weight) if self.weight.dtype in HALF else x @ transposed(self)
         return y + self.bias if "bias" in self else y
 
 
@@ -114,7 +128,7 @@ class CpuEmbedding(nn.Embedding):
     def as_linear(self, x):
         if self.weight.dtype in HALF:
             return half_linear(x, self.weight)
-        return x @ self.weight.T
+        return x @ transposed(self)
 
 
 class CpuQuantizedLinear(nn.QuantizedLinear):
@@ -150,33 +164,77 @@ class CpuAttention(Attention):
         self._cos, self._sin = rope_tables(self.head_dim, self.rope_base, positions)
 
     def __call__(self, x: mx.array, mask, cache=None) -> mx.array:
-        B, L, _ = x.shape
+        *batch, L, _ = x.shape  # [B, L, D], or [L, D] for one sequence (see CpuModel)
+        B = batch[0] if batch else 1
         n_q, n_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         # [B, L, heads*hd] -> [B, heads, L, hd]; rows of qkv_proj are all Q, then K, then V.
-        qkv = self.qkv_proj(x).reshape(B, L, -1, hd).transpose(0, 2, 1, 3)
-        qk, values = qkv[:, : n_q + n_kv], qkv[:, n_q + n_kv :]
+        qkv = self.qkv_proj(x)
+        if L == 1:  # one position: the head-major layout is a plain reshape
+            qkv = qkv.reshape(B, -1, 1, hd)
+        else:
+            qkv = qkv.reshape(B, L, -1, hd).transpose(0, 2, 1, 3)
+        qk, values = mx.split(qkv, [n_q + n_kv], axis=1)
         if "q_norm" in self:
             qk = mx.fast.rms_norm(qk, None, self.q_norm.eps) * self._qk_norm
         offset = cache.offset if cache is not None else 0
         # Attention runs in float32 (BLAS); the cache keeps float32 keys and values, since
         # upcasting a half-precision cache every step would cost more than it saves.
         qk = self._rotate(qk.astype(mx.float32), offset, L)
-        queries, keys = qk[:, :n_q] * self.scale, qk[:, n_q:]
+        queries, keys = mx.split(qk, [n_q], axis=1)
+        queries = queries * self.scale
         values = values.astype(mx.float32)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
         out = grouped_attention(queries, keys, values, mask).astype(x.dtype)
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        if L > 1:
+            out = out.transpose(0, 2, 1, 3)
+        return self.out_proj(out.reshape(*batch, L, -1))
 
     def _rotate(self, x: mx.array, offset, length: int) -> mx.array:
         """Half-split (NeoX) RoPE at positions offset .. offset+length-1."""
-        positions = offset + mx.arange(length)
-        if isinstance(offset, mx.array) and offset.ndim == 1:  # one offset per row
-            positions = (offset[:, None] + mx.arange(length))[:, None]
-        cos, sin = self._cos[positions], self._sin[positions]
-        half = self.head_dim // 2
-        x1, x2 = x[..., :half], x[..., half:]
+        cos, sin = rotation(self._cos, self._sin, offset, length)
+        x1, x2 = mx.split(x, 2, axis=-1)
         return mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def rotation(cos_table: mx.array, sin_table: mx.array, offset, length: int):
+    """cos and sin at positions offset .. offset+length-1 (per row if `offset` is [B]).
+
+    Every layer of a forward pass asks for the same positions, so the last answer is
+    kept: one lookup per step instead of one per layer.
+    """
+    key = (cos_table, offset, length)
+    last = _last_rotation.get("key")
+    if last is not None and all(a is b or (type(a) is type(b) is int and a == b)
+                                for a, b in zip(last, key)):
+        return _last_rotation["value"]
+    positions = offset + mx.arange(length)
+    if isinstance(offset, mx.array) and offset.ndim == 1:  # one offset per row
+        positions = (offset[:, None] + mx.arange(length))[:, None]
+    value = (cos_table[positions], sin_table[positions])
+    _last_rotation.update(key=key, value=value)
+    return value
+
+
+_last_rotation: dict = {}
+
+
+class CpuModel(Model):
+    """One sequence runs as [L, D] through the blocks: a [1, L, D] input makes every
+    matmul flatten and unflatten it, two more graph nodes per matmul per step."""
+
+    def prepare_cpu(self, positions: int):
+        pass
+
+    def hidden(self, inputs: mx.array, cache=None, mask=None) -> mx.array:
+        if inputs.shape[0] != 1:
+            return super().hidden(inputs, cache, mask)
+        h = self.transformer.token_embeddings(inputs[0])
+        if mask is None and inputs.shape[1] > 1:
+            mask = "causal"
+        for i, layer in enumerate(self.layers):
+            h = layer(h, mask, cache[i] if cache is not None else None)
+        return self.transformer.norm(h)[None]
 
 
 def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, mask) -> mx.array:
@@ -189,6 +247,13 @@ def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, mask)
     n_kv, S = keys.shape[1], keys.shape[2]
     groups = n_q // n_kv
     scores = queries.reshape(B, n_kv, groups * L, hd) @ keys.swapaxes(-1, -2)
+    if L == 1 and (mask is None or (not isinstance(mask, str) and mask.ndim == 1)):
+        # Decoding: [B, n_kv, groups, S] takes a per-key mask as is (fewer graph nodes).
+        if mask is not None:
+            scores = (mx.where(mask, scores, mx.finfo(scores.dtype).min)
+                      if mask.dtype == mx.bool_ else scores + mask)
+        probs = mx.softmax(scores, axis=-1, precise=True)
+        return (probs @ values).reshape(B, n_q, 1, hd)
     scores = scores.reshape(B, n_kv, groups, L, S)
     if isinstance(mask, str):
         mask = mx.arange(S - L, S)[:, None] >= mx.arange(S)[None]
@@ -219,6 +284,7 @@ def rope_tables(head_dim: int, base: float, length: int = 4096) -> tuple[mx.arra
 _rope_tables: dict = {}
 
 _CPU_CLASSES = {
+    Model: CpuModel,
     Attention: CpuAttention,
     nn.Linear: CpuLinear,
     nn.Embedding: CpuEmbedding,

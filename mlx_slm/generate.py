@@ -22,21 +22,27 @@ class DecodeStep:
 
     def __init__(self, model):
         self.model = model
-        self._compiled = mx.compile(self._forward)
+        self._logits = mx.compile(self._forward)
+        # Greedy decoding without logits processors also compiles the argmax.
+        self._greedy = mx.compile(lambda *args: self._forward(*args, argmax=True))
 
-    def _forward(self, token: mx.array, pos: mx.array, *buffers: mx.array):
+    def _forward(self, token: mx.array, pos: mx.array, *buffers: mx.array, argmax=False):
         views = [BufferView(k, v, pos) for k, v in zip(buffers[::2], buffers[1::2])]
         mask = mx.arange(buffers[0].shape[2]) <= pos
         logits = self.model(token, views, mask)[:, -1, :]
-        return (logits, *[a for view in views for a in (view.keys, view.values)])
+        out = mx.argmax(logits, axis=-1) if argmax else logits
+        return (out, *[a for view in views for a in (view.keys, view.values)])
 
-    def __call__(self, token: mx.array, cache: list) -> mx.array:
-        """Logits [1, vocab] for `token` [1, 1]; appends its keys and values to `cache`."""
+    def __call__(self, token: mx.array, cache: list, greedy: bool = False) -> mx.array:
+        """Logits [1, vocab] (or with `greedy`, the argmax token [1]) for `token` [1, 1];
+        appends its keys and values to `cache`."""
         offset = cache[0].offset
-        for layer_cache in cache:
-            layer_cache.reserve(offset + 1)
+        if offset + 1 > cache[0].capacity:  # the layers' buffers grow in lockstep
+            for layer_cache in cache:
+                layer_cache.reserve(offset + 1)
         buffers = [a for c in cache for a in (c.keys, c.values)]
-        logits, *buffers = self._compiled(token, mx.array(offset, mx.int32), *buffers)
+        compiled = self._greedy if greedy else self._logits
+        logits, *buffers = compiled(token, mx.array(offset, mx.int32), *buffers)
         for i, layer_cache in enumerate(cache):
             layer_cache.keys, layer_cache.values = buffers[2 * i], buffers[2 * i + 1]
             layer_cache.offset = offset + 1
@@ -99,13 +105,23 @@ def generate_tokens(
             history = mx.concatenate([history, token.astype(mx.uint32)])
         return token
 
-    step = decode_step(model) if compiled else lambda t, c: model(t, c)[:, -1, :]
+    if compiled:
+        step = decode_step(model)
+        if sampler is greedy and not logits_processors:
+            def advance(t):
+                return step(t, cache, greedy=True)
+        else:
+            def advance(t):
+                return choose(step(t, cache))
+    else:
+        def advance(t):
+            return choose(model(t, cache)[:, -1, :])
     token = choose(prefill(model, history, cache, prefill_step))
     mx.async_eval(token)
     for n in range(max_tokens):
         next_token = None
         if n + 1 < max_tokens:
-            next_token = choose(step(token[:, None], cache))
+            next_token = advance(token[:, None])
             mx.async_eval(next_token)
         value = token.item()
         if value in stop_ids:
