@@ -45,12 +45,24 @@ def prepare(model: nn.Module, device_backend: str | None = None) -> nn.Module:
     if (device_backend or backend()) != "cpu":
         return model
     positions = max(4096, getattr(getattr(model, "args", None), "max_context_length", 0))
+    if _quantized_with_half_scales(model):
+        # Quantized layers compute in float32 here anyway; float32 activations spare two
+        # conversions per matmul and the slow half-precision elementwise code.
+        for _, module in model.named_modules():
+            if isinstance(module, nn.RMSNorm):
+                module.weight = module.weight.astype(mx.float32)
+        object.__setattr__(model, "_activations", mx.float32)
     for _, module in model.named_modules():
         swap = _CPU_CLASSES.get(type(module))
         if swap is not None:
             module.__class__ = swap
             module.prepare_cpu(positions)
     return model
+
+
+def _quantized_with_half_scales(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+               and m.scales.dtype in HALF for _, m in model.named_modules())
 
 
 def _split_rows(product, out_features: int, *weights: mx.array) -> mx.array:
@@ -74,24 +86,31 @@ def _rows(x: mx.array) -> int:
 def half_linear(x: mx.array, weight: mx.array) -> mx.array:
     """x @ weight.T for a float16/bfloat16 weight on the CPU backend."""
     if _rows(x) >= BLAS_MIN_ROWS:
-        return (x.astype(mx.float32) @ weight.astype(mx.float32).T).astype(x.dtype)
+        x32 = x.astype(mx.float32)
+
+        def upcast_product(w, stream):  # each thread upcasts its slice, then BLAS
+            return mx.matmul(x32, w.astype(mx.float32, stream=stream).T, stream=stream)
+
+        return _split_rows(upcast_product, weight.shape[0], weight).astype(x.dtype)
     return _split_rows(lambda w, s: mx.matmul(x, w.T, stream=s), weight.shape[0], weight)
 
 
 def quantized_linear(x, weight, scales, biases, group_size: int, bits: int, mode: str):
     """x @ dequantize(weight).T on the CPU backend, with float32 scales and biases.
 
-    The CPU kernels are 20-100x slower with half-precision scales, so they are upcast per
-    call (a transient 1/group_size of the weight), keeping the stored model small.
+    The CPU kernels are 20-100x slower with half-precision scales, so each thread upcasts
+    its slice of them per call (a transient 1/group_size of the weight), keeping the stored
+    model small. Prompt chunks dequantize the slice once and use float32 BLAS.
     """
-    scales = scales.astype(mx.float32)
-    biases = biases.astype(mx.float32)
     x32 = x.astype(mx.float32)
-    if _rows(x) >= BLAS_MIN_ROWS:
-        w = mx.dequantize(weight, scales, biases, group_size=group_size, bits=bits, mode=mode)
-        return (x32 @ w.T).astype(x.dtype)
+    dense = _rows(x) >= BLAS_MIN_ROWS
 
     def product(w, s, b, stream):
+        s, b = s.astype(mx.float32, stream=stream), b.astype(mx.float32, stream=stream)
+        if dense:
+            w = mx.dequantize(w, s, b, group_size=group_size, bits=bits, mode=mode,
+                              stream=stream)
+            return mx.matmul(x32, w.T, stream=stream)
         return mx.quantized_matmul(x32, w, s, b, transpose=True, group_size=group_size,
                                    bits=bits, mode=mode, stream=stream)
 
@@ -221,20 +240,24 @@ _last_rotation: dict = {}
 
 class CpuModel(Model):
     """One sequence runs as [L, D] through the blocks: a [1, L, D] input makes every
-    matmul flatten and unflatten it, two more graph nodes per matmul per step."""
+    matmul flatten and unflatten it, two more graph nodes per matmul per step. Quantized
+    models run float32 activations (see `prepare`)."""
 
     def prepare_cpu(self, positions: int):
         pass
 
     def hidden(self, inputs: mx.array, cache=None, mask=None) -> mx.array:
-        if inputs.shape[0] != 1:
-            return super().hidden(inputs, cache, mask)
-        h = self.transformer.token_embeddings(inputs[0])
+        one = inputs.shape[0] == 1
+        h = self.transformer.token_embeddings(inputs[0] if one else inputs)
+        activations = vars(self).get("_activations")
+        if activations is not None:
+            h = h.astype(activations)
         if mask is None and inputs.shape[1] > 1:
             mask = "causal"
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, cache[i] if cache is not None else None)
-        return self.transformer.norm(h)[None]
+        h = self.transformer.norm(h)
+        return h[None] if one else h
 
 
 def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, mask) -> mx.array:

@@ -134,12 +134,12 @@ def quantize(model: nn.Module, bits: int = 4, group_size: int = 64,
     working through the quantized embedding's `as_linear`. `recipe` names a mixed-precision
     recipe (mlx_slm.recipes): `bits` for most layers, more for the sensitive ones. Scales
     and biases take the dtype of the weights they replace (bfloat16 stays bfloat16).
+
+    Works on the model as written (loaded with `prepare=False`): what it returns is the
+    format to save. To run the result fast on this backend, call `backend.prepare` after.
     """
     quantization = plan(model, bits, group_size, recipe)
     _swap(model, quantization)
-    from mlx_slm import backend  # the new quantized layers get the backend's forward too
-
-    backend.prepare(model)
     return quantization
 
 

@@ -54,7 +54,7 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
     if recipe is not None:
         check_recipe(recipe, bits)
 
-    model, _ = load_model(src_dir)
+    model, _ = load_model(src_dir, prepare=False)  # saved as written, not as run here
     quantization = quant.quantize(model, bits, group_size, recipe)
     check_disk_space(out_dir, model)
     with staged_directory(out_dir, force) as tmp:

@@ -25,20 +25,25 @@ def logits_trace(model, steps=6):
 
 @pytest.mark.parametrize("fmt, tolerance", [
     ("float32", 1e-5), ("bfloat16", 0.03), ("float16", 0.01), ("q8", 1e-4), ("q4", 1e-4),
+    ("q4-float16", 0.01), ("q8-bfloat16", 0.03),
 ])
 def test_cpu_formulation_matches_model_as_written(hub_checkpoint, fmt, tolerance):
-    dtype = None if fmt.startswith("q") else fmt
+    bits, _, scale_dtype = fmt.partition("-")
+    dtype = (scale_dtype or None) if fmt.startswith("q") else fmt
 
     def build(prepared):
         model, _ = load_model(hub_checkpoint, dtype, prepare=False)
         if fmt.startswith("q"):  # quantizes the loaded weights, without preparing
-            quant.apply(model, {"bits": int(fmt[1:]), "group_size": 32})
+            quant.apply(model, {"bits": int(bits[1:]), "group_size": 32})
         if prepared:
             backend.prepare(model, "cpu")
         return model
 
     prepared, written = build(True), build(False)
     assert isinstance(prepared.layers[0].attn, CpuAttention)
+    if scale_dtype:  # half-precision scales: the CPU path runs float32 activations
+        assert prepared.transformer.norm.weight.dtype == mx.float32
+        assert prepared.layers[0].attn.qkv_proj.scales.dtype == getattr(mx, scale_dtype)
     assert not isinstance(written.layers[0].attn, CpuAttention)
     want, got = logits_trace(written), logits_trace(prepared)
     scale = np.abs(want).max()
