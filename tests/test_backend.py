@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from mlx_slm import backend, quant
-from mlx_slm.backend import CpuAttention, grouped_attention, rope_tables
+from mlx_slm.backend import CpuAttention
 from mlx_slm.cache import make_cache
+from mlx_slm.cpu_ops import grouped_attention, rope_tables
 from mlx_slm.generate import generate_tokens
 from mlx_slm.loader import load_model
 from tests.reference import rope as reference_rope

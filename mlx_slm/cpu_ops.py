@@ -1,0 +1,177 @@
+"""CPU-backend building blocks: matmuls split over MLX CPU streams, weight upcasts and
+dequantization for BLAS, grouped-query attention, and RoPE tables.
+
+MLX runs each CPU stream on its own thread, so slicing a product's output rows across
+streams uses every core for kernels that are otherwise single-threaded (half-precision and
+quantized matmuls, elementwise conversions). backend.py decides where these are used.
+"""
+
+import os
+
+import mlx.core as mx
+
+# Products with at least this many input rows (prompt chunks) upcast or dequantize the
+# weight once and use float32 BLAS; fewer rows (decoding) use the native kernels split
+# across CPU streams.
+BLAS_MIN_ROWS = 8
+HALF = (mx.float16, mx.bfloat16)
+# The float32 copy of weight rows that one stream makes at a time for a prompt chunk: the
+# transient memory of half-precision and quantized models stays small next to the weights.
+DENSE_CHUNK_BYTES = 8 * 2**20
+
+
+def cpu_streams() -> list:
+    """One MLX CPU stream per core (at most 4), shared by every prepared model."""
+    global _streams
+    if _streams is None:
+        count = max(1, min(4, os.cpu_count() or 1))
+        _streams = [mx.new_stream(mx.cpu) for _ in range(count)]
+    return _streams
+
+
+_streams = None
+
+
+def split_rows(product, out_features: int, *weights: mx.array) -> mx.array:
+    """`product(*weight_slices, stream)` over slices of the output rows, one per stream."""
+    streams = cpu_streams()
+    count = min(len(streams), max(1, out_features // 256))
+    if count == 1:
+        return product(*weights, streams[0])
+    bounds = [out_features * i // count for i in range(count + 1)]
+    parts = [
+        product(*(w[bounds[i] : bounds[i + 1]] for w in weights), streams[i])
+        for i in range(count)
+    ]
+    return mx.concatenate(parts, axis=-1)
+
+
+def _rows(x: mx.array) -> int:
+    return x.size // x.shape[-1]
+
+
+def dense_product(x32: mx.array, make_rows, out_features: int, in_features: int,
+                  *weights: mx.array) -> mx.array:
+    """x32 @ W.T where `make_rows(*weight_slices, stream)` gives float32 rows of W.
+
+    A prompt chunk needs W in float32 for BLAS; the rows are made a slice per stream at a
+    time and evaluated in turn, so at most DENSE_CHUNK_BYTES per stream is ever upcast.
+    """
+    streams = cpu_streams()
+    rows = max(256, DENSE_CHUNK_BYTES // (4 * in_features))
+    outputs = []
+    for start in range(0, out_features, rows * len(streams)):
+        chunk = []
+        for i, stream in enumerate(streams):
+            a, b = start + i * rows, min(start + (i + 1) * rows, out_features)
+            if a < b:
+                w = make_rows(*(t[a:b] for t in weights), stream)
+                chunk.append(mx.matmul(x32, w.T, stream=stream))
+        mx.eval(chunk)
+        outputs += chunk
+    return outputs[0] if len(outputs) == 1 else mx.concatenate(outputs, axis=-1)
+
+
+def half_linear(x: mx.array, weight: mx.array) -> mx.array:
+    """x @ weight.T for a float16/bfloat16 weight on the CPU backend."""
+    if _rows(x) >= BLAS_MIN_ROWS:
+        def upcast(w, stream):
+            return w.astype(mx.float32, stream=stream)
+
+        out, inp = weight.shape
+        return dense_product(x.astype(mx.float32), upcast, out, inp, weight).astype(x.dtype)
+    return split_rows(lambda w, s: mx.matmul(x, w.T, stream=s), weight.shape[0], weight)
+
+
+def quantized_linear(x, weight, scales, biases, group_size: int, bits: int, mode: str):
+    """x @ dequantize(weight).T on the CPU backend, with float32 scales and biases.
+
+    The CPU kernels are 20-100x slower with half-precision scales, so each thread upcasts
+    its slice of them per call (a transient 1/group_size of the weight), keeping the stored
+    model small. Prompt chunks dequantize slices and use float32 BLAS.
+    """
+    x32 = x.astype(mx.float32)
+    if _rows(x) >= BLAS_MIN_ROWS:
+        def dequantized(w, s, b, stream):
+            return mx.dequantize(w, s.astype(mx.float32, stream=stream),
+                                 b.astype(mx.float32, stream=stream), group_size=group_size,
+                                 bits=bits, mode=mode, stream=stream)
+
+        out, inp = weight.shape[0], scales.shape[-1] * group_size
+        return dense_product(x32, dequantized, out, inp, weight, scales, biases).astype(x.dtype)
+
+    def product(w, s, b, stream):
+        s, b = s.astype(mx.float32, stream=stream), b.astype(mx.float32, stream=stream)
+        return mx.quantized_matmul(x32, w, s, b, transpose=True, group_size=group_size,
+                                   bits=bits, mode=mode, stream=stream)
+
+    return split_rows(product, weight.shape[0], weight, scales, biases).astype(x.dtype)
+
+
+def rotation(cos_table: mx.array, sin_table: mx.array, offset, length: int):
+    """cos and sin at positions offset .. offset+length-1 (per row if `offset` is [B]).
+
+    Every layer of a forward pass asks for the same positions, so the last answer is
+    kept: one lookup per step instead of one per layer.
+    """
+    key = (cos_table, offset, length)
+    last = _last_rotation.get("key")
+    if last is not None and all(a is b or (type(a) is type(b) is int and a == b)
+                                for a, b in zip(last, key)):
+        return _last_rotation["value"]
+    positions = offset + mx.arange(length)
+    if isinstance(offset, mx.array) and offset.ndim == 1:  # one offset per row
+        positions = (offset[:, None] + mx.arange(length))[:, None]
+    value = (cos_table[positions], sin_table[positions])
+    _last_rotation.update(key=key, value=value)
+    return value
+
+
+_last_rotation: dict = {}
+
+
+def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, mask) -> mx.array:
+    """Softmax attention where kv head j serves query heads j*g .. j*g+g-1 (no tiling).
+
+    `queries` are pre-scaled [B, n_q, L, hd]; `mask` is None, "causal" (aligned to the end
+    of the keys) or a boolean/additive array broadcastable to [B, 1, L, S] or [S].
+    """
+    B, n_q, L, hd = queries.shape
+    n_kv, S = keys.shape[1], keys.shape[2]
+    groups = n_q // n_kv
+    scores = queries.reshape(B, n_kv, groups * L, hd) @ keys.swapaxes(-1, -2)
+    if L == 1 and (mask is None or (not isinstance(mask, str) and mask.ndim == 1)):
+        # Decoding: [B, n_kv, groups, S] takes a per-key mask as is (fewer graph nodes).
+        if mask is not None:
+            scores = (mx.where(mask, scores, mx.finfo(scores.dtype).min)
+                      if mask.dtype == mx.bool_ else scores + mask)
+        probs = mx.softmax(scores, axis=-1, precise=True)
+        return (probs @ values).reshape(B, n_q, 1, hd)
+    scores = scores.reshape(B, n_kv, groups, L, S)
+    if isinstance(mask, str):
+        mask = mx.arange(S - L, S)[:, None] >= mx.arange(S)[None]
+    if mask is not None:
+        if mask.ndim == 4:  # [B, 1, L, S] -> [B, 1, 1, L, S]
+            mask = mask[:, :, None]
+        if mask.dtype == mx.bool_:
+            scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask
+    probs = mx.softmax(scores, axis=-1, precise=True).reshape(B, n_kv, groups * L, S)
+    return (probs @ values).reshape(B, n_q, L, hd)
+
+
+def rope_tables(head_dim: int, base: float, length: int = 4096) -> tuple[mx.array, mx.array]:
+    """cos and sin of RoPE's angles for positions 0..length-1, float32, shared by layers."""
+    key = (head_dim, float(base), length)
+    if key not in _rope_tables:
+        half = head_dim // 2
+        inv_freq = base ** (-mx.arange(half, dtype=mx.float32) * 2 / head_dim)
+        angles = mx.arange(length, dtype=mx.float32)[:, None] * inv_freq[None]
+        tables = (mx.cos(angles), mx.sin(angles))
+        mx.eval(tables)
+        _rope_tables[key] = tables
+    return _rope_tables[key]
+
+
+_rope_tables: dict = {}
