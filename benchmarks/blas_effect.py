@@ -24,29 +24,19 @@ RESULTS = Path(__file__).parent / "results"
 WORKER = r"""
 import json, sys, time
 import mlx_slm  # preloads the BLAS unless MLX_SLM_BLAS=off
-import mlx.core as mx
 from mlx_slm.blas import blas_in_use
-engine, model_dir, prompt_len, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+from mlx_slm.bench.mlx_lm_peer import MlxLmEngine
+from mlx_slm.bench.runner import OurEngine
+engine = OurEngine() if sys.argv[1] == "ours" else MlxLmEngine()
+model = engine.load(sys.argv[2])
+prompt_len, tokens = int(sys.argv[3]), int(sys.argv[4])
 prompt = [1 + (i * 7919) % 31000 for i in range(prompt_len)]
-if engine == "ours":
-    from mlx_slm.generate import generate_tokens
-    from mlx_slm.loader import load_model
-    model, _ = load_model(model_dir)
-    run = lambda n: generate_tokens(model, prompt, max_tokens=n, stop_ids=())
-else:
-    from pathlib import Path
-    from mlx_lm.generate import generate_step
-    from mlx_lm.utils import load_model
-    model, _ = load_model(Path(model_dir))
-    run = lambda n: (t for t, _ in generate_step(mx.array(prompt), model, max_tokens=n))
-list(run(2))  # warm-up
+list(engine.tokens(model, prompt, 2))  # warm-up
 start = time.perf_counter()
 first = last = None
-count = 0
-for _ in run(tokens):
+for count, _ in enumerate(engine.tokens(model, prompt, tokens), 1):
     last = time.perf_counter()
     first = first or last
-    count += 1
 print(json.dumps({"prompt_tps": prompt_len / (first - start),
                   "generation_tps": (count - 1) / (last - first), "blas": blas_in_use()}))
 """

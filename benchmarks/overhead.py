@@ -23,23 +23,15 @@ RESULTS = Path(__file__).parent / "results"
 WORKER = r"""
 import sys, time
 import mlx_slm
-import mlx.core as mx
-engine, model_dir, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from mlx_slm.bench.mlx_lm_peer import MlxLmEngine
+from mlx_slm.bench.runner import OurEngine
+engine = OurEngine() if sys.argv[1] == "ours" else MlxLmEngine()
+model = engine.load(sys.argv[2])
+tokens = int(sys.argv[3])
 prompt = list(range(1, 33))
-if engine == "ours":
-    from mlx_slm.generate import generate_tokens
-    from mlx_slm.loader import load_model
-    model, _ = load_model(model_dir)
-    run = lambda n: generate_tokens(model, prompt, max_tokens=n, stop_ids=())
-else:
-    from pathlib import Path
-    from mlx_lm.generate import generate_step
-    from mlx_lm.utils import load_model
-    model, _ = load_model(Path(model_dir))
-    run = lambda n: (t for t, _ in generate_step(mx.array(prompt), model, max_tokens=n))
-list(run(tokens))  # warm-up (and compilation)
+list(engine.tokens(model, prompt, tokens))  # warm-up (and compilation)
 first = last = None
-for count, _ in enumerate(run(tokens), 1):
+for count, _ in enumerate(engine.tokens(model, prompt, tokens), 1):
     last = time.perf_counter()
     first = first or last
 print((last - first) / (count - 1) * 1e3)
