@@ -26,7 +26,19 @@ def reset_mlx_peak() -> None:
 
 
 def peak_rss_bytes() -> int:
-    """The process's peak resident set (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """The process's peak resident set.
+
+    Linux: VmHWM, which `/proc/self/clear_refs` can restart (ru_maxrss keeps the old peak
+    once any thread has exited). Elsewhere ru_maxrss (bytes on macOS).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
