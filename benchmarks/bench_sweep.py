@@ -41,6 +41,12 @@ PRESETS = {
         BenchRequest(synthetic=("1.1B",), precisions=("4bit",), prompt_lengths=(128,),
                      **STANDARD),
     ],
+    # mlx-lm's 4-bit path on the CPU backend (float16 scales) takes seconds per token: one
+    # short cell, enough for the ratio.
+    "mlx-lm-4bit": [
+        BenchRequest(synthetic=("270M",), precisions=("4bit",), prompt_lengths=(16,),
+                     gen_tokens=4, reps=1, warmup=0, compare=True),
+    ],
     # The whole grid of the issue, for Apple Silicon: cells that do not fit are skipped.
     "full": [
         BenchRequest(synthetic=("all",), prompt_lengths=(128, 1024), gen_tokens=128, reps=3,
