@@ -7,23 +7,19 @@ finds another converting the same entry waits for it and reuses its result. Reus
 asks the Hub whether the repo changed: delete the entry to refresh it.
 """
 
-import os
 import re
 from pathlib import Path
 
+from mlx_slm.home import HOME_ENV, home  # noqa: F401  (HOME_ENV: re-exported)
 from mlx_slm.manifest import manifest_problem
 from mlx_slm.staging import DestinationBusy, remove_leftovers, wait_for_writer
 
 from .pipeline import convert, log_to_stderr
 
-HOME_ENV = "MLX_SLM_HOME"
-
 
 def cache_root() -> Path:
     """Where converted models are kept: $MLX_SLM_HOME/models or ~/.cache/mlx-slm/models."""
-    home = os.environ.get(HOME_ENV)
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "mlx-slm"
-    return base / "models"
+    return home() / "models"
 
 
 def entry_name(repo_id: str, revision: str | None = None) -> str:

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mlx_slm.bench.machine import cpu_brand, machine_fingerprint
+from mlx_slm.home import home
 
 GB = 1e9
 CACHE_FILE = "bandwidth.json"
@@ -60,7 +61,7 @@ def measure_bandwidth(buffer_bytes: int = 512 * 2**20, repeats: int = 5,
 
 def cache_home() -> Path:
     """mlx-slm's cache root: $MLX_SLM_HOME, else ~/.cache/mlx-slm."""
-    return Path(os.environ.get("MLX_SLM_HOME") or "~/.cache/mlx-slm").expanduser()
+    return home()
 
 
 def resolve_bandwidth(override: float | None = None,
