@@ -34,7 +34,8 @@ EXPECTED_KEYS = {
     "gen_tps_stdev", "gen_tps_min", "gen_tps_max", "peak_memory_bytes", "peak_rss_bytes",
     "peak_rss_scope", "bytes_per_token", "bandwidth_gbs", "bandwidth_source",
     "roofline_fraction", "mlx_lm_version", "mlx_lm_load_s", "mlx_lm_ttft_s",
-    "mlx_lm_prompt_tps", "mlx_lm_gen_tps", "mlx_lm_gen_tps_stdev", "prompt_tps_ratio",
+    "mlx_lm_prompt_tps", "mlx_lm_gen_tps", "mlx_lm_gen_tps_stdev", "mlx_lm_peak_memory_bytes",
+    "mlx_lm_peak_rss_bytes", "prompt_tps_ratio",
     "gen_tps_ratio", "backend", "blas", "mlx_version", "mlx_slm_version", "platform", "cpu",
     "cores", "ram_bytes", "date", "runs",
 }
@@ -292,7 +293,7 @@ def test_skipped_rows_keep_the_schema_and_outputs_are_stable():
     assert set(rows[0]) == EXPECTED_KEYS
     assert rows[0]["status"] == "skipped" and rows[0]["reason"].startswith("needs about")
     document = json.loads(report.to_json(rows))
-    assert document["schema_version"] == 1 and document["rows"] == rows
+    assert document["schema_version"] == 2 and document["rows"] == rows
     header = report.to_csv(rows).splitlines()[0].split(",")
     assert header == [k for k in report.ROW_KEYS if k != "runs"]
     assert set(header) == EXPECTED_KEYS - {"runs"}

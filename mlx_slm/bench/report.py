@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlx_slm.errors import SlmError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: mlx-lm's peak memory and RSS per row
 GB = 1e9
 ROW_KEYS = (
     # what was measured
@@ -27,7 +27,8 @@ ROW_KEYS = (
     "bytes_per_token", "bandwidth_gbs", "bandwidth_source", "roofline_fraction",
     # mlx-lm on the same files, and ours / theirs
     "mlx_lm_version", "mlx_lm_load_s", "mlx_lm_ttft_s", "mlx_lm_prompt_tps", "mlx_lm_gen_tps",
-    "mlx_lm_gen_tps_stdev", "prompt_tps_ratio", "gen_tps_ratio",
+    "mlx_lm_gen_tps_stdev", "mlx_lm_peak_memory_bytes", "mlx_lm_peak_rss_bytes",
+    "prompt_tps_ratio", "gen_tps_ratio",
     # where it ran
     "backend", "blas", "mlx_version", "mlx_slm_version", "platform", "cpu", "cores",
     "ram_bytes", "date",
@@ -46,7 +47,7 @@ def new_row(**fields) -> dict:
 
 
 def to_json(rows: list[dict]) -> str:
-    """The rows as one JSON document: {"schema_version": 1, "rows": [...]}."""
+    """The rows as one JSON document: {"schema_version": 2, "rows": [...]}."""
     return json.dumps({"schema_version": SCHEMA_VERSION, "rows": rows}, indent=2) + "\n"
 
 

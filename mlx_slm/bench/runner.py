@@ -277,6 +277,8 @@ def _peer_fields(theirs: dict, row: dict) -> dict:
         "mlx_lm_prompt_tps": summary["prompt_tps"],
         "mlx_lm_gen_tps": summary["gen_tps"],
         "mlx_lm_gen_tps_stdev": summary["gen_tps_stdev"],
+        "mlx_lm_peak_memory_bytes": theirs["peak_memory_bytes"],
+        "mlx_lm_peak_rss_bytes": theirs["peak_rss_bytes"],
         "prompt_tps_ratio": ratio(row["prompt_tps"], summary["prompt_tps"]),
         "gen_tps_ratio": ratio(row["gen_tps"], summary["gen_tps"]),
     }
