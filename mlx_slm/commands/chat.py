@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from mlx_slm.commands.options import dtype_option, model_option, sampling_options
+from mlx_slm.commands.options import dtype_option, force_option, model_option, sampling_options
 
 
 @click.command()
@@ -14,7 +14,7 @@ from mlx_slm.commands.options import dtype_option, model_option, sampling_option
               help="Most tokens per answer.")
 @sampling_options
 @dtype_option
-@click.option("--force", is_flag=True, help="Load even if the memory check says it will not fit.")
+@force_option
 def chat(model, system, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
          repetition_context, seed, dtype, force):
     """Chat with a model in the terminal.

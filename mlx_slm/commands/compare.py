@@ -2,7 +2,7 @@
 
 import click
 
-from mlx_slm.commands.options import dtype_option, sampling_options
+from mlx_slm.commands.options import dtype_option, force_option, format_options, sampling_options
 
 
 @click.command()
@@ -12,12 +12,9 @@ from mlx_slm.commands.options import dtype_option, sampling_options
 @click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=128, show_default=True,
               help="Most tokens per answer.")
 @sampling_options
-@click.option("--chat/--no-chat", "chat", default=None,
-              help="Force the chat format on or off for every model (default: on for Instruct "
-                   "models, a plain completion for base models).")
-@click.option("--system", default=None, help="System message for the chat format.")
+@format_options
 @dtype_option
-@click.option("--force", is_flag=True, help="Load even if the memory check says it will not fit.")
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def compare(prompt, models, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
             repetition_context, seed, chat, system, dtype, force, as_json):

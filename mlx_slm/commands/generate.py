@@ -4,7 +4,13 @@ import sys
 
 import click
 
-from mlx_slm.commands.options import dtype_option, model_option, sampling_options
+from mlx_slm.commands.options import (
+    dtype_option,
+    force_option,
+    format_options,
+    model_option,
+    sampling_options,
+)
 
 
 @click.command()
@@ -17,10 +23,8 @@ from mlx_slm.commands.options import dtype_option, model_option, sampling_option
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end-of-text token.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop at this string (repeatable).")
 @dtype_option
-@click.option("--chat/--no-chat", "chat", default=None,
-              help="Wrap the prompt in the Instruct chat format (default: on for Instruct models).")
-@click.option("--system", default=None, help="System message for the chat format.")
-@click.option("--force", is_flag=True, help="Load even if the memory check says it will not fit.")
+@format_options
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def generate(model, prompt, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
              repetition_context, seed, ignore_eos, stop_strings, dtype, chat, system, force,

@@ -59,3 +59,18 @@ def dtype_option(fn):
         "--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default=None,
         help="Compute dtype override (default: the model's own).",
     )(fn)
+
+
+def format_options(fn):
+    """--chat/--no-chat and --system: the Instruct prompt format, on or off."""
+    fn = click.option("--system", default=None, help="System message for the chat format.")(fn)
+    return click.option(
+        "--chat/--no-chat", "chat", default=None,
+        help="Use the Instruct chat format (default: on for Instruct models, a plain "
+             "completion for base models).",
+    )(fn)
+
+
+def force_option(fn):
+    return click.option("--force", is_flag=True,
+                        help="Load even if the memory check says it will not fit.")(fn)

@@ -2,7 +2,7 @@
 
 import click
 
-from mlx_slm.commands.options import dtype_option, sampling_options
+from mlx_slm.commands.options import dtype_option, force_option, format_options, sampling_options
 
 # Measured on 2 busy, shared x86 cores (synthetic 270M, float32, chat prompts, 16 tokens
 # each; noisy): batch 16 answered 16 questions in 12.9-13.5 s, one at a time took 2.5-5.5 s
@@ -22,12 +22,9 @@ DEFAULT_BATCH = 16
 @click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most tokens per answer.")
 @sampling_options
-@click.option("--chat/--no-chat", "chat", default=None,
-              help="Force the chat format on or off for every model (default: on for Instruct "
-                   "models, a completion cue for base models).")
-@click.option("--system", default=None, help="System message for the chat format.")
+@format_options
 @dtype_option
-@click.option("--force", is_flag=True, help="Load even if the memory check says it will not fit.")
+@force_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (with every answer and verdict) instead of a table.")
 def quiz(models, questions_file, limit, batch_size, max_tokens, temperature, top_p, top_k,
