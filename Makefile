@@ -31,7 +31,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 
 # The README's performance figures (benchmarks/results/bench-*.{json,md,png}).
-# `bench` fits a 2-core, 24 GB machine in about 15 minutes (CPU backend); `bench-full` is
+# `bench` runs in about 21 minutes on a 2-core, 24 GB machine (CPU backend); `bench-full` is
 # every size and precision (for Apple Silicon). Both compare with mlx-lm (see the README).
 bench: install
 	$(BIN)/python benchmarks/bench_sweep.py --preset standard

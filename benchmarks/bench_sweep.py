@@ -26,7 +26,7 @@ from mlx_slm.errors import SlmError
 RESULTS = Path(__file__).parent / "results"
 STANDARD = {"gen_tokens": 64, "reps": 3, "time_limit": 150.0}
 PRESETS = {
-    # Sized for a 2-core, 24 GB machine on MLX's CPU backend: about 15 minutes. mlx-lm is
+    # Sized for a 2-core, 24 GB machine on MLX's CPU backend: 21 minutes measured. mlx-lm is
     # compared where its CPU path finishes in minutes (float32 goes to BLAS; bfloat16 at
     # short prompts); its quantized products take minutes per token there (design.md).
     "standard": [
