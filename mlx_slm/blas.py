@@ -132,7 +132,3 @@ def blas_in_use() -> str:
     if "libblas-" in name or "mlx" in path:
         return "reference"
     return f"other ({path})"
-
-
-def is_reference(blas: str) -> bool:
-    return blas == "reference"

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 
 from mlx_slm import backend, quant
 from mlx_slm.errors import SlmError
@@ -53,18 +53,10 @@ def build_model(config: dict) -> Model:
 
 def cast_floats(model: Model, dtype: mx.Dtype) -> None:
     """Cast floating-point parameters (not quantized weights, which are integers)."""
-    model.update(
-        _map_arrays(model.parameters(), lambda a: a.astype(dtype)
-                    if mx.issubdtype(a.dtype, mx.floating) else a)
-    )
-
-
-def _map_arrays(tree, fn):
-    if isinstance(tree, dict):
-        return {k: _map_arrays(v, fn) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_map_arrays(v, fn) for v in tree]
-    return fn(tree)
+    model.update(tree_map(
+        lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a,
+        model.parameters(),
+    ))
 
 
 def load_model(model_dir: Path, dtype: str | None = None,
