@@ -1,0 +1,1 @@
+"""CPU-backend execution: native kernels (kernels/) and, after the restructure, layer swaps."""
