@@ -43,6 +43,14 @@ def status() -> str:
     return f"native {ext.isa()} {ext.threads()} threads"
 
 
+def quant_method(bits: int) -> str:
+    """How quantized_matmul meets `bits`-bit weights: "int8" (x rounded to int8 per block of
+    32, integer dot products; error per output at most sum_k |s (q_k - 2^(bits-1))| *
+    max|x_block| / 254), "float" (dequantized to float32) or "mlx" (MLX's own op)."""
+    ext = _load()[0]
+    return "mlx" if ext is None else ext.quant_method(bits)
+
+
 def set_threads(n: int) -> None:
     """Resize the native thread pool (waits for pending CPU work first)."""
     ext = _load()[0]

@@ -16,6 +16,8 @@ NB_MODULE(_ext, m) {
   m.def("matmul_t", &k::matmul_t, "x"_a, "w"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x @ w.T for float32/float16/bfloat16 w, on the CPU stream.");
   m.def("supports_quantized", &k::supports_quantized, "group_size"_a, "bits"_a);
+  m.def("quant_method", &k::quant_method, "bits"_a,
+        "How x meets the weights: 'int8' (rounded per block of 32) or 'float'.");
   m.def("isa", &k::isa, "The instruction set the kernels were selected for.");
   m.def("threads", &k::threads, "The thread pool's size (the calling thread included).");
   m.def("set_threads", &k::set_threads, "n"_a, "Resize the pool; call only when idle.");

@@ -128,11 +128,7 @@ constexpr int chains() {
 // A block is VL packed bytes = VL * (8 / bits) elements. prepare_x permutes each block of x
 // so that shift t of those bytes meets x[t * VL .. t * VL + VL) (no in-register shuffles).
 
-int quant_block(int bits) {
-  return VL * (8 / bits);
-}
-
-void prepare_x(const float* x, float* xp, int M, int K, int bits) {
+void permute_x(const float* x, float* xp, int M, int K, int bits) {
   const int per = 8 / bits, blk = VL * per;
   for (size_t r = 0; r < size_t(M); ++r) {
     const float* src = x + r * K;
@@ -219,13 +215,60 @@ void quant_matmul_bits(const QuantArgs& a, int n0, int n1) {
   }
 }
 
-void quant_matmul(const QuantArgs& a, int n0, int n1) {
+void float_quant_matmul(const QuantArgs& a, int n0, int n1) {
+  QuantArgs p = a;
+  p.x = static_cast<const float*>(a.prepared);
   switch (a.bits) {
-    case 2: return quant_matmul_bits<2>(a, n0, n1);
-    case 4: return quant_matmul_bits<4>(a, n0, n1);
-    default: return quant_matmul_bits<8>(a, n0, n1);
+    case 2: return quant_matmul_bits<2>(p, n0, n1);
+    case 4: return quant_matmul_bits<4>(p, n0, n1);
+    default: return quant_matmul_bits<8>(p, n0, n1);
   }
 }
+
+#include "kernels_int8.inc"
+
+bool quant_supported(int group_size, int bits) {
+  if (bits != 2 && bits != 4 && bits != 8) return false;
+  if (group_size != 32 && group_size != 64 && group_size != 128) return false;
+  return group_size % (VL * (8 / bits)) == 0;
+}
+
+#if defined(__AVX2__)
+const char* quant_method(int bits) {
+  return int8_path(bits) ? "int8" : "float";
+}
+
+size_t quant_scratch(int M, int K, int group_size, int bits) {
+  if (int8_path(bits)) return int8_scratch(M, K, group_size);
+  return size_t(M) * K * sizeof(float);
+}
+
+void prepare_quant(const QuantArgs& a) {
+  if (int8_path(a.bits)) return int8_prepare(a);
+  permute_x(a.x, static_cast<float*>(a.prepared), a.M, a.K, a.bits);
+}
+
+void quant_matmul(const QuantArgs& a, int n0, int n1) {
+  if (int8_path(a.bits)) return int8_quant_matmul(a, n0, n1);
+  float_quant_matmul(a, n0, n1);
+}
+#else
+const char* quant_method(int) {
+  return "float";
+}
+
+size_t quant_scratch(int M, int K, int, int) {
+  return size_t(M) * K * sizeof(float);
+}
+
+void prepare_quant(const QuantArgs& a) {
+  permute_x(a.x, static_cast<float*>(a.prepared), a.M, a.K, a.bits);
+}
+
+void quant_matmul(const QuantArgs& a, int n0, int n1) {
+  float_quant_matmul(a, n0, n1);
+}
+#endif
 
 // ---------------------------------------------------------------- dense
 template <ScalarType T, int MT>
@@ -287,7 +330,8 @@ void dense_matmul(const DenseArgs& a, int n0, int n1) {
 }
 
 constexpr KernelTable kTable = {
-    STR(KERNEL_NAME), VL, quant_block, prepare_x, quant_matmul, dense_matmul};
+    STR(KERNEL_NAME), VL, quant_supported, quant_method, quant_scratch, prepare_quant,
+    quant_matmul, dense_matmul};
 
 }  // namespace
 

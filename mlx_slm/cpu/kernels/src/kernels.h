@@ -15,7 +15,8 @@ enum ScalarType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 // q * scale + bias, q the `bits`-bit unsigned integer packed little-endian in uint32 words,
 // scale and bias per `group_size` consecutive elements of a row.
 struct QuantArgs {
-  const float* x;        // [M, K], permuted by prepare_x for this variant and `bits`
+  const float* x;        // [M, K] contiguous float32
+  void* prepared;        // x in this variant's form (prepare_quant), quant_scratch bytes
   const uint8_t* w;      // [N, K * bits / 8] bytes, row contiguous
   const void* scales;    // [N, K / group_size], row contiguous
   const void* biases;    // [N, K / group_size], row contiguous
@@ -37,9 +38,12 @@ struct DenseArgs {
 struct KernelTable {
   const char* name;
   int vector_floats;  // floats per SIMD vector
-  // Elements per packed block (the unit prepare_x permutes); group_size must be a multiple.
-  int (*quant_block)(int bits);
-  void (*prepare_x)(const float* x, float* xp, int M, int K, int bits);
+  bool (*quant_supported)(int group_size, int bits);
+  // How x meets the weights: "int8" (x rounded to int8 per block of 32, integer dot
+  // products) or "float" (weights dequantized to float32).
+  const char* (*quant_method)(int bits);
+  size_t (*quant_scratch)(int M, int K, int group_size, int bits);
+  void (*prepare_quant)(const QuantArgs& a);
   void (*quant_matmul)(const QuantArgs& a, int n0, int n1);
   void (*dense_matmul)(const DenseArgs& a, int n0, int n1);
 };

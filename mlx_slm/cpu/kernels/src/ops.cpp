@@ -123,8 +123,8 @@ void parallel_columns(int N, const std::function<void(int, int)>& fn) {
 
 // Per-stream-thread scratch space, reused across calls.
 struct Scratch {
-  std::vector<float> x, xp, y;
-  std::vector<uint8_t> w, scales, biases;
+  std::vector<float> x, y;
+  std::vector<uint8_t> prepared, w, scales, biases;
 };
 
 Scratch& scratch() {
@@ -144,13 +144,13 @@ void run_quantized(
   Scratch& s = scratch();
   const int K = x.shape(-1), N = w.shape(0), M = int(x.size() / K);
   s.x.resize(x.size());
-  s.xp.resize(x.size());
   to_float32(x, s.x.data());
-  t.prepare_x(s.x.data(), s.xp.data(), M, K, bits);
+  s.prepared.resize(t.quant_scratch(M, K, group_size, bits));
   const bool direct = out.dtype() == mx::float32;
   if (!direct) s.y.resize(out.size());
   QuantArgs a{
-      s.xp.data(),
+      s.x.data(),
+      s.prepared.data(),
       static_cast<const uint8_t*>(contiguous_bytes(w, s.w)),
       contiguous_bytes(scales, s.scales),
       contiguous_bytes(biases, s.biases),
@@ -161,6 +161,7 @@ void run_quantized(
       K,
       group_size,
       bits};
+  t.prepare_quant(a);
   parallel_columns(N, [&](int n0, int n1) { t.quant_matmul(a, n0, n1); });
   if (!direct) store_output(s.y.data(), out);
 }
@@ -206,9 +207,11 @@ mx::Shape output_shape(const mx::array& x, int N) {
 }  // namespace
 
 bool supports_quantized(int group_size, int bits) {
-  if (bits != 2 && bits != 4 && bits != 8) return false;
-  if (group_size != 32 && group_size != 64 && group_size != 128) return false;
-  return group_size % table().quant_block(bits) == 0;
+  return table().quant_supported(group_size, bits);
+}
+
+std::string quant_method(int bits) {
+  return table().quant_method(bits);
 }
 
 std::string isa() {

@@ -26,6 +26,9 @@ mx::array matmul_t(const mx::array& x, const mx::array& w, mx::StreamOrDevice s 
 // Whether quantized_matmul handles this format with the selected ISA.
 bool supports_quantized(int group_size, int bits);
 
+// "int8" (x rounded to int8 per block of 32) or "float", for `bits` with the selected ISA.
+std::string quant_method(int bits);
+
 // "avx2", "avx512" or "generic", and the thread pool's size.
 std::string isa();
 int threads();

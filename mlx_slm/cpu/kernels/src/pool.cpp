@@ -18,7 +18,20 @@ namespace mlx_slm_kernels {
 namespace {
 // Long enough to bridge the gaps between the products of one decode step, short enough not
 // to take a core from Python between steps.
-constexpr auto kSpin = std::chrono::microseconds(200);
+constexpr auto kSpin = std::chrono::microseconds(300);
+
+uint32_t job_of(uint64_t state) {
+  return uint32_t(state >> 32);
+}
+
+// Spins, giving the core away now and then: on a busy machine the thread we wait for may
+// need it.
+inline void relax(int& spins) {
+  if (++spins % 64 == 0)
+    std::this_thread::yield();
+  else
+    CPU_RELAX();
+}
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
@@ -26,56 +39,66 @@ ThreadPool::ThreadPool(int threads) {
 }
 
 ThreadPool::~ThreadPool() {
+  stop_.store(true);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-    generation_.fetch_add(1, std::memory_order_release);
+    state_.fetch_add(uint64_t(1) << 32);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::work() {
-  for (int i = next_.fetch_add(1, std::memory_order_relaxed); i < tasks_;
-       i = next_.fetch_add(1, std::memory_order_relaxed))
-    (*fn_)(i);
+void ThreadPool::work(uint32_t job) {
+  uint64_t s = state_.load(std::memory_order_acquire);
+  while (job_of(s) == job) {
+    const uint32_t task = uint32_t(s);
+    if (int(task) >= tasks_.load(std::memory_order_relaxed)) return;
+    if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
+      // The job cannot finish (nor fn_ change) before this claimed task is done.
+      (*fn_)(int(task));
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      s = state_.load(std::memory_order_acquire);
+    }
+  }
 }
 
 void ThreadPool::run(int tasks, const std::function<void(int)>& fn) {
-  if (workers_.empty() || tasks <= 1) {
+  std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+  if (workers_.empty() || tasks <= 1 || !busy.owns_lock()) {
     for (int i = 0; i < tasks; ++i) fn(i);
     return;
   }
   fn_ = &fn;
-  tasks_ = tasks;
-  next_.store(0, std::memory_order_relaxed);
-  finished_workers_.store(0, std::memory_order_relaxed);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    generation_.fetch_add(1, std::memory_order_release);
+  tasks_.store(tasks, std::memory_order_relaxed);
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t job = job_of(state_.load()) + 1;
+  state_.store(uint64_t(job) << 32);  // seq_cst: pairs with a sleeper's check (worker_loop)
+  if (sleepers_.load() > 0) {
+    { std::lock_guard<std::mutex> lock(mutex_); }
+    wake_.notify_all();
   }
-  wake_.notify_all();
-  work();
-  // Every worker must leave this generation before fn_ and the counters are reused.
-  while (finished_workers_.load(std::memory_order_acquire) < int(workers_.size())) CPU_RELAX();
+  work(job);
+  int spins = 0;
+  while (done_.load(std::memory_order_acquire) < tasks) relax(spins);
 }
 
 void ThreadPool::worker_loop() {
-  uint64_t seen = generation_.load(std::memory_order_acquire);
+  uint32_t seen = job_of(state_.load());
   while (true) {
-    auto start = std::chrono::steady_clock::now();
+    const auto start = std::chrono::steady_clock::now();
     int spins = 0;
-    while (generation_.load(std::memory_order_acquire) == seen) {
-      CPU_RELAX();
-      if (++spins % 256 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
+    while (job_of(state_.load(std::memory_order_acquire)) == seen) {
+      relax(spins);
+      if (spins % 256 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
         std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        sleepers_.fetch_add(1);
+        wake_.wait(lock, [&] { return job_of(state_.load()) != seen; });
+        sleepers_.fetch_sub(1);
       }
     }
-    seen = generation_.load(std::memory_order_acquire);
-    if (stop_) return;
-    work();
-    finished_workers_.fetch_add(1, std::memory_order_release);
+    if (stop_.load()) return;
+    seen = job_of(state_.load(std::memory_order_acquire));
+    work(seen);
   }
 }
 
