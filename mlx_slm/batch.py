@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import mlx.core as mx
 
 from mlx_slm.cache import make_cache
-from mlx_slm.generate import PREFILL_STEP
+from mlx_slm.generation import PREFILL_STEP
 from mlx_slm.sample import LogitsProcessor, Sampler, greedy
 
 
@@ -54,7 +54,7 @@ def generate_batch(
 
     A row stops at a stop id (not yielded); generation ends when every row has stopped or
     after `max_tokens` steps. Logits processors see each row's own history. Decoding is
-    pipelined as in `generate.generate_tokens`.
+    pipelined as in `generation.generate_tokens`.
     """
     tokens, pads = left_pad(prompts, pad_id)
     batch, length = tokens.shape

@@ -1,1 +1,1 @@
-"""CPU-backend execution: native kernels (kernels/) and, after the restructure, layer swaps."""
+"""CPU-backend execution: layer swaps, BLAS loading and native kernels."""
