@@ -46,7 +46,7 @@ def dequantize64(w, scales, biases, group_size, bits) -> np.ndarray:
 def int8_rounding_bound(x64: np.ndarray, w, scales, group_size, bits) -> np.ndarray:
     """The int8 path's documented error bound: x rounded to int8 per block of 32 meets the
     centred weights s * (q - 2^(bits-1)): sum_k |s (q_k - c)| * max|x_block| / 254."""
-    if kernels.quant_method(bits) != "int8":
+    if kernels.quant_method(bits) != "int8":  # the float path: no rounding of x
         return 0.0
     amax = np.repeat(np.abs(x64).reshape(len(x64), -1, 32).max(-1), 32, axis=1)
     centred = np.abs(unpack(w, bits) - 2 ** (bits - 1))
@@ -85,11 +85,19 @@ def test_reference_unpacking_matches_mlx():
         rtol=1e-6, atol=1e-7)
 
 
+@pytest.fixture(params=["float", "int8"])
+def method(request):
+    """Each quantized test runs on the default float path and the opt-in int8 path."""
+    kernels.set_int8_activations(request.param == "int8")
+    yield request.param
+    kernels.set_int8_activations(False)
+
+
 @native
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("sdtype", FLOATS)
-def test_quantized_matches_mlx_and_float64(bits, group_size, sdtype):
+def test_quantized_matches_mlx_and_float64(bits, group_size, sdtype, method):
     n, k = 37, 384
     wq, s, b = quantized(n, k, group_size, bits, sdtype)
     w64 = dequantize64(wq, s, b, group_size, bits)
@@ -105,7 +113,7 @@ def test_quantized_matches_mlx_and_float64(bits, group_size, sdtype):
 
 
 @native
-def test_quantized_strided_and_batched_inputs():
+def test_quantized_strided_and_batched_inputs(method):
     k, gs, bits = 256, 64, 4
     wq, s, b = quantized(64, k, gs, bits, mx.bfloat16)
     # Every other row of the weights, scales and biases: strided, not row-contiguous.

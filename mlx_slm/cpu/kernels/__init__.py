@@ -5,7 +5,8 @@ AVX-512 variants chosen at run time and a persistent thread pool.
 Every function here falls back to MLX's own op wherever the native one cannot run: the
 extension was not built (macOS, no compiler) or not importable (an mlx other than the one it
 was built against), `MLX_SLM_KERNELS=off`, a GPU default device, or an unsupported format.
-`MLX_SLM_THREADS=N` sets the pool's size (default: all cores)."""
+`MLX_SLM_THREADS=N` sets the pool's size (default: all cores). `MLX_SLM_KERNELS=int8`
+opts in to int8 activations for 4- and 8-bit weights (see quant_method)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def _load() -> tuple[ModuleType | None, str]:
         from mlx_slm.cpu.kernels import _ext
     except ImportError as error:
         return None, f"extension not built: {error}"
+    _ext.set_int8_activations(os.environ.get(SWITCH, "").lower() == "int8")
     return _ext, ""
 
 
@@ -40,15 +42,31 @@ def status() -> str:
     ext, reason = _load()
     if ext is None:
         return f"mlx ({reason})"
-    return f"native {ext.isa()} {ext.threads()} threads"
+    int8 = ", int8 activations" if ext.quant_method(4) == "int8" else ""
+    return f"native {ext.isa()} {ext.threads()} threads{int8}"
+
+
+def supports(group_size: int, bits: int) -> bool:
+    """Whether quantized_matmul runs natively for this format (else it is MLX's op)."""
+    ext = _native()
+    return ext is not None and ext.supports_quantized(group_size, bits)
 
 
 def quant_method(bits: int) -> str:
-    """How quantized_matmul meets `bits`-bit weights: "int8" (x rounded to int8 per block of
-    32, integer dot products; error per output at most sum_k |s (q_k - 2^(bits-1))| *
-    max|x_block| / 254), "float" (dequantized to float32) or "mlx" (MLX's own op)."""
+    """How quantized_matmul meets `bits`-bit weights: "float" (dequantized to float32, the
+    default), "int8" (opt-in, AVX2 and up: x rounded to int8 per block of 32, integer dot
+    products; error per output at most sum_k |s (q_k - 2^(bits-1))| * max|x_block| / 254)
+    or "mlx" (MLX's own op)."""
     ext = _load()[0]
     return "mlx" if ext is None else ext.quant_method(bits)
+
+
+def set_int8_activations(on: bool) -> None:
+    """Opt in or out of the int8 path (as MLX_SLM_KERNELS=int8 does at start-up)."""
+    ext = _load()[0]
+    if ext is not None:
+        mx.synchronize()
+        ext.set_int8_activations(on)
 
 
 def set_threads(n: int) -> None:

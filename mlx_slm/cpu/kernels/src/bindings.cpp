@@ -18,6 +18,8 @@ NB_MODULE(_ext, m) {
   m.def("supports_quantized", &k::supports_quantized, "group_size"_a, "bits"_a);
   m.def("quant_method", &k::quant_method, "bits"_a,
         "How x meets the weights: 'int8' (rounded per block of 32) or 'float'.");
+  m.def("set_int8_activations", &k::set_int8_activations, "on"_a,
+        "Round x to int8 per block of 32 for 4/8-bit weights where the ISA allows.");
   m.def("isa", &k::isa, "The instruction set the kernels were selected for.");
   m.def("threads", &k::threads, "The thread pool's size (the calling thread included).");
   m.def("set_threads", &k::set_threads, "n"_a, "Resize the pool; call only when idle.");

@@ -234,31 +234,27 @@ bool quant_supported(int group_size, int bits) {
 }
 
 #if defined(__AVX2__)
-const char* quant_method(int bits) {
-  return int8_path(bits) ? "int8" : "float";
-}
-
-size_t quant_scratch(int M, int K, int group_size, int bits) {
-  if (int8_path(bits)) return int8_scratch(M, K, group_size);
-  return size_t(M) * K * sizeof(float);
+size_t quant_scratch(const QuantArgs& a) {
+  if (a.int8) return int8_scratch(a.M, a.K, a.group_size);
+  return size_t(a.M) * a.K * sizeof(float);
 }
 
 void prepare_quant(const QuantArgs& a) {
-  if (int8_path(a.bits)) return int8_prepare(a);
+  if (a.int8) return int8_prepare(a);
   permute_x(a.x, static_cast<float*>(a.prepared), a.M, a.K, a.bits);
 }
 
 void quant_matmul(const QuantArgs& a, int n0, int n1) {
-  if (int8_path(a.bits)) return int8_quant_matmul(a, n0, n1);
+  if (a.int8) return int8_quant_matmul(a, n0, n1);
   float_quant_matmul(a, n0, n1);
 }
 #else
-const char* quant_method(int) {
-  return "float";
+bool int8_path(int) {
+  return false;
 }
 
-size_t quant_scratch(int M, int K, int, int) {
-  return size_t(M) * K * sizeof(float);
+size_t quant_scratch(const QuantArgs& a) {
+  return size_t(a.M) * a.K * sizeof(float);
 }
 
 void prepare_quant(const QuantArgs& a) {
@@ -330,7 +326,7 @@ void dense_matmul(const DenseArgs& a, int n0, int n1) {
 }
 
 constexpr KernelTable kTable = {
-    STR(KERNEL_NAME), VL, quant_supported, quant_method, quant_scratch, prepare_quant,
+    STR(KERNEL_NAME), VL, quant_supported, int8_path, quant_scratch, prepare_quant,
     quant_matmul, dense_matmul};
 
 }  // namespace

@@ -23,6 +23,7 @@ struct QuantArgs {
   ScalarType sb_type;
   float* y;              // [M, N] float32
   int M, N, K, group_size, bits;
+  bool int8;             // the int8 path (see KernelTable::has_int8)
 };
 
 // y[M, N] = x[M, K] @ w[N, K].T for float32, float16 or bfloat16 weights.
@@ -39,10 +40,10 @@ struct KernelTable {
   const char* name;
   int vector_floats;  // floats per SIMD vector
   bool (*quant_supported)(int group_size, int bits);
-  // How x meets the weights: "int8" (x rounded to int8 per block of 32, integer dot
-  // products) or "float" (weights dequantized to float32).
-  const char* (*quant_method)(int bits);
-  size_t (*quant_scratch)(int M, int K, int group_size, int bits);
+  // Whether this variant can meet `bits`-bit weights with x rounded to int8 per block of
+  // 32 (integer dot products) instead of dequantizing the weights to float32.
+  bool (*has_int8)(int bits);
+  size_t (*quant_scratch)(const QuantArgs& a);
   void (*prepare_quant)(const QuantArgs& a);
   void (*quant_matmul)(const QuantArgs& a, int n0, int n1);
   void (*dense_matmul)(const DenseArgs& a, int n0, int n1);

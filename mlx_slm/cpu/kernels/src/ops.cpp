@@ -1,5 +1,6 @@
 #include "ops.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -45,6 +46,8 @@ int default_threads() {
   const unsigned hw = std::thread::hardware_concurrency();
   return hw > 0 ? int(hw) : 1;
 }
+
+std::atomic<bool> int8_activations{false};
 
 std::unique_ptr<ThreadPool>& pool_slot() {
   static std::unique_ptr<ThreadPool> pool;
@@ -145,12 +148,11 @@ void run_quantized(
   const int K = x.shape(-1), N = w.shape(0), M = int(x.size() / K);
   s.x.resize(x.size());
   to_float32(x, s.x.data());
-  s.prepared.resize(t.quant_scratch(M, K, group_size, bits));
   const bool direct = out.dtype() == mx::float32;
   if (!direct) s.y.resize(out.size());
   QuantArgs a{
       s.x.data(),
-      s.prepared.data(),
+      nullptr,
       static_cast<const uint8_t*>(contiguous_bytes(w, s.w)),
       contiguous_bytes(scales, s.scales),
       contiguous_bytes(biases, s.biases),
@@ -160,7 +162,10 @@ void run_quantized(
       N,
       K,
       group_size,
-      bits};
+      bits,
+      int8_activations.load() && t.has_int8(bits)};
+  s.prepared.resize(t.quant_scratch(a));
+  a.prepared = s.prepared.data();
   t.prepare_quant(a);
   parallel_columns(N, [&](int n0, int n1) { t.quant_matmul(a, n0, n1); });
   if (!direct) store_output(s.y.data(), out);
@@ -211,7 +216,11 @@ bool supports_quantized(int group_size, int bits) {
 }
 
 std::string quant_method(int bits) {
-  return table().quant_method(bits);
+  return int8_activations.load() && table().has_int8(bits) ? "int8" : "float";
+}
+
+void set_int8_activations(bool on) {
+  int8_activations.store(on);
 }
 
 std::string isa() {

@@ -28,6 +28,8 @@ bool supports_quantized(int group_size, int bits);
 
 // "int8" (x rounded to int8 per block of 32) or "float", for `bits` with the selected ISA.
 std::string quant_method(int bits);
+// Opt in to the int8 path where the ISA has one (off by default: it rounds x).
+void set_int8_activations(bool on);
 
 // "avx2", "avx512" or "generic", and the thread pool's size.
 std::string isa();
