@@ -7,7 +7,10 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Re-running `make install` after a kernel source changes rebuilds the extension.
+KERNEL_SOURCES := setup.py $(wildcard mlx_slm/cpu/kernels/CMakeLists.txt mlx_slm/cpu/kernels/src/*)
+
+$(VENV)/.installed: pyproject.toml $(KERNEL_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
@@ -28,7 +31,7 @@ lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache mlx_slm/cpu/kernels/*.so
 
 # The README's performance figures (benchmarks/results/bench-*.{json,md,png}).
 # `bench` runs in about 21 minutes on a 2-core, 24 GB machine (CPU backend); `bench-full` is

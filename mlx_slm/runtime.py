@@ -1,4 +1,5 @@
-"""What produced a number: the MLX backend and, on the CPU backend, the BLAS under it.
+"""What produced a number: the MLX backend and, on the CPU backend, the BLAS under it and
+the kernels its quantized and half-precision products ran on.
 
 Every figure the tools print or write carries `runtime_report()`, so a reader always knows
 which backend measured it.
@@ -16,7 +17,11 @@ def active_backend() -> str:
 
 
 def runtime_report() -> dict:
-    """The backend and the BLAS serving MLX (named as in JSON outputs and benchmark rows)."""
+    """The backend, the BLAS serving MLX and the kernels for quantized and half-precision
+    products (named as in JSON outputs and benchmark rows)."""
+    from mlx_slm.cpu import kernels
     from mlx_slm.cpu.blas import blas_in_use
 
-    return {"backend": active_backend(), "blas": blas_in_use()}
+    backend = active_backend()
+    return {"backend": backend, "blas": blas_in_use(),
+            "kernels": kernels.status() if backend == "cpu" else "mlx"}

@@ -25,7 +25,8 @@ from mlx_slm.runtime import active_backend
 from mlx_slm.sizes import kv_cache_bytes
 from mlx_slm.store.synthetic import published_config, random_weights, tiny_config
 
-MACHINE = {"backend": "cpu", "blas": "openblas (x)", "mlx_version": "0.0", "mlx_slm_version": "0",
+MACHINE = {"backend": "cpu", "blas": "openblas (x)", "kernels": "native avx2 2 threads",
+           "mlx_version": "0.0", "mlx_slm_version": "0",
            "platform": "test", "cpu": "test cpu", "cores": 2, "ram_bytes": 8 * 10**9,
            "date": "2025-01-01T00:00:00+00:00"}
 EXPECTED_KEYS = {
@@ -37,8 +38,8 @@ EXPECTED_KEYS = {
     "roofline_fraction", "mlx_lm_version", "mlx_lm_load_s", "mlx_lm_ttft_s",
     "mlx_lm_prompt_tps", "mlx_lm_gen_tps", "mlx_lm_gen_tps_stdev", "mlx_lm_peak_memory_bytes",
     "mlx_lm_peak_rss_bytes", "prompt_tps_ratio",
-    "gen_tps_ratio", "backend", "blas", "mlx_version", "mlx_slm_version", "platform", "cpu",
-    "cores", "ram_bytes", "date", "runs",
+    "gen_tps_ratio", "backend", "blas", "kernels", "mlx_version", "mlx_slm_version",
+    "platform", "cpu", "cores", "ram_bytes", "date", "runs",
 }
 
 
@@ -301,7 +302,8 @@ def test_skipped_rows_keep_the_schema_and_outputs_are_stable():
     assert set(header) == EXPECTED_KEYS - {"runs"}
     table = report.to_markdown(rows)
     assert "- skipped: 270M float32, prompt 128: needs about" in table
-    assert table.startswith("cpu backend, BLAS openblas | MLX 0.0 | test cpu, 2 cores, 8 GB RAM")
+    assert table.startswith("cpu backend, BLAS openblas, kernels native avx2 2 threads | MLX 0.0 | "
+                            "test cpu, 2 cores, 8 GB RAM")
     with pytest.raises(KeyError, match="not in the benchmark row schema: tok_s"):
         report.new_row(tok_s=1.0)
 

@@ -28,7 +28,7 @@ def test_json_reports_every_field_and_greedy_tokens(model_dir):
     report = json.loads(result.stdout)
     for key in ("text", "tokens", "prompt_tokens", "generation_tokens", "prompt_tps",
                 "generation_tps", "ttft_s", "load_s", "peak_memory_gb", "rss_gb", "backend",
-                "dtype", "blas"):
+                "dtype", "blas", "kernels"):
         assert key in report
     model, tokenizer = load(model_dir)
     prompt = tokenizer.encode("Hello there")

@@ -132,8 +132,9 @@ def format_stats(report: dict) -> str:
     ]
     if "footprint_gb" in report:
         parts.append(f"footprint {report['footprint_gb']:.2f} GB")
-    blas = "" if report["backend"] != "cpu" else f", BLAS {report['blas'].split(' ')[0]}"
-    parts.append(f"{report['backend']} backend{blas}, {report['dtype']}")
+    cpu = "" if report["backend"] != "cpu" else (
+        f", BLAS {report['blas'].split(' ')[0]}, kernels {report['kernels']}")
+    parts.append(f"{report['backend']} backend{cpu}, {report['dtype']}")
     line = " | ".join(parts)
     if report["finish_reason"] == "interrupted":
         line = "[interrupted] " + line

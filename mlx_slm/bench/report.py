@@ -30,7 +30,7 @@ ROW_KEYS = (
     "mlx_lm_gen_tps_stdev", "mlx_lm_peak_memory_bytes", "mlx_lm_peak_rss_bytes",
     "prompt_tps_ratio", "gen_tps_ratio",
     # where it ran
-    "backend", "blas", "mlx_version", "mlx_slm_version", "platform", "cpu", "cores",
+    "backend", "blas", "kernels", "mlx_version", "mlx_slm_version", "platform", "cpu", "cores",
     "ram_bytes", "date",
     # every timed repetition (JSON only)
     "runs",
@@ -73,7 +73,8 @@ def header(rows: list[dict]) -> str:
     if not rows:
         return ""
     r = rows[0]
-    blas = f", BLAS {r['blas'].split(' ')[0]}" if r["backend"] == "cpu" else ""
+    blas = (f", BLAS {r['blas'].split(' ')[0]}, kernels {r['kernels']}"
+            if r["backend"] == "cpu" else "")
     ram = f", {r['ram_bytes'] / GB:.0f} GB RAM" if r["ram_bytes"] else ""
     line = (f"{r['backend']} backend{blas} | MLX {r['mlx_version']} | {r['cpu']}, "
             f"{r['cores']} cores{ram} | {r['date']}")

@@ -18,7 +18,8 @@ def info(model_dir, as_json):
         return
     for key in ("path", "source", "parameters", "dtype", "precision", "quantization",
                 "size_on_disk_gb",
-                "weight_memory_gb", "bits_per_weight", "tokenizer", "backend", "blas"):
+                "weight_memory_gb", "bits_per_weight", "tokenizer", "backend", "blas",
+                "kernels"):
         value = report.get(key)
         if value is not None:
             click.echo(f"{key:>17}: {value}")

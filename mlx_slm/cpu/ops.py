@@ -1,18 +1,22 @@
-"""CPU-backend building blocks: matmuls split over MLX CPU streams, weight upcasts and
-dequantization for BLAS, grouped-query attention, and RoPE tables.
+"""CPU-backend building blocks: quantized and half-precision products, grouped-query
+attention, and RoPE tables. layers.py decides where these are used.
 
-MLX runs each CPU stream on its own thread, so slicing a product's output rows across
-streams uses every core for kernels that are otherwise single-threaded (half-precision and
-quantized matmuls, elementwise conversions). layers.py decides where these are used.
+Quantized and half-precision products run on the native kernels (mlx_slm.cpu.kernels:
+multithreaded SIMD, any row count) where they are built. Without them, MLX's own kernels
+for these products are single-threaded loops, so the products are split over MLX CPU
+streams (each runs on its own thread), and prompt chunks upcast or dequantize the weight
+for float32 BLAS.
 """
 
 import os
 
 import mlx.core as mx
 
-# Products with at least this many input rows (prompt chunks) upcast or dequantize the
-# weight once and use float32 BLAS; fewer rows (decoding) use the native kernels split
-# across CPU streams.
+from mlx_slm.cpu import kernels
+
+# Half-precision products with at least this many input rows (prompt chunks) upcast the
+# weight and use float32 BLAS, whose GEMM outruns a matrix-vector kernel there; so do
+# quantized ones without the native kernels. Fewer rows (decoding) use the kernels.
 BLAS_MIN_ROWS = 8
 HALF = (mx.float16, mx.bfloat16)
 # The float32 copy of weight rows that one stream makes at a time for a prompt chunk: the
@@ -74,6 +78,8 @@ def dense_product(x32: mx.array, make_rows, out_features: int, in_features: int,
 
 def half_linear(x: mx.array, weight: mx.array) -> mx.array:
     """x @ weight.T for a float16/bfloat16 weight on the CPU backend."""
+    if _rows(x) < BLAS_MIN_ROWS and kernels.available():
+        return kernels.matmul_t(x, weight)
     if _rows(x) >= BLAS_MIN_ROWS:
         def upcast(w, stream):
             return w.astype(mx.float32, stream=stream)
@@ -84,12 +90,16 @@ def half_linear(x: mx.array, weight: mx.array) -> mx.array:
 
 
 def quantized_linear(x, weight, scales, biases, group_size: int, bits: int, mode: str):
-    """x @ dequantize(weight).T on the CPU backend, with float32 scales and biases.
+    """x @ dequantize(weight).T on the CPU backend.
 
-    The CPU kernels are 20-100x slower with half-precision scales, so each thread upcasts
-    its slice of them per call (a transient 1/group_size of the weight), keeping the stored
-    model small. Prompt chunks dequantize slices and use float32 BLAS.
+    The native kernels take every row count and scale dtype. Without them: MLX's kernels
+    are 20-100x slower with half-precision scales, so each thread upcasts its slice of them
+    per call (a transient 1/group_size of the weight), keeping the stored model small, and
+    prompt chunks dequantize slices and use float32 BLAS.
     """
+    if mode == "affine" and kernels.supports(group_size, bits):
+        return kernels.quantized_matmul(x, weight, scales, biases, group_size, bits).astype(
+            x.dtype)
     x32 = x.astype(mx.float32)
     if _rows(x) >= BLAS_MIN_ROWS:
         def dequantized(w, s, b, stream):

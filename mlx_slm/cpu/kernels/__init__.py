@@ -1,0 +1,119 @@
+"""Native CPU kernels for MLX's CPU backend: quantized (MLX's affine format) and float16 /
+bfloat16 / float32 matrix products as MLX primitives, written in C++ (src/) with AVX2 and
+AVX-512 variants chosen at run time and a persistent thread pool.
+
+Every function here falls back to MLX's own op wherever the native one cannot run: the
+extension was not built (macOS, no compiler) or not importable (an mlx other than the one it
+was built against), `MLX_SLM_KERNELS=off`, a GPU default device, or an unsupported format.
+`MLX_SLM_THREADS=N` sets the pool's size (default: all cores). `MLX_SLM_KERNELS=int8`
+opts in to int8 activations for 4- and 8-bit weights (see quant_method)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
+
+import mlx.core as mx
+
+SWITCH = "MLX_SLM_KERNELS"
+
+
+@functools.cache
+def _load() -> tuple[ModuleType | None, str]:
+    """The compiled module, or None and the reason it is not used."""
+    if os.environ.get(SWITCH, "").lower() in ("off", "0", "false", "no"):
+        return None, f"disabled by {SWITCH}=off"
+    try:
+        from mlx_slm.cpu.kernels import _ext
+    except ImportError as error:
+        return None, f"extension not built: {error}"
+    _ext.set_int8_activations(os.environ.get(SWITCH, "").lower() == "int8")
+    return _ext, ""
+
+
+def available() -> bool:
+    """Whether the native kernels are built, importable and enabled."""
+    return _load()[0] is not None
+
+
+def status() -> str:
+    """One line naming the kernels in use, e.g. "native avx2 2 threads" or "mlx (<why>)"."""
+    ext, reason = _load()
+    if ext is None:
+        return f"mlx ({reason})"
+    int8 = ", int8 activations" if ext.quant_method(4) == "int8" else ""
+    return f"native {ext.isa()} {ext.threads()} threads{int8}"
+
+
+def supports(group_size: int, bits: int) -> bool:
+    """Whether quantized_matmul runs natively for this format (else it is MLX's op)."""
+    ext = _native()
+    return ext is not None and ext.supports_quantized(group_size, bits)
+
+
+def quant_method(bits: int) -> str:
+    """How quantized_matmul meets `bits`-bit weights: "float" (dequantized to float32, the
+    default), "int8" (opt-in, AVX2 and up: x rounded to int8 per block of 32, integer dot
+    products; error per output at most sum_k |s (q_k - 2^(bits-1))| * max|x_block| / 254)
+    or "mlx" (MLX's own op)."""
+    ext = _load()[0]
+    return "mlx" if ext is None else ext.quant_method(bits)
+
+
+def set_int8_activations(on: bool) -> None:
+    """Opt in or out of the int8 path (as MLX_SLM_KERNELS=int8 does at start-up)."""
+    ext = _load()[0]
+    if ext is not None:
+        mx.synchronize()
+        ext.set_int8_activations(on)
+
+
+def set_threads(n: int) -> None:
+    """Resize the native thread pool (waits for pending CPU work first)."""
+    ext = _load()[0]
+    if ext is not None:
+        mx.synchronize()
+        ext.set_threads(n)
+
+
+def _native() -> ModuleType | None:
+    ext = _load()[0]
+    # Metal and CUDA keep MLX's kernels: nothing GPU-bound may reach these primitives.
+    if ext is None or mx.default_device() != mx.cpu:
+        return None
+    return ext
+
+
+_FLOATS = (mx.float32, mx.float16, mx.bfloat16)
+
+
+def quantized_matmul(
+    x: mx.array,
+    w: mx.array,
+    scales: mx.array,
+    biases: mx.array,
+    group_size: int = 64,
+    bits: int = 4,
+) -> mx.array:
+    """x @ dequantize(w, scales, biases).T, as mx.quantized_matmul(..., transpose=True)."""
+    ext = _native()
+    if (
+        ext is not None
+        and w.ndim == 2
+        and x.dtype in _FLOATS
+        and scales.dtype in _FLOATS
+        and ext.supports_quantized(group_size, bits)
+    ):
+        return ext.quantized_matmul(x, w, scales, biases, group_size, bits)
+    return mx.quantized_matmul(
+        x, w, scales, biases, transpose=True, group_size=group_size, bits=bits
+    )
+
+
+def matmul_t(x: mx.array, w: mx.array) -> mx.array:
+    """x @ w.T for a 2-D float32, float16 or bfloat16 w."""
+    ext = _native()
+    if ext is not None and w.ndim == 2 and x.dtype in _FLOATS and w.dtype in _FLOATS:
+        return ext.matmul_t(x, w)
+    return x @ w.T

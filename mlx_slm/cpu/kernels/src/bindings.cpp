@@ -1,0 +1,26 @@
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/variant.h>
+
+#include "ops.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+namespace k = mlx_slm_kernels;
+
+NB_MODULE(_ext, m) {
+  m.doc() = "mlx-slm native CPU kernels (MLX primitives)";
+  m.def("quantized_matmul", &k::quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a,
+        "group_size"_a, "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "x @ dequantize(w, scales, biases).T in MLX's affine format, on the CPU stream.");
+  m.def("matmul_t", &k::matmul_t, "x"_a, "w"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "x @ w.T for float32/float16/bfloat16 w, on the CPU stream.");
+  m.def("supports_quantized", &k::supports_quantized, "group_size"_a, "bits"_a);
+  m.def("quant_method", &k::quant_method, "bits"_a,
+        "How x meets the weights: 'int8' (rounded per block of 32) or 'float'.");
+  m.def("set_int8_activations", &k::set_int8_activations, "on"_a,
+        "Round x to int8 per block of 32 for 4/8-bit weights where the ISA allows.");
+  m.def("isa", &k::isa, "The instruction set the kernels were selected for.");
+  m.def("threads", &k::threads, "The thread pool's size (the calling thread included).");
+  m.def("set_threads", &k::set_threads, "n"_a, "Resize the pool; call only when idle.");
+}

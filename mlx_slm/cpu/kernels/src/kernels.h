@@ -1,0 +1,58 @@
+// The kernel interface shared by the ISA variants (kernels.cpp compiled once per ISA) and
+// the MLX primitives (ops.cpp). Plain C types only: this header is included by translation
+// units built with AVX2/AVX-512 flags, whose inline code must never leak to other CPUs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace mlx_slm_kernels {
+
+// Element types of scales, biases and half-precision weights.
+enum ScalarType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// y[M, N] = x[M, K] @ dequant(w)[N, K].T, MLX's affine format: element k of row n is
+// q * scale + bias, q the `bits`-bit unsigned integer packed little-endian in uint32 words,
+// scale and bias per `group_size` consecutive elements of a row.
+struct QuantArgs {
+  const float* x;        // [M, K] contiguous float32
+  void* prepared;        // x in this variant's form (prepare_quant), quant_scratch bytes
+  const uint8_t* w;      // [N, K * bits / 8] bytes, row contiguous
+  const void* scales;    // [N, K / group_size], row contiguous
+  const void* biases;    // [N, K / group_size], row contiguous
+  ScalarType sb_type;
+  float* y;              // [M, N] float32
+  int M, N, K, group_size, bits;
+  bool int8;             // the int8 path (see KernelTable::has_int8)
+};
+
+// y[M, N] = x[M, K] @ w[N, K].T for float32, float16 or bfloat16 weights.
+struct DenseArgs {
+  const float* x;        // [M, K] contiguous float32
+  const void* w;         // [N, K] row contiguous
+  ScalarType w_type;
+  float* y;              // [M, N] float32
+  int M, N, K;
+};
+
+// One ISA variant's kernels. Each call computes output columns [n0, n1) for all M rows.
+struct KernelTable {
+  const char* name;
+  int vector_floats;  // floats per SIMD vector
+  bool (*quant_supported)(int group_size, int bits);
+  // Whether this variant can meet `bits`-bit weights with x rounded to int8 per block of
+  // 32 (integer dot products) instead of dequantizing the weights to float32.
+  bool (*has_int8)(int bits);
+  size_t (*quant_scratch)(const QuantArgs& a);
+  void (*prepare_quant)(const QuantArgs& a);
+  void (*quant_matmul)(const QuantArgs& a, int n0, int n1);
+  void (*dense_matmul)(const DenseArgs& a, int n0, int n1);
+};
+
+const KernelTable& kernels_generic();
+#if defined(__x86_64__)
+const KernelTable& kernels_avx2();
+const KernelTable& kernels_avx512();
+#endif
+
+}  // namespace mlx_slm_kernels

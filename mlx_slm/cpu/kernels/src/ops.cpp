@@ -1,0 +1,322 @@
+#include "ops.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <thread>
+
+#include "kernels.h"
+#include "mlx/allocator.h"
+#include "mlx/backend/common/utils.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "pool.h"
+
+namespace mlx_slm_kernels {
+
+namespace {
+
+// MLX_SLM_KERNELS_ISA=generic|avx2 selects a narrower variant (to test it on a wide CPU).
+const KernelTable& select_table() {
+  const char* forced = std::getenv("MLX_SLM_KERNELS_ISA");
+  const std::string want = forced ? forced : "";
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c");
+  if (avx512 && (want.empty() || want == "avx512")) return kernels_avx512();
+  if (avx2 && (want.empty() || want == "avx512" || want == "avx2")) return kernels_avx2();
+#endif
+  return kernels_generic();
+}
+
+const KernelTable& table() {
+  static const KernelTable& t = select_table();
+  return t;
+}
+
+int default_threads() {
+  if (const char* env = std::getenv("MLX_SLM_THREADS")) {
+    const int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? int(hw) : 1;
+}
+
+std::atomic<bool> int8_activations{false};
+
+std::unique_ptr<ThreadPool>& pool_slot() {
+  static std::unique_ptr<ThreadPool> pool;
+  return pool;
+}
+
+ThreadPool& pool() {
+  auto& p = pool_slot();
+  if (!p) p = std::make_unique<ThreadPool>(default_threads());
+  return *p;
+}
+
+ScalarType scalar_type(mx::Dtype t) {
+  if (t == mx::float32) return kFloat32;
+  if (t == mx::float16) return kFloat16;
+  if (t == mx::bfloat16) return kBFloat16;
+  throw std::invalid_argument("mlx_slm kernels: expected float32, float16 or bfloat16");
+}
+
+template <typename T>
+void gather_float(const mx::array& a, float* dst) {
+  const T* src = a.data<T>();
+  const size_t n = a.size();
+  if (a.flags().row_contiguous) {
+    for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  } else {
+    for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[mx::elem_to_loc(i, a)]);
+  }
+}
+
+// Any strides and float dtype -> contiguous float32, row-major order. Done here rather
+// than with mx.contiguous, which would cost a graph node per call.
+void to_float32(const mx::array& a, float* dst) {
+  switch (scalar_type(a.dtype())) {
+    case kFloat32: return gather_float<float>(a, dst);
+    case kFloat16: return gather_float<mx::float16_t>(a, dst);
+    default: return gather_float<mx::bfloat16_t>(a, dst);
+  }
+}
+
+// A row-contiguous view of a's bytes, copying into `copy` only when a is strided.
+const void* contiguous_bytes(const mx::array& a, std::vector<uint8_t>& copy) {
+  if (a.flags().row_contiguous) return a.data<void>();
+  const size_t item = a.itemsize();
+  copy.resize(a.size() * item);
+  const auto* src = static_cast<const uint8_t*>(a.data<void>());
+  for (size_t i = 0; i < a.size(); ++i)
+    memcpy(copy.data() + i * item, src + mx::elem_to_loc(i, a) * item, item);
+  return copy.data();
+}
+
+template <typename T>
+void store_from_float(const float* src, T* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+}
+
+void store_output(const float* y, mx::array& out) {
+  if (out.dtype() == mx::float16) return store_from_float(y, out.data<mx::float16_t>(), out.size());
+  store_from_float(y, out.data<mx::bfloat16_t>(), out.size());
+}
+
+// Splits N output columns into tasks of whole column tiles, a few per thread so that a
+// thread slowed by other work does not hold up the rest.
+void parallel_columns(int N, const std::function<void(int, int)>& fn) {
+  ThreadPool& p = pool();
+  constexpr int kMinColumns = 16;
+  const int tasks_wanted = p.size() == 1 ? 1 : p.size() * 4;
+  int chunk = (N + tasks_wanted - 1) / tasks_wanted;
+  chunk = (chunk + kMinColumns - 1) / kMinColumns * kMinColumns;
+  const int tasks = (N + chunk - 1) / chunk;
+  p.run(tasks, [&](int i) {
+    const int n0 = i * chunk;
+    fn(n0, std::min(N, n0 + chunk));
+  });
+}
+
+// Per-stream-thread scratch space, reused across calls.
+struct Scratch {
+  std::vector<float> x, y;
+  std::vector<uint8_t> prepared, w, scales, biases;
+};
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+void run_quantized(
+    const mx::array& x,
+    const mx::array& w,
+    const mx::array& scales,
+    const mx::array& biases,
+    mx::array& out,
+    int group_size,
+    int bits) {
+  const KernelTable& t = table();
+  Scratch& s = scratch();
+  const int K = x.shape(-1), N = w.shape(0), M = int(x.size() / K);
+  s.x.resize(x.size());
+  to_float32(x, s.x.data());
+  const bool direct = out.dtype() == mx::float32;
+  if (!direct) s.y.resize(out.size());
+  QuantArgs a{
+      s.x.data(),
+      nullptr,
+      static_cast<const uint8_t*>(contiguous_bytes(w, s.w)),
+      contiguous_bytes(scales, s.scales),
+      contiguous_bytes(biases, s.biases),
+      scalar_type(scales.dtype()),
+      direct ? out.data<float>() : s.y.data(),
+      M,
+      N,
+      K,
+      group_size,
+      bits,
+      int8_activations.load() && t.has_int8(bits)};
+  s.prepared.resize(t.quant_scratch(a));
+  a.prepared = s.prepared.data();
+  t.prepare_quant(a);
+  parallel_columns(N, [&](int n0, int n1) { t.quant_matmul(a, n0, n1); });
+  if (!direct) store_output(s.y.data(), out);
+}
+
+void run_dense(const mx::array& x, const mx::array& w, mx::array& out) {
+  const KernelTable& t = table();
+  Scratch& s = scratch();
+  const int K = x.shape(-1), N = w.shape(0), M = int(x.size() / K);
+  s.x.resize(x.size());
+  to_float32(x, s.x.data());
+  const bool direct = out.dtype() == mx::float32;
+  if (!direct) s.y.resize(out.size());
+  DenseArgs a{
+      s.x.data(),
+      contiguous_bytes(w, s.w),
+      scalar_type(w.dtype()),
+      direct ? out.data<float>() : s.y.data(),
+      M,
+      N,
+      K};
+  parallel_columns(N, [&](int n0, int n1) { t.dense_matmul(a, n0, n1); });
+  if (!direct) store_output(s.y.data(), out);
+}
+
+mx::Stream cpu_stream(mx::StreamOrDevice s) {
+  mx::Stream stream = mx::to_stream(s);
+  if (stream.device != mx::Device::cpu)
+    throw std::invalid_argument("mlx_slm kernels run on the CPU stream only");
+  return stream;
+}
+
+void check_float(const mx::array& a, const char* what) {
+  scalar_type(a.dtype());
+  (void)what;
+}
+
+mx::Shape output_shape(const mx::array& x, int N) {
+  mx::Shape shape = x.shape();
+  shape.back() = N;
+  return shape;
+}
+
+}  // namespace
+
+bool supports_quantized(int group_size, int bits) {
+  return table().quant_supported(group_size, bits);
+}
+
+std::string quant_method(int bits) {
+  return int8_activations.load() && table().has_int8(bits) ? "int8" : "float";
+}
+
+void set_int8_activations(bool on) {
+  int8_activations.store(on);
+}
+
+std::string isa() {
+  return table().name;
+}
+
+int threads() {
+  return pool().size();
+}
+
+void set_threads(int n) {
+  if (n < 1) throw std::invalid_argument("threads must be >= 1");
+  pool_slot() = std::make_unique<ThreadPool>(n);
+}
+
+mx::array quantized_matmul(
+    const mx::array& x,
+    const mx::array& w,
+    const mx::array& scales,
+    const mx::array& biases,
+    int group_size,
+    int bits,
+    mx::StreamOrDevice s) {
+  if (!supports_quantized(group_size, bits))
+    throw std::invalid_argument("quantized_matmul: unsupported bits or group_size");
+  if (x.ndim() < 1 || w.ndim() != 2 || w.dtype() != mx::uint32)
+    throw std::invalid_argument("quantized_matmul: w must be a 2-D uint32 array");
+  check_float(x, "x");
+  const int K = x.shape(-1), N = w.shape(0);
+  if (K % group_size != 0 || int64_t(w.shape(1)) * 32 != int64_t(K) * bits)
+    throw std::invalid_argument("quantized_matmul: x and w disagree on the input size");
+  const mx::Shape sb{N, K / group_size};
+  if (scales.shape() != sb || biases.shape() != sb || scales.dtype() != biases.dtype())
+    throw std::invalid_argument("quantized_matmul: scales/biases have the wrong shape");
+  check_float(scales, "scales");
+  const mx::Dtype dtype = mx::promote_types(x.dtype(), scales.dtype());
+  return mx::array(
+      output_shape(x, N),
+      dtype,
+      std::make_shared<QuantizedMatmul>(cpu_stream(s), group_size, bits),
+      {x, w, scales, biases});
+}
+
+mx::array matmul_t(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
+  if (x.ndim() < 1 || w.ndim() != 2 || x.shape(-1) != w.shape(1))
+    throw std::invalid_argument("matmul_t: shapes must be [..., K] and [N, K]");
+  check_float(x, "x");
+  check_float(w, "w");
+  return mx::array(
+      output_shape(x, w.shape(0)),
+      mx::promote_types(x.dtype(), w.dtype()),
+      std::make_shared<MatmulT>(cpu_stream(s)),
+      {x, w});
+}
+
+void QuantizedMatmul::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  mx::array& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) encoder.set_input_array(a);
+  encoder.set_output_array(out);
+  encoder.dispatch([inputs, out, gs = group_size_, bits = bits_]() mutable {
+    run_quantized(inputs[0], inputs[1], inputs[2], inputs[3], out, gs, bits);
+  });
+}
+
+void QuantizedMatmul::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("SlmQuantizedMatmul runs on the CPU only");
+}
+
+bool QuantizedMatmul::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const QuantizedMatmul*>(&other);
+  return o && o->group_size_ == group_size_ && o->bits_ == bits_;
+}
+
+std::vector<mx::Shape> QuantizedMatmul::output_shapes(const std::vector<mx::array>& inputs) {
+  return {output_shape(inputs[0], inputs[1].shape(0))};
+}
+
+void MatmulT::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  mx::array& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) encoder.set_input_array(a);
+  encoder.set_output_array(out);
+  encoder.dispatch([inputs, out]() mutable { run_dense(inputs[0], inputs[1], out); });
+}
+
+void MatmulT::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("SlmMatmulT runs on the CPU only");
+}
+
+std::vector<mx::Shape> MatmulT::output_shapes(const std::vector<mx::array>& inputs) {
+  return {output_shape(inputs[0], inputs[1].shape(0))};
+}
+
+}  // namespace mlx_slm_kernels

@@ -1,0 +1,74 @@
+// MLX primitives running the native kernels on the CPU stream.
+#pragma once
+
+#include <string>
+
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+
+namespace mlx_slm_kernels {
+
+namespace mx = mlx::core;
+
+// x[..., K] @ dequantize(w, scales, biases).T in MLX's affine format (as mx.quantize makes).
+mx::array quantized_matmul(
+    const mx::array& x,
+    const mx::array& w,
+    const mx::array& scales,
+    const mx::array& biases,
+    int group_size,
+    int bits,
+    mx::StreamOrDevice s = {});
+
+// x[..., K] @ w.T for float32, float16 or bfloat16 w [N, K].
+mx::array matmul_t(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = {});
+
+// Whether quantized_matmul handles this format with the selected ISA.
+bool supports_quantized(int group_size, int bits);
+
+// "int8" (x rounded to int8 per block of 32) or "float", for `bits` with the selected ISA.
+std::string quant_method(int bits);
+// Opt in to the int8 path where the ISA has one (off by default: it rounds x).
+void set_int8_activations(bool on);
+
+// "avx2", "avx512" or "generic", and the thread pool's size.
+std::string isa();
+int threads();
+void set_threads(int n);
+
+class QuantizedMatmul : public mx::Primitive {
+ public:
+  QuantizedMatmul(mx::Stream stream, int group_size, int bits)
+      : mx::Primitive(stream), group_size_(group_size), bits_(bits) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
+      override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
+      override;
+  const char* name() const override {
+    return "SlmQuantizedMatmul";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  int group_size_;
+  int bits_;
+};
+
+class MatmulT : public mx::Primitive {
+ public:
+  explicit MatmulT(mx::Stream stream) : mx::Primitive(stream) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
+      override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
+      override;
+  const char* name() const override {
+    return "SlmMatmulT";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return typeid(*this) == typeid(other);
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+};
+
+}  // namespace mlx_slm_kernels
