@@ -2,6 +2,8 @@
 
 import click
 
+from mlx_slm.commands.options import SEED_RANGE
+
 
 @click.command()
 @click.option("--synthetic", "-s", multiple=True, metavar="SIZE",
@@ -29,8 +31,8 @@ import click
 @click.option("--csv", "csv_path", metavar="FILE", help="Write every row as CSV (- = stdout).")
 @click.option("--plot", "plot_path", metavar="FILE.png",
               help="Draw tok/s and memory per size and precision (needs matplotlib).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the synthetic weights and prompts.")
+@click.option("--seed", type=SEED_RANGE, default=0, show_default=True,
+              help="Seed of the synthetic weights and prompts (0 to 2^64-1).")
 @click.option("--force", is_flag=True, help="Run cells that the memory check would skip.")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop a cell (per engine) at its first token past this; completed runs "
