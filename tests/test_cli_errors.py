@@ -39,3 +39,45 @@ def test_usage_errors_are_one_line_that_points_to_help(command):
 
 def test_an_unknown_command_is_one_line():
     assert "No such command 'genrate'" in one_line_error(invoke("genrate"), code=2)
+
+
+NOT_UTF8 = "caf\udce9"  # b"caf\xe9" (Latin-1) as Python's argv decoding keeps it
+
+
+def test_a_prompt_that_is_not_utf8_is_refused_in_one_line(model_dir):
+    for result in (invoke("generate", "-m", str(model_dir), "-p", NOT_UTF8),
+                   invoke("generate", "-m", str(model_dir), input=b"caf\xe9 au lait"),
+                   invoke("compare", NOT_UTF8, "-m", str(model_dir)),
+                   invoke("generate", "-m", str(model_dir), "--chat", "--system", NOT_UTF8)):
+        assert "is not valid UTF-8 (at character 3: 'caf\\udce9" in one_line_error(result)
+
+
+def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(tmp_path):
+    from tests.instruct_fixtures import make_model_dir
+
+    model = make_model_dir(tmp_path / "m-Instruct", instruct=True)
+    result = invoke("chat", "-m", str(model), "-n", "2", input=b"caf\xe9\nHello\n")
+    assert result.exit_code == 0, result.output
+    assert "Error: The text is not valid UTF-8" in result.stderr
+    assert result.stdout.count("\n") == 1  # "Hello" was answered
+    line = one_line_error(invoke("chat", "-m", str(model), "--system", NOT_UTF8))
+    assert "not valid UTF-8" in line
+
+
+def test_an_empty_prompt_is_an_error_not_the_default_question(model_dir):
+    for result in (invoke("generate", "-m", str(model_dir), "-p", ""),
+                   invoke("generate", "-m", str(model_dir), "-p", "-", input=""),
+                   invoke("generate", "-m", str(model_dir), input=" \n"),
+                   invoke("compare", "", "-m", str(model_dir))):
+        assert one_line_error(result).startswith("Error: The prompt is empty")
+
+
+def test_an_empty_pipe_is_an_empty_prompt(model_dir):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mlx_slm", "generate", "-m", str(model_dir)],
+                          input="", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("Error: The prompt is empty")

@@ -1,5 +1,6 @@
 """What `mlx-slm generate` does, as a library call: resolve, load, generate, report."""
 
+import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -36,6 +37,47 @@ def fit_to_context(prompt_tokens: int, max_tokens: int, context: int) -> int:
     return min(max_tokens, context - prompt_tokens)
 
 
+def checked_prompt(prompt: str | None) -> str:
+    """The prompt to use: DEFAULT_PROMPT when none was given; an empty one is an error
+    rather than a silent switch to the default question, and so is one that is not UTF-8
+    (checked before any model loads)."""
+    from mlx_slm.tokenizer import require_utf8
+
+    if prompt is None:
+        return DEFAULT_PROMPT
+    require_utf8(prompt)
+    if not prompt.strip():
+        raise SlmError("The prompt is empty; give one, or leave it out to ask the default "
+                       f"question ({DEFAULT_PROMPT!r}).")
+    return prompt
+
+
+def stdin_prompt(explicit: bool) -> str | None:
+    """The prompt on stdin, or None when there is none to read.
+
+    `explicit` (-p -): always read. Otherwise a pipe or a file is read (so an empty one is
+    an empty prompt, refused later), while a terminal or a device such as /dev/null (a
+    script's `< /dev/null`) means no prompt. A stand-in stream without a file descriptor
+    (an embedding program's or a test runner's) cannot say which it is: empty means none.
+    Bytes that are not UTF-8 are kept (as surrogates) so that the tokenizer refuses them
+    in one line, as it does for -p.
+    """
+    import os
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        mode = None
+    if not explicit and mode is not None and not (
+            stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)):
+        return None
+    if not explicit and mode is None and sys.stdin.isatty():
+        return None
+    text = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+    return None if not explicit and mode is None and not text else text
+
+
 def run_generation(request: GenerationRequest, as_json: bool = False, out=None, err=None) -> int:
     """Generate for `request`, streaming text to `out` and stats to `err`; returns the exit code."""
     from mlx_slm.apps.models import open_model
@@ -47,13 +89,13 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
 
     out = out or sys.stdout
     err = err or sys.stderr
+    prompt = checked_prompt(request.prompt)
     sampler = request.sampling.sampler()
     processors = request.sampling.logits_processors()
     loaded = open_model(request.model, request.load)
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
 
     chat = request.format.uses_chat(config)
-    prompt = request.prompt if request.prompt else DEFAULT_PROMPT
     ids = prompt_ids(tokenizer, prompt, chat, request.format.system)
     max_tokens = fit_to_context(len(ids), request.max_tokens, model.args.max_context_length)
     if max_tokens < request.max_tokens:

@@ -58,7 +58,10 @@ def _load(**values):
 
 def _format(**values):
     from mlx_slm.chat_format import PromptFormat
+    from mlx_slm.tokenizer import require_utf8
 
+    if values["system"]:
+        require_utf8(values["system"])  # before any model loads
     return PromptFormat(**values)
 
 
