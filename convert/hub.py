@@ -30,6 +30,24 @@ def looks_like_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
+def refuse_missing_path(name: str) -> None:
+    """Refuse an owner/name whose owner is a local folder: most likely a mistyped path (such
+    as out/my-modle), which must not be sent to the Hub as a repo id."""
+    import difflib
+
+    path = Path(name).expanduser()
+    if not path.parent.is_dir():
+        return
+    others = [p.name for p in path.parent.iterdir() if p.is_dir()]
+    close = difflib.get_close_matches(path.name, others, n=1)
+    hint = f" (did you mean {path.parent / close[0]}?)" if close else ""
+    raise SlmError(
+        f"No directory {name} exists{hint}. It would read as the Hub repo {name}, but "
+        f"{path.parent} is a local folder, so it is taken as a path; to use the Hub repo, run "
+        f"from a folder without a {path.parent} subfolder."
+    )
+
+
 def repo_url(repo_id: str) -> str:
     from huggingface_hub import constants
 

@@ -15,7 +15,7 @@ from mlx_slm.model import ModelArgs
 from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import read_config
 
-from .hub import LIGHT_FILES, MODEL_FILES, fetch_snapshot, looks_like_repo_id
+from .hub import LIGHT_FILES, MODEL_FILES, fetch_snapshot, looks_like_repo_id, refuse_missing_path
 from .llama_tokenizer import LLAMA2_PIECES, TokenizerFile, resolve_tokenizer
 
 # huggingface_hub's cache folder for a model repo: models--{owner}--{name}
@@ -76,6 +76,7 @@ def open_source(source: str, revision: str | None, tokenizer: str | None, log) -
         raise SlmError(f"{source} is a file; SOURCE must be a model directory or a Hub repo id.")
     if not looks_like_repo_id(source):
         raise SlmError(f"{source} is neither a directory nor a Hub repo id (owner/name).")
+    refuse_missing_path(source)
     log(f"Fetching {source} config from the Hub (or its cache)...")
     light = fetch_snapshot(source, revision, LIGHT_FILES)
     config = checked_config(light)

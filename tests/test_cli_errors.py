@@ -81,3 +81,22 @@ def test_an_empty_pipe_is_an_empty_prompt(model_dir):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("Error: The prompt is empty")
+
+
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch, model_dir):
+    import shutil
+
+    import mlx_slm.convert.auto
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("sent to the Hub")
+
+    monkeypatch.setattr(mlx_slm.convert.auto, "convert", no_hub)
+    shutil.copytree(model_dir, tmp_path / "out" / "my-model")
+    monkeypatch.chdir(tmp_path)
+    for result in (invoke("generate", "-m", "out/my-modle"),
+                   invoke("convert", "out/my-modle", "converted")):
+        line = one_line_error(result)
+        assert line.startswith("Error: No directory out/my-modle exists (did you mean "
+                               "out/my-model?). It would read as the Hub repo out/my-modle")
+    assert not (tmp_path / "converted").exists()
