@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_slm.chat_format import METADATA_KEY
+from mlx_slm.chat_format import is_instruct
 from mlx_slm.errors import SlmError
 from mlx_slm.model import ModelArgs
 from mlx_slm.tokenizer import TOKENIZER_FILE
@@ -33,11 +33,7 @@ class Source:
     @property
     def instruct(self) -> bool:
         """Whether this is an Instruct model: from our own metadata, else from its name."""
-        meta = self.config.get(METADATA_KEY) or {}
-        if "instruct" in meta:
-            return bool(meta["instruct"])
-        # apple/OpenELM-270M-Instruct, mlx-community/OpenELM-3B-Instruct-4bit, ...
-        return "instruct" in repo_name(self.name, self.path).split("/")[-1].lower().split("-")
+        return is_instruct(self.config, repo_name(self.name, self.path))
 
 
 def repo_name(name: str, path: Path) -> str:

@@ -1,6 +1,8 @@
 """The README's promise for every command: an error is one line `Error: ...`, a non-zero
 exit, and no traceback, whatever the user gives (issue 13)."""
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -100,3 +102,35 @@ def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch, mod
         assert line.startswith("Error: No directory out/my-modle exists (did you mean "
                                "out/my-model?). It would read as the Hub repo out/my-modle")
     assert not (tmp_path / "converted").exists()
+
+
+def test_system_turns_the_chat_format_on_for_a_base_model(tmp_path):
+    from tests.instruct_fixtures import make_model_dir
+
+    base = make_model_dir(tmp_path / "tiny-base")
+    args = ["generate", "-m", str(base), "-p", "Hi", "-n", "2", "--json"]
+    plain = invoke(*args)
+    with_system = invoke(*args, "--system", "Be brief.")
+    assert json.loads(plain.stdout)["chat_format"] is False
+    assert json.loads(with_system.stdout)["chat_format"] is True
+    assert "[--system given: chat format on, although this is a base model]" in \
+        with_system.stderr
+    line = one_line_error(invoke(*args, "--system", "Be brief.", "--no-chat"), code=2)
+    assert "--system needs the chat format; drop --no-chat." in line
+
+
+def test_an_instruct_name_without_metadata_gets_the_chat_format_as_convert_guesses(
+        tmp_path, hub_checkpoint, tokenizer_path):
+    import shutil
+
+    from mlx_slm.convert.pipeline import convert
+
+    raw = tmp_path / "OpenELM-270M-Instruct"  # a Hub layout: no mlx-slm metadata
+    shutil.copytree(hub_checkpoint, raw)
+    shutil.copy(tokenizer_path, raw / "tokenizer.model")
+    result = invoke("generate", "-m", str(raw), "-p", "Hi", "-n", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["chat_format"] is True
+    assert "the name says Instruct: chat format on (--no-chat for a plain completion)" in \
+        result.stderr
+    assert convert(raw, tmp_path / "converted", log=lambda _: None).instruct is True

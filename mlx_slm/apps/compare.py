@@ -41,7 +41,7 @@ def compare_models(prompt: str, names: list[str], *,
         if on_model is not None:
             on_model(loaded.name)
         model, tokenizer = loaded.model, loaded.tokenizer
-        as_chat = prompt_format.uses_chat(loaded.config)
+        as_chat = prompt_format.uses_chat(loaded.config, loaded.source_name)
         ids = prompt_ids(tokenizer, prompt, as_chat, prompt_format.system)
         sampling.seed_random()  # the same random stream for every model
         result = stream_text(

@@ -95,7 +95,10 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     loaded = open_model(request.model, request.load)
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
 
-    chat = request.format.uses_chat(config)
+    chat = request.format.uses_chat(config, loaded.source_name)
+    note = request.format.note(config, loaded.source_name)
+    if note:
+        print(note, file=err)
     ids = prompt_ids(tokenizer, prompt, chat, request.format.system)
     max_tokens = fit_to_context(len(ids), request.max_tokens, model.args.max_context_length)
     if max_tokens < request.max_tokens:

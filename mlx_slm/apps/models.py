@@ -25,6 +25,13 @@ class LoadedModel:
     tokenizer: object
     load_s: float
 
+    @property
+    def source_name(self) -> str:
+        """The repo or directory name the model goes by (what an Instruct guess reads)."""
+        from mlx_slm.convert.source import repo_name
+
+        return repo_name(self.name, self.path)
+
 
 def resolve_model_dir(name: str) -> Path:
     """A model directory for `name`: the directory itself, or a Hub id's cached conversion."""

@@ -243,7 +243,7 @@ def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
     results = []
     sampler, processors = sampling.sampler(), sampling.logits_processors()
     for loaded in load_each(names, load):
-        as_chat = prompt_format.uses_chat(loaded.config)
+        as_chat = prompt_format.uses_chat(loaded.config, loaded.source_name)
         sampling.seed_random()
 
         def progress(done: int, total: int, name=loaded.name) -> None:

@@ -45,7 +45,7 @@ def chat(model, system, max_tokens, sampling, load):
     hint = reference_blas_hint()
     if hint:
         note(hint)
-    if not is_instruct(loaded.config):
+    if not is_instruct(loaded.config, loaded.source_name):
         note(f"[{model} is a base model, not tuned for chat: expect rambling; an -Instruct "
              "model suits chat]")
     note(f"[chatting with {model}; /help lists the commands, Ctrl-D leaves]")

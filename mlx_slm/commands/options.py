@@ -60,6 +60,8 @@ def _format(**values):
     from mlx_slm.chat_format import PromptFormat
     from mlx_slm.tokenizer import require_utf8
 
+    if values["system"] is not None and values["chat"] is False:
+        raise click.UsageError("--system needs the chat format; drop --no-chat.")
     if values["system"]:
         require_utf8(values["system"])  # before any model loads
     return PromptFormat(**values)
@@ -99,7 +101,8 @@ format_options = _grouped([
     click.option("--chat/--no-chat", "chat", default=None,
                  help="Use the Instruct chat format (default: on for Instruct models, a plain "
                       "completion for base models)."),
-    click.option("--system", default=None, help="System message for the chat format."),
+    click.option("--system", default=None,
+                 help="System message; it turns the chat format on for a base model too."),
 ], ("chat", "system"), "prompt_format", _format)
 format_options.__doc__ = "--chat/--no-chat and --system -> prompt_format (PromptFormat)."
 
