@@ -56,13 +56,14 @@ def test_quantize_with_a_recipe_and_no_report(tmp_path, src):
     assert "transformer.layers.1.ffn.proj_1" not in config
 
 
-def test_quantize_without_a_tokenizer_skips_the_report(tmp_path):
+def test_quantize_without_a_tokenizer_fails_before_writing(tmp_path):
     hub = write_hub_checkpoint(tmp_path / "hub", quantizable_config(vocab_size=1000))
     result = run("quantize", hub, tmp_path / "q")
-    assert result.exit_code == 0, result.output
-    assert result.output.endswith(f"No quality report: {hub} has no tokenizer.model to read the "
-                                  "text with.\n")
-    assert load_model(tmp_path / "q")[1]["quantization"]["bits"] == 4
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {hub} has no tokenizer.model, so it is not a converted "
+                             "model directory; convert and quantize in one step: mlx-slm "
+                             f"convert {hub} OUT_DIR -q.\n")
+    assert only_entries(tmp_path) == ["hub"]
 
 
 def test_force_replaces_an_existing_directory(tmp_path, src):

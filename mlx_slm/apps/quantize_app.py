@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mlx_slm.errors import SlmError
 from mlx_slm.store.manifest import MANIFEST_FILE
+from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import CONFIG_FILE, INDEX_FILE
 
 
@@ -42,6 +43,11 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
     if not src_dir.is_dir():
         raise SlmError(f"Model directory {src_dir} does not exist.")
     config = read_config(src_dir)
+    if not (src_dir / TOKENIZER_FILE).is_file():
+        # The result could not be loaded (generate would ask for a re-conversion).
+        raise SlmError(f"{src_dir} has no {TOKENIZER_FILE}, so it is not a converted model "
+                       f"directory; convert and quantize in one step: mlx-slm convert "
+                       f"{src_dir} OUT_DIR -q.")
     if quant.is_quantized(config):
         q = config.get("quantization") or {}
         what = f" ({q.get('bits')}-bit, group size {q.get('group_size')})" if q else ""
