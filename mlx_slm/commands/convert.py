@@ -78,7 +78,8 @@ def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q
         q_recipe=q_recipe, max_shard_bytes=max_shard_size, instruct=instruct,
     )
     click.echo(summary(result))
-    if result.quantization and not no_report:
+    # Only a quantization made here has an unquantized source to be compared with.
+    if quantize and not no_report:
         from mlx_slm.apps.quality_report import compare, format_quality_report
 
         click.echo("Quality of the quantization against the unquantized source:")
