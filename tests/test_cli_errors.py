@@ -134,3 +134,20 @@ def test_an_instruct_name_without_metadata_gets_the_chat_format_as_convert_guess
     assert "the name says Instruct: chat format on (--no-chat for a plain completion)" in \
         result.stderr
     assert convert(raw, tmp_path / "converted", log=lambda _: None).instruct is True
+
+
+def test_quantization_options_are_the_same_in_convert_and_quantize(tmp_path):
+    from mlx_slm.cli import main as group
+
+    def options(command):
+        ctx = group.make_context("mlx-slm", [command, "--help"], resilient_parsing=True)
+        cmd = group.get_command(ctx, command)
+        return {p.name: (repr(p.type), p.default, p.help) for p in cmd.params
+                if p.name in ("q_bits", "q_group_size", "q_recipe", "no_report",
+                              "report_tokens")}
+
+    assert options("convert") == options("quantize") and len(options("convert")) == 5
+    convert = invoke("convert", str(tmp_path), str(tmp_path / "o"), "-q", "--q-bits", "7")
+    quantize = invoke("quantize", str(tmp_path), str(tmp_path / "o"), "--q-bits", "7")
+    lines = [one_line_error(r, code=2).split(" (see")[0] for r in (convert, quantize)]
+    assert lines[0] == lines[1] and "'7' is not one of '2', '3', '4', '5', '6', '8'" in lines[0]

@@ -131,3 +131,27 @@ def scoring_options(dtype_help: str):
         return fn
 
     return decorator
+
+
+def quantization_options(fn):
+    """--q-bits, --q-group-size, --q-recipe, --no-report and --report-tokens, declared once
+    for `convert -q` and `quantize`."""
+    from mlx_slm.recipes import RECIPES, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES
+
+    recipes = "; ".join(f"{name}: {about}" for name, (_, about) in RECIPES.items())
+    for option in reversed([
+        click.option("--q-bits", type=click.Choice(SUPPORTED_BITS), default=4,
+                     show_default=True, help="Bits per quantized weight."),
+        click.option("--q-group-size", type=click.Choice(SUPPORTED_GROUP_SIZES), default=64,
+                     show_default=True, help="Weights sharing one scale and bias."),
+        click.option("--q-recipe", default=None, metavar="NAME",
+                     help="Mixed precision: sensitive layers get 6 bits (8 from --q-bits 5 "
+                          f"up). {recipes}."),
+        click.option("--no-report", is_flag=True,
+                     help="Skip the quality report that follows the quantization."),
+        click.option("--report-tokens", type=click.IntRange(min=1), default=512,
+                     show_default=True,
+                     help="Tokens of the built-in sample text the quality report scores."),
+    ]):
+        fn = option(fn)
+    return fn

@@ -2,26 +2,15 @@
 
 import click
 
-from mlx_slm.recipes import RECIPES
-
-RECIPE_HELP = "; ".join(f"{name}: {about}" for name, (_, about) in RECIPES.items())
+from mlx_slm.commands.options import quantization_options
 
 
 @click.command()
 @click.argument("src_dir", type=click.Path(path_type=str))
 @click.argument("dst_dir", type=click.Path(path_type=str))
-@click.option("--q-bits", type=int, default=4, show_default=True,
-              help="Bits per weight: 2, 3, 4, 5, 6 or 8.")
-@click.option("--q-group-size", type=int, default=64, show_default=True,
-              help="Weights sharing one scale and bias: 32, 64 or 128.")
-@click.option("--q-recipe", default=None, metavar="NAME",
-              help=f"Mixed precision: sensitive layers get 6 bits (8 from --q-bits 5 up). "
-                   f"{RECIPE_HELP}.")
+@quantization_options
 @click.option("--force", is_flag=True,
               help="Replace DST_DIR if it exists (only once the new one is complete).")
-@click.option("--no-report", is_flag=True, help="Skip the quality report.")
-@click.option("--report-tokens", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Tokens of the built-in sample text the quality report scores.")
 def quantize(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force, no_report,
              report_tokens):
     """Quantize a converted model directory.
