@@ -144,6 +144,12 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
         "quantization": config.get("quantization"),
         "chat_format": chat,
         "finish_reason": result.finish_reason,
+        # The settings that produced this text, so that it can be reproduced.
+        "max_tokens": request.max_tokens,
+        "sampling": request.sampling.as_dict(),
+        "stop_strings": list(request.stop_strings),
+        "ignore_eos": request.ignore_eos,
+        "system": request.format.system,
     }
     if as_json:
         out.write(json.dumps(report) + "\n")
@@ -173,7 +179,7 @@ def format_stats(report: dict) -> str:
         f"TTFT {report['ttft_s']:.2f} s",
         f"load {report['load_s']:.2f} s",
         f"peak MLX {report['peak_memory_gb']:.2f} GB",
-        f"peak RSS {report['rss_gb']:.2f} GB",
+        f"peak RSS {report['peak_rss_gb']:.2f} GB",
     ]
     if "footprint_gb" in report:
         parts.append(f"footprint {report['footprint_gb']:.2f} GB")

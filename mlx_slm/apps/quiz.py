@@ -287,6 +287,6 @@ def format_quiz(results: list[dict]) -> str:
         display_name(r["model"]), r["format"],
         f"{r['correct']}/{r['total']} ({100 * r['accuracy']:.0f}%)",
         f"{r['prompt_tps']:.1f}", f"{r['generation_tps']:.1f}", f"{r['peak_memory_gb']:.2f}",
-        "-" if r["rss_after_gb"] is None else f"{r['rss_after_gb']:.2f}",
+        "-" if r["rss_gb"] is None else f"{r['rss_gb']:.2f}",
     ] for r in results]
     return render_table(headers, rows, right=frozenset(range(2, 7)))

@@ -38,7 +38,9 @@ def compare(prompt, models, max_tokens, sampling, prompt_format, load, as_json):
         on_model=lambda name: click.echo(f"[{name}]", err=True),
     )
     if as_json:
-        report = {"prompt": prompt, **runtime_report(), "results": rows}
+        report = {"prompt": prompt, **runtime_report(), "max_tokens": max_tokens,
+                  "sampling": sampling.as_dict(), "system": prompt_format.system,
+                  "results": rows}
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"Prompt: {prompt}\n")
