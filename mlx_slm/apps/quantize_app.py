@@ -63,9 +63,11 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
     model, _ = load_model(src_dir, prepare=False)  # saved as written, not as run here
     quantization = quant.quantize(model, bits, group_size, recipe)
     check_disk_space(out_dir, model)
+    weights = dict(tree_flatten(model.parameters()))
     with staged_directory(out_dir, force) as tmp:
         try:
-            save_weights(tmp, dict(tree_flatten(model.parameters())))
+            with _bar(weights) as bar:
+                save_weights(tmp, weights, on_progress=bar.update)
             for path in sorted(src_dir.iterdir()):
                 if path.is_file() and _carried_over(path.name):
                     shutil.copyfile(path, tmp / path.name)
@@ -76,6 +78,12 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
         read_headers(tmp)  # a short write shows up here, not at load time
         write_manifest(tmp)
     return Quantization(src_dir, out_dir, quantization, time.perf_counter() - start)
+
+
+def _bar(weights: dict):
+    from mlx_slm.progress import progress_bar
+
+    return progress_bar(sum(a.nbytes for a in weights.values()), "Writing weights", unit="B")
 
 
 def _carried_over(name: str) -> bool:
