@@ -72,4 +72,8 @@ def iter_bench(request: BenchRequest,
                         time_limit_s=request.time_limit)
     if on_plan is not None:
         on_plan(describe_plan(groups, settings.reps, settings.warmup, gbs, len(engines)))
-    yield from run_sweep(groups, settings, machine_info(), on_progress, engines=engines)
+    try:
+        yield from run_sweep(groups, settings, machine_info(), on_progress, engines=engines)
+    finally:
+        for engine in engines:
+            engine.close()
