@@ -5,6 +5,8 @@ this module chooses the files and turns its exceptions into one-line errors that
 to do.
 """
 
+import functools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,24 @@ def looks_like_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
+def refuse_missing_path(name: str) -> None:
+    """Refuse an owner/name whose owner is a local folder: most likely a mistyped path (such
+    as out/my-modle), which must not be sent to the Hub as a repo id."""
+    import difflib
+
+    path = Path(name).expanduser()
+    if not path.parent.is_dir():
+        return
+    others = [p.name for p in path.parent.iterdir() if p.is_dir()]
+    close = difflib.get_close_matches(path.name, others, n=1)
+    hint = f" (did you mean {path.parent / close[0]}?)" if close else ""
+    raise SlmError(
+        f"No directory {name} exists{hint}. It would read as the Hub repo {name}, but "
+        f"{path.parent} is a local folder, so it is taken as a path; to use the Hub repo, run "
+        f"from a folder without a {path.parent} subfolder."
+    )
+
+
 def repo_url(repo_id: str) -> str:
     from huggingface_hub import constants
 
@@ -41,6 +61,38 @@ def offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
+
+
+# How long the first connection to the Hub may take before the Hub counts as unreachable.
+PROBE_TIMEOUT_S = 3.0
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hub's host takes a connection within PROBE_TIMEOUT_S (asked once per
+    process). Without this check, huggingface_hub retries an unreachable Hub for about 25 s
+    per file before it falls back to its cache. Behind a proxy, assume it is reachable."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def cache_only() -> dict:
+    """huggingface_hub's arguments that keep it to its cache when the Hub cannot be reached
+    (offline mode does that by itself); none otherwise."""
+    return {} if offline() or hub_reachable() else {"local_files_only": True}
 
 
 @contextmanager
@@ -131,7 +183,8 @@ def fetch_snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> P
     from huggingface_hub import snapshot_download
 
     with hub_errors(repo_id, revision):
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                      **cache_only()))
 
 
 def fetch_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
@@ -139,4 +192,4 @@ def fetch_file(repo_id: str, filename: str, revision: str | None = None) -> Path
     from huggingface_hub import hf_hub_download
 
     with hub_errors(repo_id, revision, filename):
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, **cache_only()))

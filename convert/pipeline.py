@@ -151,10 +151,13 @@ def write_model_dir(out: Path, model, src: Source, result: Conversion,
     """Write weights, tokenizer and configs into the (empty, temporary) directory `out`."""
     from mlx.utils import tree_flatten
 
+    from mlx_slm.progress import progress_bar
     from mlx_slm.weights import read_headers, save_weights
 
+    weights = dict(tree_flatten(model.parameters()))
+    bar = progress_bar(sum(a.nbytes for a in weights.values()), "Writing weights", unit="B")
     try:
-        result.files = save_weights(out, dict(tree_flatten(model.parameters())), max_shard_bytes)
+        result.files = save_weights(out, weights, max_shard_bytes, on_progress=bar.update)
         shutil.copyfile(result.tokenizer.path, out / TOKENIZER_FILE)
         write_json(out / TOKENIZER_CONFIG_FILE, tokenizer_config(src.config))
         write_json(out / CONFIG_FILE, output_config(src, result))
@@ -162,6 +165,8 @@ def write_model_dir(out: Path, model, src: Source, result: Conversion,
         write_manifest(out)
     except (OSError, RuntimeError) as err:
         raise write_error(result.out_dir, err) from None
+    finally:
+        bar.close()
 
 
 def write_error(out_dir: Path, err: Exception) -> SlmError:

@@ -9,13 +9,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_slm.chat_format import METADATA_KEY
+from mlx_slm.chat_format import is_instruct
 from mlx_slm.errors import SlmError
 from mlx_slm.model import ModelArgs
 from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import read_config
 
-from .hub import LIGHT_FILES, MODEL_FILES, fetch_snapshot, looks_like_repo_id
+from .hub import LIGHT_FILES, MODEL_FILES, fetch_snapshot, looks_like_repo_id, refuse_missing_path
 from .llama_tokenizer import LLAMA2_PIECES, TokenizerFile, resolve_tokenizer
 
 # huggingface_hub's cache folder for a model repo: models--{owner}--{name}
@@ -33,11 +33,7 @@ class Source:
     @property
     def instruct(self) -> bool:
         """Whether this is an Instruct model: from our own metadata, else from its name."""
-        meta = self.config.get(METADATA_KEY) or {}
-        if "instruct" in meta:
-            return bool(meta["instruct"])
-        # apple/OpenELM-270M-Instruct, mlx-community/OpenELM-3B-Instruct-4bit, ...
-        return "instruct" in repo_name(self.name, self.path).split("/")[-1].lower().split("-")
+        return is_instruct(self.config, repo_name(self.name, self.path))
 
 
 def repo_name(name: str, path: Path) -> str:
@@ -76,6 +72,7 @@ def open_source(source: str, revision: str | None, tokenizer: str | None, log) -
         raise SlmError(f"{source} is a file; SOURCE must be a model directory or a Hub repo id.")
     if not looks_like_repo_id(source):
         raise SlmError(f"{source} is neither a directory nor a Hub repo id (owner/name).")
+    refuse_missing_path(source)
     log(f"Fetching {source} config from the Hub (or its cache)...")
     light = fetch_snapshot(source, revision, LIGHT_FILES)
     config = checked_config(light)

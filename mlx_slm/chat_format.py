@@ -29,22 +29,46 @@ class Turn:
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """Whether to use the Instruct format (None: as the model's metadata says) and with
-    which system message."""
+    """Whether to use the Instruct format (None: as the model says, or on when a system
+    message is given, since only that format carries one) and with which system message."""
 
     chat: bool | None = None
     system: str | None = None
 
-    def uses_chat(self, config: dict) -> bool:
-        return is_instruct(config) if self.chat is None else self.chat
+    def uses_chat(self, config: dict, name: str | None = None) -> bool:
+        """`name`: the model's repo or directory name, read when its metadata says nothing."""
+        if self.chat is not None:
+            return self.chat
+        return is_instruct(config, name) or self.system is not None
+
+    def note(self, config: dict, name: str | None = None) -> str | None:
+        """One line saying why the format was chosen, when it was not by the model's
+        metadata or the user's --chat/--no-chat; None otherwise."""
+        if self.chat is not None:
+            return None
+        meta = config.get(METADATA_KEY) or {}
+        if "instruct" not in meta and not meta.get("source") and named_instruct(name or ""):
+            return (f"[{name}: no mlx-slm metadata, but the name says Instruct: chat format "
+                    "on (--no-chat for a plain completion)]")
+        if self.system is not None and not is_instruct(config, name):
+            return "[--system given: chat format on, although this is a base model]"
+        return None
 
 
-def is_instruct(config: dict) -> bool:
-    """Whether a converted model is an Instruct model, from the converter's metadata."""
+def is_instruct(config: dict, name: str | None = None) -> bool:
+    """Whether a model is an Instruct model: the converter's flag, else the name it was
+    converted from, else `name` (a repo id or directory name), as `named_instruct` reads."""
     meta = config.get(METADATA_KEY) or {}
     if "instruct" in meta:
         return bool(meta["instruct"])
-    return str(meta.get("source", "")).endswith("-Instruct")
+    return named_instruct(str(meta.get("source") or name or ""))
+
+
+def named_instruct(name: str) -> bool:
+    """The one rule for guessing from a name, shared with the converter: "instruct" is one of
+    the dash-separated words of its last part (apple/OpenELM-270M-Instruct,
+    mlx-community/OpenELM-3B-Instruct-4bit, ./OpenELM-1_1B-Instruct)."""
+    return "instruct" in name.rstrip("/").split("/")[-1].lower().split("-")
 
 
 def header_ids(tokenizer, role: str, first: bool = False) -> list[int]:

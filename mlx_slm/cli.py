@@ -55,6 +55,11 @@ class LazyGroup(click.Group):
         extra.pop("standalone_mode", None)
         try:
             result = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.UsageError as err:
+            # One line, as every other error: Click's own shows the usage and a blank line too.
+            command = err.ctx.command_path if err.ctx else "mlx-slm"
+            click.echo(f"Error: {err.format_message()} (see '{command} --help')", err=True)
+            sys.exit(err.exit_code)
         except click.ClickException as err:
             err.show()
             sys.exit(err.exit_code)

@@ -92,10 +92,12 @@ def _darwin_rusage() -> _RusageInfoV0 | None:
 
 
 def memory_report() -> dict:
-    """MLX's allocator peak, the process's peak RSS and (macOS) the physical footprint, GB."""
+    """MLX's allocator peak, the process's peak RSS and (macOS) the physical footprint now,
+    in GB. The names follow the JSON vocabulary of docs/generate.md: `peak_` for a peak, no
+    prefix for a reading at that moment."""
     report = {
         "peak_memory_gb": mlx_peak_bytes() / GB,
-        "rss_gb": peak_rss_bytes() / GB,
+        "peak_rss_gb": peak_rss_bytes() / GB,
     }
     footprint = physical_footprint_bytes()
     if footprint is not None:

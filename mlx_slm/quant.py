@@ -11,9 +11,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_slm.errors import SlmError
+from mlx_slm.recipes import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES
 
-SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
-SUPPORTED_GROUP_SIZES = (32, 64, 128)
 MODE = "affine"
 SETTING_KEYS = ("group_size", "bits", "mode")
 

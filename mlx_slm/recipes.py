@@ -13,6 +13,9 @@ from collections.abc import Callable
 
 from mlx_slm.errors import SlmError
 
+# What MLX's affine quantization supports (here, without mlx, so the CLI can offer them).
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
+SUPPORTED_GROUP_SIZES = (32, 64, 128)
 HIGHER_BITS = {2: 6, 3: 6, 4: 6, 5: 8, 6: 8}
 EMBEDDING_PATHS = ("transformer.token_embeddings", "lm_head")
 

@@ -37,6 +37,7 @@ class Tokenizer:
         return self.sp.vocab_size()
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
+        require_utf8(text)
         ids = self.sp.encode(text)
         return [self.bos_id, *ids] if bos else ids
 
@@ -62,6 +63,19 @@ class Tokenizer:
 
     def detokenizer(self) -> "StreamingDetokenizer":
         return StreamingDetokenizer(self.piece_table(), self.sp.unk_id())
+
+
+def require_utf8(text: str) -> None:
+    """Refuse text that cannot be UTF-8 (bytes that were not UTF-8, kept as lone surrogates
+    by Python's argv and surrogateescape decoding), which SentencePiece cannot take."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        around = text[max(err.start - 20, 0):err.end + 20]
+        raise SlmError(f"The text is not valid UTF-8 (at character {err.start}: {around!r}); "
+                       "give UTF-8 text.") from None
 
 
 def _one_per_byte(err: UnicodeDecodeError) -> tuple[str, int]:

@@ -8,6 +8,7 @@ it trusts: a malformed file ends in an SlmError naming the file, never a traceba
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
@@ -144,8 +145,13 @@ def load_weights(model_dir: Path) -> dict[str, mx.array]:
 
 def save_weights(out_dir: Path, weights: dict[str, mx.array],
                  max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                 metadata: dict[str, str] | None = None) -> list[str]:
-    """Write weights as one file, or as shards plus an index past `max_shard_bytes`."""
+                 metadata: dict[str, str] | None = None,
+                 on_progress: Callable[[int], None] | None = None) -> list[str]:
+    """Write weights as one file, or as shards plus an index past `max_shard_bytes`.
+
+    Lazy weights (cast, quantized) are computed one tensor at a time before their shard is
+    written, so Ctrl-C is answered between tensors rather than after one long save;
+    `on_progress(nbytes)` follows each tensor."""
     out_dir = Path(out_dir)
     shards, current, current_bytes = [], {}, 0
     for name in sorted(weights):
@@ -161,6 +167,10 @@ def save_weights(out_dir: Path, weights: dict[str, mx.array],
     else:
         files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for file, shard in zip(files, shards):
+        for array in shard.values():
+            mx.eval(array)
+            if on_progress is not None:
+                on_progress(array.nbytes)
         mx.save_safetensors(str(out_dir / file), shard, metadata=metadata or {"format": "mlx"})
     if len(shards) > 1:
         index = {

@@ -110,3 +110,61 @@ def test_compare_with_mlx_lm_reports_ratios(tiny_json):
         assert row["prompt_tps_ratio"] == pytest.approx(
             row["prompt_tps"] / row["mlx_lm_prompt_tps"])
         assert row["mlx_lm_version"]
+
+
+def test_outputs_are_checked_before_the_sweep(tmp_path, tiny_json):
+    result = run(["--synthetic", str(tiny_json), *FAST, "--plot", str(tmp_path / "plot")])
+    assert result.exit_code == 1 and "Plan:" not in result.output
+    assert result.output.startswith("Error: --plot ") and "image extension (.png" in result.output
+    assert len(result.output.splitlines()) == 1
+
+
+def test_a_read_only_folder_is_refused_before_the_sweep(tmp_path, tiny_json):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("this user (root) writes into read-only folders")
+    for option, name in (("--json", "b.json"), ("--csv", "b.csv"), ("--plot", "b.png")):
+        result = run(["--synthetic", str(tiny_json), *FAST, option, str(locked / name)])
+        assert result.exit_code == 1 and "Plan:" not in result.output
+        assert result.output.startswith(f"Error: Cannot write {locked / name}: Permission denied")
+
+
+def test_the_plan_and_an_estimate_come_first(tiny_json):
+    result = run(["--synthetic", str(tiny_json), "-P", "float32", "-P", "bfloat16", *FAST])
+    assert result.exit_code == 0, result.output
+    plan = result.stderr.splitlines()[0]
+    assert plan.startswith("Plan: 2 cells (1 model(s) x 2 precision(s) x 1 prompt length(s)), "
+                           "0 to skip; each cell: 1 warm-up + 2 timed run(s). Estimate: at least")
+
+
+def test_a_sweep_with_nothing_measured_fails_with_the_reasons(tiny_json):
+    result = run(["--synthetic", str(tiny_json), "-P", "float32", *FAST[2:], "-p", "5000"])
+    assert result.exit_code == 1
+    assert "- skipped: tiny float32, prompt 5000: prompt + generation" in result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: No cell was measured")
+
+
+def test_ctrl_c_keeps_the_cells_completed(tmp_path, tiny_json, monkeypatch):
+    from mlx_slm.bench import runner
+
+    real = runner._run_group
+    calls = []
+
+    def interrupted_second_time(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(runner, "_run_group", interrupted_second_time)
+    out = tmp_path / "b.json"
+    result = run(["--synthetic", str(tiny_json), "-P", "float32", "-P", "bfloat16", *FAST,
+                  "--json", str(out)])
+    assert result.exit_code == 130
+    assert "[interrupted: 1 cell(s) completed]" in result.stderr
+    assert "| tiny  | float32" in result.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["precision"], r["status"]) for r in rows] == [("float32", "ok")]

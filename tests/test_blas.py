@@ -22,7 +22,7 @@ def run(code, env=None, **kwargs):
     full_env.pop("MLX_SLM_BLAS", None)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=full_env, timeout=120, **kwargs)
+                          stdin=subprocess.DEVNULL, env=full_env, timeout=120, **kwargs)
 
 
 def openblas_loadable() -> bool:

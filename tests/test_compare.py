@@ -41,7 +41,7 @@ def test_each_model_answers_in_the_form_that_suits_it(models):
         single = generated(model)
         assert row["answer"] == single["text"]
         assert row["prompt_tokens"] == single["prompt_tokens"]
-        assert row["peak_memory_gb"] > 0 and row["rss_after_gb"] > 0 and row["load_s"] > 0
+        assert row["peak_memory_gb"] > 0 and row["rss_gb"] > 0 and row["load_s"] > 0
     assert chat_row["prompt_tokens"] > completion_row["prompt_tokens"]  # the chat template
 
 

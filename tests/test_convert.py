@@ -141,6 +141,17 @@ def test_quantized_conversion(tmp_path, hub_checkpoint, source_logits):
     assert error_of(again).endswith("is already quantized; convert its unquantized source instead.")
 
 
+def test_reconverting_a_quantized_model_prints_no_quality_report(tmp_path, hub_checkpoint):
+    quantized = tmp_path / "q"
+    made = run_convert(hub_checkpoint, quantized, "-q", "--q-group-size", "32", "--no-report",
+                       "--tokenizer", LLAMA2_TOKENIZER)
+    assert made.exit_code == 0, made.output
+    result = run_convert(quantized, tmp_path / "q-bf16", "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.output
+    assert "4-bit, group size 32" in result.output and "bfloat16" in result.output
+    assert "Quality" not in result.output and "KL" not in result.output
+
+
 def test_quantization_options_need_the_flag(tmp_path, hub_checkpoint):
     result = run_convert(hub_checkpoint, tmp_path / "o", "--q-bits", "8")
     assert result.exit_code == 2 and "--q-bits needs -q/--quantize" in result.output

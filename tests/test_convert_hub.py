@@ -36,6 +36,15 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "apple/OpenELM-270M-Instruct"
 
 
+@pytest.fixture(autouse=True)
+def reachable_hub(monkeypatch):
+    """The tests below stand in for the Hub with fakes: the quick connection check passes.
+    (The unreachable cases run in a subprocess, where this does not apply.)"""
+    import mlx_slm.convert.hub as hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
+
+
 def fake_repo(cache: Path, repo_id: str, files: dict[str, Path], commit: str = COMMIT) -> Path:
     """A repo in huggingface_hub's cache layout: snapshots/<commit>/... and refs/main."""
     folder = cache / ("models--" + repo_id.replace("/", "--"))
@@ -132,6 +141,35 @@ def test_unreachable_hub(tmp_path):
         "cache: check your connection (or HF_ENDPOINT), or pass a local directory."
     )
     assert not out.exists()
+
+
+def test_an_unreachable_hub_fails_fast_and_quietly_without_a_tokenizer(tmp_path, hub_checkpoint):
+    import time
+
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
+           "HF_ENDPOINT": "http://127.0.0.1:9"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mlx_slm", "convert", str(hub_checkpoint),
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert time.perf_counter() - start < 15  # huggingface_hub's retries took ~50 s
+    assert proc.returncode == 1 and "Retrying" not in proc.stderr
+    assert proc.stderr.splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("Error: No Llama-2 tokenizer could be had (meta-llama/"
+                                  "Llama-2-7b-hf: Hub unreachable, not cached;")
+
+
+def test_an_unreachable_hub_still_serves_its_cache(tmp_path, hub_checkpoint):
+    cache = tmp_path / "hf"
+    fake_repo(cache, REPO, hub_files(hub_checkpoint))
+    add_tokenizer_repo(cache)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0",
+           "HF_ENDPOINT": "http://127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-m", "mlx_slm", "convert", REPO,
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert read_config(tmp_path / "out")[METADATA_KEY]["revision"] == COMMIT
 
 
 def http_error(cls, status: int):

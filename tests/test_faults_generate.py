@@ -47,7 +47,8 @@ def test_estimate_counts_weights_and_cache(model_dir):
 
 def test_ctrl_c_prints_text_so_far_and_stats_and_exits_130(model_dir):
     proc = subprocess.Popen(generate_cmd(model_dir, "-n", "5000", "--ignore-eos"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     first = proc.stdout.read(1)  # generation has started
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
@@ -64,7 +65,8 @@ def test_ctrl_c_prints_text_so_far_and_stats_and_exits_130(model_dir):
 
 def test_closed_stdout_ends_quietly(model_dir):
     proc = subprocess.Popen(generate_cmd(model_dir, "-n", "400", "--ignore-eos"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     proc.stdout.read(5)
     proc.stdout.close()  # like `| head -c 5`
     _, err = proc.communicate(timeout=60)

@@ -27,7 +27,7 @@ def test_json_reports_every_field_and_greedy_tokens(model_dir):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     for key in ("text", "tokens", "prompt_tokens", "generation_tokens", "prompt_tps",
-                "generation_tps", "ttft_s", "load_s", "peak_memory_gb", "rss_gb", "backend",
+                "generation_tps", "ttft_s", "load_s", "peak_memory_gb", "peak_rss_gb", "backend",
                 "dtype", "blas", "kernels"):
         assert key in report
     model, tokenizer = load(model_dir)
@@ -37,7 +37,7 @@ def test_json_reports_every_field_and_greedy_tokens(model_dir):
     assert report["text"] == tokenizer.decode(expected)
     assert report["prompt_tokens"] == len(prompt)
     assert report["backend"] == active_backend() and report["dtype"] == "float32"
-    assert report["peak_memory_gb"] > 0 and report["rss_gb"] > 0
+    assert report["peak_memory_gb"] > 0 and report["peak_rss_gb"] > 0
 
 
 def test_text_streams_to_stdout_and_stats_to_stderr(model_dir):
@@ -207,3 +207,16 @@ def test_info_lists_layers(model_dir):
     assert report["dtype"] == "float32" and report["bits_per_weight"] == 32.0
     text = invoke("info", str(model_dir)).stdout
     assert "q_heads" in text and "parameters" in text
+
+
+def test_json_carries_the_settings_that_produced_it(model_dir):
+    from mlx_slm.sample import SamplingOptions
+
+    result = invoke("generate", "-m", str(model_dir), "-p", "Hi", "-n", "3", "--temp", "0.7",
+                    "--top-k", "5", "--seed", "11", "--stop", "xyz", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    expected = SamplingOptions(temperature=0.7, top_k=5, seed=11).as_dict()
+    assert report["sampling"] == expected and report["stop_strings"] == ["xyz"]
+    assert report["max_tokens"] == 3 and report["ignore_eos"] is False
+    assert "rss_gb" not in report and report["peak_rss_gb"] > 0

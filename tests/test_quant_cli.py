@@ -56,13 +56,14 @@ def test_quantize_with_a_recipe_and_no_report(tmp_path, src):
     assert "transformer.layers.1.ffn.proj_1" not in config
 
 
-def test_quantize_without_a_tokenizer_skips_the_report(tmp_path):
+def test_quantize_without_a_tokenizer_fails_before_writing(tmp_path):
     hub = write_hub_checkpoint(tmp_path / "hub", quantizable_config(vocab_size=1000))
     result = run("quantize", hub, tmp_path / "q")
-    assert result.exit_code == 0, result.output
-    assert result.output.endswith(f"No quality report: {hub} has no tokenizer.model to read the "
-                                  "text with.\n")
-    assert load_model(tmp_path / "q")[1]["quantization"]["bits"] == 4
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {hub} has no tokenizer.model, so it is not a converted "
+                             "model directory; convert and quantize in one step: mlx-slm "
+                             f"convert {hub} OUT_DIR -q.\n")
+    assert only_entries(tmp_path) == ["hub"]
 
 
 def test_force_replaces_an_existing_directory(tmp_path, src):
@@ -81,8 +82,10 @@ def test_force_replaces_an_existing_directory(tmp_path, src):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--q-bits", 7], "Unsupported bit width 7: choose one of (2, 3, 4, 5, 6, 8)."),
-        (["--q-group-size", 100], "Unsupported group size 100: choose one of (32, 64, 128)."),
+        (["--q-bits", 7], "Invalid value for '--q-bits': '7' is not one of '2', '3', '4', "
+                          "'5', '6', '8'."),
+        (["--q-group-size", 100], "Invalid value for '--q-group-size': '100' is not one of "
+                                  "'32', '64', '128'."),
         (["--q-recipe", "mixed_3_6"], "Unknown quantization recipe 'mixed_3_6': choose one of "
                                       "early, early-embed, early-embed-attn."),
         (["--q-bits", 8, "--q-recipe", "early"], "Recipe 'early' gives some layers more than 8 "
@@ -92,8 +95,9 @@ def test_force_replaces_an_existing_directory(tmp_path, src):
 )
 def test_bad_settings_are_one_line_errors_and_write_nothing(tmp_path, src, args, message):
     result = run("quantize", src, tmp_path / "out", *args)
-    assert result.exit_code == 1
-    assert result.output == f"Error: {message}\n"
+    usage = message.startswith("Invalid value")  # a usage error (exit 2), as in convert
+    assert result.exit_code == (2 if usage else 1)
+    assert result.output.startswith(f"Error: {message}") and len(result.output.splitlines()) == 1
     assert only_entries(tmp_path) == []
 
 

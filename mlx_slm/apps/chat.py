@@ -87,6 +87,7 @@ class ChatSession:
     def stats(self) -> dict:
         """Tokens in context, the last answer's speed and the memory in use."""
         from mlx_slm.memory import current_rss_bytes, memory_report
+        from mlx_slm.sizes import GB
 
         report = {
             "context_tokens": len(self.ids()),
@@ -97,7 +98,7 @@ class ChatSession:
         }
         rss = current_rss_bytes()
         if rss is not None:
-            report["current_rss_gb"] = rss / 1e9
+            report["rss_gb"] = rss / GB
         if self.last is not None:
             report.update(
                 last_prompt_tokens=self.last.prompt_tokens,
@@ -178,9 +179,9 @@ def format_chat_stats(report: dict) -> str:
             f"at {report['last_generation_tps']:.1f} tok/s, TTFT {report['last_ttft_s']:.2f} s"
         )
     memory = (f"memory: peak MLX {report['peak_memory_gb']:.2f} GB, "
-              f"peak RSS {report['rss_gb']:.2f} GB")
-    if "current_rss_gb" in report:
-        memory += f", RSS now {report['current_rss_gb']:.2f} GB"
+              f"peak RSS {report['peak_rss_gb']:.2f} GB")
+    if "rss_gb" in report:
+        memory += f", RSS now {report['rss_gb']:.2f} GB"
     return "\n".join([*lines, memory])
 
 

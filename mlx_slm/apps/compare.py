@@ -21,7 +21,7 @@ def memory_after() -> dict:
 
     rss = current_rss_bytes()
     return {"peak_memory_gb": mlx_peak_bytes() / GB,
-            "rss_after_gb": rss / GB if rss is not None else None}
+            "rss_gb": rss / GB if rss is not None else None}
 
 
 def compare_models(prompt: str, names: list[str], *,
@@ -41,7 +41,7 @@ def compare_models(prompt: str, names: list[str], *,
         if on_model is not None:
             on_model(loaded.name)
         model, tokenizer = loaded.model, loaded.tokenizer
-        as_chat = prompt_format.uses_chat(loaded.config)
+        as_chat = prompt_format.uses_chat(loaded.config, loaded.source_name)
         ids = prompt_ids(tokenizer, prompt, as_chat, prompt_format.system)
         sampling.seed_random()  # the same random stream for every model
         result = stream_text(
@@ -77,7 +77,7 @@ def format_comparison(rows: list[dict], width: int = 100) -> str:
     body = [[
         display_name(r["model"]), r["format"], r["answer"], f"{r['prompt_tps']:.1f}",
         f"{r['generation_tps']:.1f}", f"{r['ttft_s']:.2f}", f"{r['peak_memory_gb']:.2f}",
-        "-" if r["rss_after_gb"] is None else f"{r['rss_after_gb']:.2f}",
+        "-" if r["rss_gb"] is None else f"{r['rss_gb']:.2f}",
     ] for r in rows]
     others = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(headers) if i != 2]
     answer_width = max(24, width - sum(others) - 2 * (len(headers) - 1))

@@ -1,5 +1,6 @@
 """What `mlx-slm generate` does, as a library call: resolve, load, generate, report."""
 
+import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -36,6 +37,47 @@ def fit_to_context(prompt_tokens: int, max_tokens: int, context: int) -> int:
     return min(max_tokens, context - prompt_tokens)
 
 
+def checked_prompt(prompt: str | None) -> str:
+    """The prompt to use: DEFAULT_PROMPT when none was given; an empty one is an error
+    rather than a silent switch to the default question, and so is one that is not UTF-8
+    (checked before any model loads)."""
+    from mlx_slm.tokenizer import require_utf8
+
+    if prompt is None:
+        return DEFAULT_PROMPT
+    require_utf8(prompt)
+    if not prompt.strip():
+        raise SlmError("The prompt is empty; give one, or leave it out to ask the default "
+                       f"question ({DEFAULT_PROMPT!r}).")
+    return prompt
+
+
+def stdin_prompt(explicit: bool) -> str | None:
+    """The prompt on stdin, or None when there is none to read.
+
+    `explicit` (-p -): always read. Otherwise a pipe or a file is read (so an empty one is
+    an empty prompt, refused later), while a terminal or a device such as /dev/null (a
+    script's `< /dev/null`) means no prompt. A stand-in stream without a file descriptor
+    (an embedding program's or a test runner's) cannot say which it is: empty means none.
+    Bytes that are not UTF-8 are kept (as surrogates) so that the tokenizer refuses them
+    in one line, as it does for -p.
+    """
+    import os
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        mode = None
+    if not explicit and mode is not None and not (
+            stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)):
+        return None
+    if not explicit and mode is None and sys.stdin.isatty():
+        return None
+    text = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+    return None if not explicit and mode is None and not text else text
+
+
 def run_generation(request: GenerationRequest, as_json: bool = False, out=None, err=None) -> int:
     """Generate for `request`, streaming text to `out` and stats to `err`; returns the exit code."""
     from mlx_slm.apps.models import open_model
@@ -47,13 +89,16 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
 
     out = out or sys.stdout
     err = err or sys.stderr
+    prompt = checked_prompt(request.prompt)
     sampler = request.sampling.sampler()
     processors = request.sampling.logits_processors()
     loaded = open_model(request.model, request.load)
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
 
-    chat = request.format.uses_chat(config)
-    prompt = request.prompt if request.prompt else DEFAULT_PROMPT
+    chat = request.format.uses_chat(config, loaded.source_name)
+    note = request.format.note(config, loaded.source_name)
+    if note:
+        print(note, file=err)
     ids = prompt_ids(tokenizer, prompt, chat, request.format.system)
     max_tokens = fit_to_context(len(ids), request.max_tokens, model.args.max_context_length)
     if max_tokens < request.max_tokens:
@@ -99,6 +144,12 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
         "quantization": config.get("quantization"),
         "chat_format": chat,
         "finish_reason": result.finish_reason,
+        # The settings that produced this text, so that it can be reproduced.
+        "max_tokens": request.max_tokens,
+        "sampling": request.sampling.as_dict(),
+        "stop_strings": list(request.stop_strings),
+        "ignore_eos": request.ignore_eos,
+        "system": request.format.system,
     }
     if as_json:
         out.write(json.dumps(report) + "\n")
@@ -128,7 +179,7 @@ def format_stats(report: dict) -> str:
         f"TTFT {report['ttft_s']:.2f} s",
         f"load {report['load_s']:.2f} s",
         f"peak MLX {report['peak_memory_gb']:.2f} GB",
-        f"peak RSS {report['rss_gb']:.2f} GB",
+        f"peak RSS {report['peak_rss_gb']:.2f} GB",
     ]
     if "footprint_gb" in report:
         parts.append(f"footprint {report['footprint_gb']:.2f} GB")

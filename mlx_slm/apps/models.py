@@ -25,6 +25,13 @@ class LoadedModel:
     tokenizer: object
     load_s: float
 
+    @property
+    def source_name(self) -> str:
+        """The repo or directory name the model goes by (what an Instruct guess reads)."""
+        from mlx_slm.convert.source import repo_name
+
+        return repo_name(self.name, self.path)
+
 
 def resolve_model_dir(name: str) -> Path:
     """A model directory for `name`: the directory itself, or a Hub id's cached conversion."""
@@ -33,12 +40,18 @@ def resolve_model_dir(name: str) -> Path:
         return path
     if path.exists():
         raise SlmError(f"{name} is a file; --model takes a model directory or a Hub repo id.")
-    from mlx_slm.convert.hub import looks_like_repo_id
+    from mlx_slm.convert.hub import HubError, looks_like_repo_id, refuse_missing_path
 
     if looks_like_repo_id(name):
         from mlx_slm.convert.auto import converted_model_dir
 
-        return converted_model_dir(name)
+        refuse_missing_path(name)
+        try:
+            return converted_model_dir(name)
+        except HubError as err:
+            if err.reason not in ("not found", "invalid repo id"):
+                raise
+            raise SlmError(f"No directory {name} exists, and as a Hub repo: {err}") from None
     raise SlmError(f"{name} is neither a model directory nor a Hub repo id (owner/name).")
 
 

@@ -8,7 +8,7 @@ starting with BOS (a valid document start), so every token of the text is predic
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -81,8 +81,10 @@ def chunked_logits(model, inputs: list[int], chunk: int = SCORE_CHUNK) -> Iterat
 
 
 def score(base, ids: list[int], bos_id: int, quant=None, window: int | None = None,
-          chunk: int = SCORE_CHUNK) -> dict:
-    """Perplexity of `base` on `ids` (text tokens, no BOS); with `quant`, the comparison too."""
+          chunk: int = SCORE_CHUNK,
+          on_progress: Callable[[int], None] | None = None) -> dict:
+    """Perplexity of `base` on `ids` (text tokens, no BOS); with `quant`, the comparison too.
+    `on_progress(n)` follows each chunk of `n` scored tokens."""
     if not ids:
         raise SlmError("The text has no tokens to score.")
     window = min(window or base.args.max_context_length, base.args.max_context_length)
@@ -97,6 +99,8 @@ def score(base, ids: list[int], bos_id: int, quant=None, window: int | None = No
             mx.eval(totals)
             for name, total in totals.items():
                 sums[name] = sums.get(name, 0.0) + total.item()
+            if on_progress is not None:
+                on_progress(chunk_targets.size)
     n = len(ids)
     result = {"tokens": n, "window": window, "perplexity": math.exp(sums["nll_base"] / n)}
     if quant is not None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from mlx_slm.errors import SlmError
+from mlx_slm.progress import progress_bar
 from mlx_slm.sizes import footprint, human_bytes
 from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import read_config
@@ -85,7 +86,8 @@ def measure_perplexity(model_dir, text_path=None, max_tokens: int | None = None,
     ids, bos_id, label = _text_ids(model_dir, text_path, max_tokens)
     model, _ = load_model(model_dir, dtype)
     start = time.perf_counter()
-    result = score(model, ids, bos_id, window=window)
+    with progress_bar(len(ids), "Scoring", unit="tok") as bar:
+        result = score(model, ids, bos_id, window=window, on_progress=bar.update)
     return {
         "text": label, **result, "dtype": dtype or "model", "backend": active_backend(),
         "seconds": time.perf_counter() - start, "model": footprint(model_dir, config),
@@ -106,7 +108,8 @@ def compare(base_dir, quant_dir, text_path=None, max_tokens: int | None = None,
     base, _ = load_model(base_dir, dtype)
     quant, _ = load_model(quant_dir, dtype)
     start = time.perf_counter()
-    result = score(base, ids, bos_id, quant, window=window)
+    with progress_bar(len(ids), "Scoring both", unit="tok") as bar:
+        result = score(base, ids, bos_id, quant, window=window, on_progress=bar.update)
     return {
         "text": label, **result, "dtype": dtype or "model", "backend": active_backend(),
         "seconds": time.perf_counter() - start,

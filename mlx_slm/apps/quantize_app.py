@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mlx_slm.errors import SlmError
 from mlx_slm.store.manifest import MANIFEST_FILE
+from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import CONFIG_FILE, INDEX_FILE
 
 
@@ -42,6 +43,11 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
     if not src_dir.is_dir():
         raise SlmError(f"Model directory {src_dir} does not exist.")
     config = read_config(src_dir)
+    if not (src_dir / TOKENIZER_FILE).is_file():
+        # The result could not be loaded (generate would ask for a re-conversion).
+        raise SlmError(f"{src_dir} has no {TOKENIZER_FILE}, so it is not a converted model "
+                       f"directory; convert and quantize in one step: mlx-slm convert "
+                       f"{src_dir} OUT_DIR -q.")
     if quant.is_quantized(config):
         q = config.get("quantization") or {}
         what = f" ({q.get('bits')}-bit, group size {q.get('group_size')})" if q else ""
@@ -57,9 +63,11 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
     model, _ = load_model(src_dir, prepare=False)  # saved as written, not as run here
     quantization = quant.quantize(model, bits, group_size, recipe)
     check_disk_space(out_dir, model)
+    weights = dict(tree_flatten(model.parameters()))
     with staged_directory(out_dir, force) as tmp:
         try:
-            save_weights(tmp, dict(tree_flatten(model.parameters())))
+            with _bar(weights) as bar:
+                save_weights(tmp, weights, on_progress=bar.update)
             for path in sorted(src_dir.iterdir()):
                 if path.is_file() and _carried_over(path.name):
                     shutil.copyfile(path, tmp / path.name)
@@ -70,6 +78,12 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
         read_headers(tmp)  # a short write shows up here, not at load time
         write_manifest(tmp)
     return Quantization(src_dir, out_dir, quantization, time.perf_counter() - start)
+
+
+def _bar(weights: dict):
+    from mlx_slm.progress import progress_bar
+
+    return progress_bar(sum(a.nbytes for a in weights.values()), "Writing weights", unit="B")
 
 
 def _carried_over(name: str) -> bool:

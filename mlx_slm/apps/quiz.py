@@ -243,7 +243,7 @@ def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
     results = []
     sampler, processors = sampling.sampler(), sampling.logits_processors()
     for loaded in load_each(names, load):
-        as_chat = prompt_format.uses_chat(loaded.config)
+        as_chat = prompt_format.uses_chat(loaded.config, loaded.source_name)
         sampling.seed_random()
 
         def progress(done: int, total: int, name=loaded.name) -> None:
@@ -287,6 +287,6 @@ def format_quiz(results: list[dict]) -> str:
         display_name(r["model"]), r["format"],
         f"{r['correct']}/{r['total']} ({100 * r['accuracy']:.0f}%)",
         f"{r['prompt_tps']:.1f}", f"{r['generation_tps']:.1f}", f"{r['peak_memory_gb']:.2f}",
-        "-" if r["rss_after_gb"] is None else f"{r['rss_after_gb']:.2f}",
+        "-" if r["rss_gb"] is None else f"{r['rss_gb']:.2f}",
     ] for r in results]
     return render_table(headers, rows, right=frozenset(range(2, 7)))

@@ -169,3 +169,38 @@ def _cell_reason(group: Group, tokens: int, force: bool, available: int | None) 
         return (f"needs about {needed / GB:.1f} GB (weights + KV cache) but "
                 f"{available / GB:.1f} GB is available")
     return None
+
+
+def describe_plan(groups: list[Group], reps: int, warmup: int, bandwidth_gbs: float | None,
+                  engines: int = 1) -> str:
+    """What a sweep will run, and a floor on how long it takes: every generated token reads
+    the weights once, at best at the memory bandwidth (prompt passes and model builds come
+    on top, and slow backends run far below that ceiling)."""
+    from mlx_slm.bench.timing import WARMUP_TOKENS
+
+    cells = [c for g in groups for c in g.cells]
+    runnable = [c for c in cells if c.skip_reason is None]
+    models = len({g.source.label for g in groups})
+    precisions = len({g.precision.name for g in groups})
+    lengths = len({c.prompt_tokens for c in cells})
+    line = (f"Plan: {len(cells)} cells ({models} model(s) x {precisions} precision(s) x "
+            f"{lengths} prompt length(s)), {len(cells) - len(runnable)} to skip; each cell: "
+            f"{warmup} warm-up + {reps} timed run(s)")
+    if engines > 1:
+        line += f", for each of {engines} engines"
+    if bandwidth_gbs and runnable:
+        read = sum(g.weight_bytes * (reps * c.gen_tokens + warmup * WARMUP_TOKENS)
+                   for g in groups for c in g.cells if c.skip_reason is None)
+        floor_s = engines * read / (bandwidth_gbs * GB)
+        line += (f". Estimate: at least {_duration(floor_s)} (generation at the "
+                 f"{bandwidth_gbs:.0f} GB/s memory-bandwidth ceiling; prompt passes and model "
+                 "builds come on top, and a CPU backend runs several times slower)")
+    return line + "."
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

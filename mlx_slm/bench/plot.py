@@ -1,6 +1,7 @@
 """`--plot`: generation tok/s and peak memory per model size and precision, as one figure."""
 
 import math
+from pathlib import Path
 
 from mlx_slm.errors import SlmError
 from mlx_slm.sizes import GB
@@ -14,6 +15,23 @@ def require_matplotlib() -> None:
     except ImportError:
         raise SlmError("--plot needs matplotlib: pip install 'mlx-slm[plot]' "
                        "(or pip install matplotlib).") from None
+
+
+# Formats matplotlib writes on every installation, chosen by the file name's extension.
+IMAGE_EXTENSIONS = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".eps")
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse, before the sweep, a plot file that cannot be written or has no image extension."""
+    from mlx_slm.bench.report import check_new_file
+
+    if path == "-":
+        raise SlmError("--plot needs a file name, not - (stdout).")
+    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+        raise SlmError(f"--plot {path}: the name must end in an image extension "
+                       f"({', '.join(IMAGE_EXTENSIONS)}).")
+    check_new_file(path)
+    require_matplotlib()
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -122,7 +122,10 @@ def _ratio(value) -> str:
 
 
 def check_new_file(path: str) -> None:
-    """Refuse, before any work, an output path that exists or whose folder does not."""
+    """Refuse, before any work, an output path that exists or whose folder does not exist
+    or cannot be written to (tried with a temporary file: permission bits do not tell)."""
+    import tempfile
+
     if path == "-":
         return
     target = Path(path)
@@ -130,6 +133,12 @@ def check_new_file(path: str) -> None:
         raise SlmError(f"{path} already exists; choose another name or remove it.")
     if not target.parent.is_dir():
         raise SlmError(f"Cannot write {path}: the folder {target.parent} does not exist.")
+    try:
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as err:
+        raise SlmError(f"Cannot write {path}: {err.strerror or err} in the folder "
+                       f"{target.parent}.") from None
 
 
 def write_new_file(path: str, text: str) -> None:
@@ -137,4 +146,7 @@ def write_new_file(path: str, text: str) -> None:
     from mlx_slm.store.files import write_atomically
 
     check_new_file(path)
-    write_atomically(path, text)
+    try:
+        write_atomically(path, text)
+    except OSError as err:
+        raise SlmError(f"Writing {path} failed: {err.strerror or err}.") from None

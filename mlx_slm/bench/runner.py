@@ -64,9 +64,30 @@ class OurEngine:
         return generate_tokens(model, prompt, cache=self.cache, max_tokens=n, stop_ids=(),
                                step=self.step)
 
-    def kv_itemsize(self) -> int:
-        """Bytes per element of the last run's KV cache."""
-        return self.cache[0].keys.dtype.size
+    def reset_peaks(self) -> str:
+        """Restart MLX's and the process's peaks; the scope the next RSS reading covers."""
+        from mlx_slm.memory import reset_mlx_peak
+
+        reset_mlx_peak()
+        return reset_peak_rss()
+
+    def peaks(self) -> dict:
+        from mlx_slm.memory import mlx_peak_bytes, peak_rss_bytes
+
+        return {"peak_memory_bytes": mlx_peak_bytes(), "peak_rss_bytes": peak_rss_bytes()}
+
+    def sizes(self, model) -> dict:
+        """The bytes a token reads: the weights as loaded, and the KV cache's element size."""
+        return {"weight_bytes": parameter_bytes(model),
+                "weight_bytes_read": weight_bytes_read(model),
+                "kv_itemsize": self.cache[0].keys.dtype.size}
+
+    def release(self) -> None:
+        """Drop the references to the last model's cache and compiled step."""
+        self.cache = self.step = None
+
+    def close(self) -> None:
+        pass
 
 
 def prompt_ids(length: int, config: dict, seed: int) -> list[int]:
@@ -150,33 +171,35 @@ def _run_engine(engine, model_dir: Path, cells: list[Cell], results: dict, setti
         for cell in cells:
             results[id(cell)][engine.name] = {"error": f"{engine.name} could not load it: {err}"}
         return
-    for cell in cells:
-        progress(f"prompt {cell.prompt_tokens}, {settings.reps} runs")
-        try:
-            measured = _measure_cell(engine, model, cell, settings, clock)
-        except CELL_FAILURES as err:
-            measured = {"error": f"{engine.name}: {err}"}
-        results[id(cell)][engine.name] = {"load_s": load_s, **measured}
+    try:
+        for cell in cells:
+            progress(f"prompt {cell.prompt_tokens}, {settings.reps} runs")
+            try:
+                measured = _measure_cell(engine, model, cell, settings, clock)
+            except CELL_FAILURES as err:
+                measured = {"error": f"{engine.name}: {err}"}
+            results[id(cell)][engine.name] = {"load_s": load_s, **measured}
+    finally:
+        engine.release()
 
 
 def _measure_cell(engine, model, cell: Cell, settings: Settings, clock: Clock) -> dict:
-    from mlx_slm.memory import mlx_peak_bytes, peak_rss_bytes, reset_mlx_peak
-
     prompt = prompt_ids(cell.prompt_tokens, cell.source.config, settings.seed)
-    reset_mlx_peak()
-    rss_scope = reset_peak_rss()
-    timings = measure(lambda n: engine.tokens(model, prompt, n), cell.prompt_tokens,
-                      cell.gen_tokens, settings.reps, settings.warmup, clock,
-                      settings.time_limit_s)
-    return {
-        "timings": timings,
-        "peak_memory_bytes": mlx_peak_bytes(),
-        "peak_rss_bytes": peak_rss_bytes(),
-        "peak_rss_scope": rss_scope,
-        "weight_bytes": parameter_bytes(model),
-        "weight_bytes_read": weight_bytes_read(model),
-        "kv_itemsize": engine.kv_itemsize() if hasattr(engine, "kv_itemsize") else None,
-    }
+    rss_scope = engine.reset_peaks()
+    limit = settings.time_limit_s
+    # An engine in a child process can be stopped in the middle of a call, so it is given
+    # the deadline itself; ours is checked at each token by `measure`.
+    deadline = None if limit is None else time.monotonic() + limit
+
+    def run(n: int):
+        if getattr(engine, "stoppable", False):
+            return engine.tokens(model, prompt, n, deadline=deadline)
+        return engine.tokens(model, prompt, n)
+
+    timings = measure(run, cell.prompt_tokens, cell.gen_tokens, settings.reps,
+                      settings.warmup, clock, limit)
+    return {"timings": timings, **engine.peaks(), "peak_rss_scope": rss_scope,
+            **engine.sizes(model)}
 
 
 def reset_peak_rss() -> str:

@@ -3,7 +3,7 @@ ceiling, run, and return the rows. The benchmarks/ scripts call this too."""
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from mlx_slm.errors import SlmError
@@ -31,11 +31,21 @@ class BenchRequest:
 
 def run_bench(request: BenchRequest,
               on_progress: Callable[[int, int, str], None] | None = None,
-              available: int | None = None) -> list[dict]:
+              available: int | None = None,
+              on_plan: Callable[[str], None] | None = None) -> list[dict]:
     """Every cell's row, in sweep order; `available` overrides the free-memory reading."""
+    return list(iter_bench(request, on_progress, available, on_plan))
+
+
+def iter_bench(request: BenchRequest,
+               on_progress: Callable[[int, int, str], None] | None = None,
+               available: int | None = None,
+               on_plan: Callable[[str], None] | None = None) -> Iterator[dict]:
+    """The rows as each model's cells complete, so an interrupted sweep keeps the finished
+    ones; `on_plan` first receives what will run and a time estimate."""
     from mlx_slm.bench.bandwidth import resolve_bandwidth
     from mlx_slm.bench.machine import machine_info
-    from mlx_slm.bench.plan import directory_source, plan, synthetic_sources
+    from mlx_slm.bench.plan import describe_plan, directory_source, plan, synthetic_sources
     from mlx_slm.bench.runner import OurEngine, Settings, run_sweep
     from mlx_slm.memory_guard import available_bytes
 
@@ -60,4 +70,10 @@ def run_bench(request: BenchRequest,
     settings = Settings(reps=request.reps, warmup=request.warmup, seed=request.seed,
                         bandwidth_gbs=gbs, bandwidth_source=where,
                         time_limit_s=request.time_limit)
-    return list(run_sweep(groups, settings, machine_info(), on_progress, engines=engines))
+    if on_plan is not None:
+        on_plan(describe_plan(groups, settings.reps, settings.warmup, gbs, len(engines)))
+    try:
+        yield from run_sweep(groups, settings, machine_info(), on_progress, engines=engines)
+    finally:
+        for engine in engines:
+            engine.close()

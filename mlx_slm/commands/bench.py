@@ -2,6 +2,8 @@
 
 import click
 
+from mlx_slm.commands.options import SEED_RANGE
+
 
 @click.command()
 @click.option("--synthetic", "-s", multiple=True, metavar="SIZE",
@@ -29,53 +31,76 @@ import click
 @click.option("--csv", "csv_path", metavar="FILE", help="Write every row as CSV (- = stdout).")
 @click.option("--plot", "plot_path", metavar="FILE.png",
               help="Draw tok/s and memory per size and precision (needs matplotlib).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the synthetic weights and prompts.")
+@click.option("--seed", type=SEED_RANGE, default=0, show_default=True,
+              help="Seed of the synthetic weights and prompts (0 to 2^64-1).")
 @click.option("--force", is_flag=True, help="Run cells that the memory check would skip.")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop a cell (per engine) at its first token past this; completed runs "
                    "are kept.")
 def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, warmup,
           bandwidth, compare, json_path, csv_path, plot_path, seed, force, time_limit):
-    """Benchmark throughput and memory per model size and precision."""
+    """Benchmark throughput and memory per model size and precision.
+
+    The plan (cells, and a floor on the time they take) is printed first. Ctrl-C or SIGTERM
+    stops the sweep; the cells completed by then are printed and written all the same.
+    """
     import signal
     import sys
 
     from mlx_slm.bench import report
     from mlx_slm.bench.progress import ProgressLine
-    from mlx_slm.bench.sweep import DEFAULT_PROMPT_LENGTHS, BenchRequest, run_bench
+    from mlx_slm.bench.sweep import DEFAULT_PROMPT_LENGTHS, BenchRequest, iter_bench
+    from mlx_slm.errors import SlmError
 
     outputs = [p for p in (json_path, csv_path, plot_path) if p]
-    for path in outputs:
-        report.check_new_file(path)
     if len(set(outputs)) < len(outputs) or [json_path, csv_path].count("-") > 1:
         raise click.BadParameter("each output needs its own file", param_hint="--json/--csv")
-    if plot_path == "-":
-        raise click.BadParameter("the plot needs a file name", param_hint="--plot")
+    for path in (json_path, csv_path):
+        if path:
+            report.check_new_file(path)
     if plot_path:
-        from mlx_slm.bench.plot import require_matplotlib
+        from mlx_slm.bench.plot import check_plot_path
 
-        require_matplotlib()
+        check_plot_path(plot_path)
     request = BenchRequest(
         synthetic=synthetic, model_dirs=model_dirs, precisions=precisions,
         prompt_lengths=prompt_lengths or DEFAULT_PROMPT_LENGTHS, gen_tokens=gen_tokens,
         reps=reps, warmup=warmup, bandwidth=bandwidth, compare=compare == "mlx-lm", seed=seed,
         force=force, time_limit=time_limit,
     )
-    # A killed sweep (SIGTERM) still unwinds, so its temporary model copies are deleted.
+    # A killed sweep (SIGTERM) unwinds like Ctrl-C: its temporary model copies are deleted
+    # and the completed cells are kept.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     progress = ProgressLine()
+    rows = []
+    stopped = None
     try:
-        rows = run_bench(request, on_progress=progress)
+        for row in iter_bench(request, on_progress=progress,
+                              on_plan=lambda text: click.echo(text, err=True)):
+            rows.append(row)
+    except KeyboardInterrupt:
+        stopped = 130
+    except SystemExit as stop:  # SIGTERM
+        stopped = stop.code
     finally:
         progress.close()
+    if stopped:
+        click.echo(f"[interrupted: {len(rows)} cell(s) completed]", err=True)
+        if not rows:
+            sys.exit(stopped)
     table_to_stderr = "-" in (json_path, csv_path)
-    click.echo(report.to_markdown(rows), nl=False, err=table_to_stderr)
+    if rows:
+        click.echo(report.to_markdown(rows), nl=False, err=table_to_stderr)
     for path, text in ((json_path, report.to_json), (csv_path, report.to_csv)):
         if path == "-":
             click.echo(text(rows), nl=False)
         elif path:
             report.write_new_file(path, text(rows))
+    if stopped:
+        sys.exit(stopped)
+    if not any(r["status"] == "ok" for r in rows):
+        raise SlmError("No cell was measured: every one was skipped or failed (the reasons "
+                       "are listed above).")
     if plot_path:
         from mlx_slm.bench.plot import plot
 

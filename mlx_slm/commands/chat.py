@@ -24,7 +24,13 @@ def chat(model, system, max_tokens, sampling, load):
     from mlx_slm.apps.generate_app import reference_blas_hint
     from mlx_slm.apps.models import open_model
     from mlx_slm.chat_format import is_instruct
+    from mlx_slm.tokenizer import require_utf8
 
+    if system:
+        require_utf8(system)
+    # A line that is not UTF-8 reaches the tokenizer, which refuses it in one line, and the
+    # chat goes on (strict decoding would end it with a traceback).
+    sys.stdin.reconfigure(errors="surrogateescape")
     loaded = open_model(model, load)
     sampling.seed_random()
 
@@ -39,7 +45,7 @@ def chat(model, system, max_tokens, sampling, load):
     hint = reference_blas_hint()
     if hint:
         note(hint)
-    if not is_instruct(loaded.config):
+    if not is_instruct(loaded.config, loaded.source_name):
         note(f"[{model} is a base model, not tuned for chat: expect rambling; an -Instruct "
              "model suits chat]")
     note(f"[chatting with {model}; /help lists the commands, Ctrl-D leaves]")

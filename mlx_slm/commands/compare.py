@@ -25,10 +25,10 @@ def compare(prompt, models, max_tokens, sampling, prompt_format, load, as_json):
     import shutil
 
     from mlx_slm.apps.compare import compare_models, format_comparison
-    from mlx_slm.apps.generate_app import DEFAULT_PROMPT, reference_blas_hint
+    from mlx_slm.apps.generate_app import checked_prompt, reference_blas_hint
     from mlx_slm.runtime import active_backend, runtime_report
 
-    prompt = prompt or DEFAULT_PROMPT
+    prompt = checked_prompt(prompt)
     hint = reference_blas_hint()
     if hint:
         click.echo(hint, err=True)
@@ -38,7 +38,9 @@ def compare(prompt, models, max_tokens, sampling, prompt_format, load, as_json):
         on_model=lambda name: click.echo(f"[{name}]", err=True),
     )
     if as_json:
-        report = {"prompt": prompt, **runtime_report(), "results": rows}
+        report = {"prompt": prompt, **runtime_report(), "max_tokens": max_tokens,
+                  "sampling": sampling.as_dict(), "system": prompt_format.system,
+                  "results": rows}
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"Prompt: {prompt}\n")

@@ -4,7 +4,7 @@ import re
 
 import click
 
-from mlx_slm.commands.options import DTYPE_CHOICE
+from mlx_slm.commands.options import DTYPE_CHOICE, quantization_options
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -42,24 +42,15 @@ QUANT_OPTIONS = ("q_bits", "q_group_size", "q_recipe")
 @click.option("--force", is_flag=True,
               help="Replace OUT_DIR if it exists (only once the new one is complete).")
 @click.option("-q", "--quantize", is_flag=True, help="Quantize the weights.")
-@click.option("--q-bits", type=click.Choice(["2", "3", "4", "5", "6", "8"]), default="4",
-              show_default=True, help="Bits per quantized weight.")
-@click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), default="64",
-              show_default=True, help="Weights sharing one scale and bias.")
-@click.option("--q-recipe", default=None, metavar="NAME",
-              help="A mixed-precision recipe (per-layer bit widths).")
+@quantization_options
 @click.option("--max-shard-size", type=ByteSize(), default="5GB", show_default=True,
               help="Split the weights into files of at most this size (e.g. 2GB, 500MB).")
 @click.option("--instruct/--no-instruct", default=None,
               help="Mark the model as Instruct (chat format on by default in generate/chat); "
                    "default: from the repo or directory name.")
-@click.option("--no-report", is_flag=True,
-              help="Skip the quality report that follows a quantized conversion.")
-@click.option("--report-tokens", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Tokens of the built-in sample text the quality report scores.")
 @click.pass_context
 def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q_bits,
-            q_group_size, q_recipe, max_shard_size, instruct, no_report, report_tokens):
+            q_group_size, q_recipe, no_report, report_tokens, max_shard_size, instruct):
     """Convert an OpenELM checkpoint (Hub repo or local dir) to an MLX directory.
 
     SOURCE is a Hub repo id (e.g. apple/OpenELM-270M-Instruct) or a local directory in the
@@ -74,11 +65,12 @@ def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q
         raise click.UsageError(f"{option} needs -q/--quantize.")
     result = run_conversion(
         source, out_dir, revision=revision, dtype=dtype, tokenizer=tokenizer, force=force,
-        quantize=quantize, q_bits=int(q_bits), q_group_size=int(q_group_size),
+        quantize=quantize, q_bits=q_bits, q_group_size=q_group_size,
         q_recipe=q_recipe, max_shard_bytes=max_shard_size, instruct=instruct,
     )
     click.echo(summary(result))
-    if result.quantization and not no_report:
+    # Only a quantization made here has an unquantized source to be compared with.
+    if quantize and not no_report:
         from mlx_slm.apps.quality_report import compare, format_quality_report
 
         click.echo("Quality of the quantization against the unquantized source:")

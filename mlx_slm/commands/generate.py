@@ -15,7 +15,8 @@ from mlx_slm.commands.options import (
 @click.command()
 @model_option
 @click.option("--prompt", "-p", default=None,
-              help='The prompt ("-" reads stdin). Default: "What is the capital of California?"')
+              help='The prompt ("-" reads stdin; so does a pipe). Default: "What is the capital '
+                   'of California?". An empty prompt is an error.')
 @click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=256, show_default=True,
               help="Most tokens to generate.")
 @sampling_options
@@ -27,10 +28,10 @@ from mlx_slm.commands.options import (
 def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, load, prompt_format,
              as_json):
     """Generate text from a prompt, with speed and memory stats."""
-    from mlx_slm.apps.generate_app import GenerationRequest, run_generation
+    from mlx_slm.apps.generate_app import GenerationRequest, run_generation, stdin_prompt
 
-    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
-        prompt = sys.stdin.read()
+    if prompt is None or prompt == "-":
+        prompt = stdin_prompt(explicit=prompt == "-")
     request = GenerationRequest(
         model=model, prompt=prompt, max_tokens=max_tokens, sampling=sampling, load=load,
         format=prompt_format, ignore_eos=ignore_eos, stop_strings=tuple(stop_strings),

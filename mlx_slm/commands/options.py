@@ -58,7 +58,12 @@ def _load(**values):
 
 def _format(**values):
     from mlx_slm.chat_format import PromptFormat
+    from mlx_slm.tokenizer import require_utf8
 
+    if values["system"] is not None and values["chat"] is False:
+        raise click.UsageError("--system needs the chat format; drop --no-chat.")
+    if values["system"]:
+        require_utf8(values["system"])  # before any model loads
     return PromptFormat(**values)
 
 
@@ -96,7 +101,8 @@ format_options = _grouped([
     click.option("--chat/--no-chat", "chat", default=None,
                  help="Use the Instruct chat format (default: on for Instruct models, a plain "
                       "completion for base models)."),
-    click.option("--system", default=None, help="System message for the chat format."),
+    click.option("--system", default=None,
+                 help="System message; it turns the chat format on for a base model too."),
 ], ("chat", "system"), "prompt_format", _format)
 format_options.__doc__ = "--chat/--no-chat and --system -> prompt_format (PromptFormat)."
 
@@ -125,3 +131,27 @@ def scoring_options(dtype_help: str):
         return fn
 
     return decorator
+
+
+def quantization_options(fn):
+    """--q-bits, --q-group-size, --q-recipe, --no-report and --report-tokens, declared once
+    for `convert -q` and `quantize`."""
+    from mlx_slm.recipes import RECIPES, SUPPORTED_BITS, SUPPORTED_GROUP_SIZES
+
+    recipes = "; ".join(f"{name}: {about}" for name, (_, about) in RECIPES.items())
+    for option in reversed([
+        click.option("--q-bits", type=click.Choice(SUPPORTED_BITS), default=4,
+                     show_default=True, help="Bits per quantized weight."),
+        click.option("--q-group-size", type=click.Choice(SUPPORTED_GROUP_SIZES), default=64,
+                     show_default=True, help="Weights sharing one scale and bias."),
+        click.option("--q-recipe", default=None, metavar="NAME",
+                     help="Mixed precision: sensitive layers get 6 bits (8 from --q-bits 5 "
+                          f"up). {recipes}."),
+        click.option("--no-report", is_flag=True,
+                     help="Skip the quality report that follows the quantization."),
+        click.option("--report-tokens", type=click.IntRange(min=1), default=512,
+                     show_default=True,
+                     help="Tokens of the built-in sample text the quality report scores."),
+    ]):
+        fn = option(fn)
+    return fn

@@ -54,7 +54,9 @@ def quiz(models, questions_file, limit, batch_size, max_tokens, sampling, prompt
     )
     if as_json:
         report = {"questions": len(questions), **runtime_report(),
-                  "batch_size": batch_size, "results": results}
+                  "batch_size": batch_size, "max_tokens": max_tokens,
+                  "sampling": sampling.as_dict(), "system": prompt_format.system,
+                  "results": results}
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(format_quiz(results))
