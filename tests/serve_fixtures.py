@@ -2,6 +2,7 @@
 reference answers that `generate` gives for the same requests."""
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def settle(worker, timeout: float = 10.0) -> None:
+    """Wait until the worker holds no request (a response can end just before its row
+    leaves the batch), and for a memory snapshot after its last step."""
+    deadline = time.monotonic() + timeout
+    while (worker.running or worker.queue_depth) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert not worker.running and not worker.queue_depth
 
 
 def tiny_models(root: Path) -> tuple[str, str]:
