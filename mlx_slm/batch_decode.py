@@ -12,7 +12,8 @@ attention once the padding is masked.
 
 import mlx.core as mx
 
-from mlx_slm.cache import KVCache
+from mlx_slm.cache import KVCache, make_cache
+from mlx_slm.generation import PREFILL_STEP
 
 
 class _RowsView:
@@ -117,6 +118,40 @@ class DecodeBatch:
 
     def _capacity(self, needed: int) -> int:
         return (needed + self.step - 1) // self.step * self.step
+
+
+def prefill_rows(model, prompts: list[list[int]],
+                 step: int = PREFILL_STEP) -> tuple[list[list[KVCache]], mx.array]:
+    """Prefill several prompts in one pass: a batch-1 cache per prompt, and the logits of
+    each prompt's last position [B, vocab].
+
+    Prompts are right-padded, so every token keeps the position it has alone and the causal
+    mask already hides the padding from real tokens; padding keys are dropped afterwards.
+    """
+    length = max(len(p) for p in prompts)
+    tokens = mx.array([p + [0] * (length - len(p)) for p in prompts], dtype=mx.uint32)
+    cache = make_cache(model)
+    lasts = [len(p) - 1 for p in prompts]
+    picked: list[mx.array | None] = [None] * len(prompts)
+    for start in range(0, length, step):
+        end = min(start + step, length)
+        hidden = model.hidden(tokens[:, start:end], cache)
+        for i, last in enumerate(lasts):
+            if start <= last < end:
+                picked[i] = hidden[i, last - start]
+        mx.eval([c.state for c in cache], [h for h in picked if h is not None])
+    rows = []
+    for i, prompt in enumerate(prompts):
+        row = []
+        for layer in cache:
+            one = KVCache()
+            one.keys = mx.contiguous(layer.keys[i : i + 1, :, : len(prompt), :])
+            one.values = mx.contiguous(layer.values[i : i + 1, :, : len(prompt), :])
+            one.offset = len(prompt)
+            row.append(one)
+        rows.append(row)
+    mx.eval([c.state for row in rows for c in row])
+    return rows, model.logits(mx.stack(picked))
 
 
 def _right_aligned(row: mx.array, end: int, width: int) -> mx.array:

@@ -4,7 +4,7 @@ leaves; the prefix cache gives the same tokens as a fresh prefill."""
 import mlx.core as mx
 import pytest
 
-from mlx_slm.batch_decode import DecodeBatch
+from mlx_slm.batch_decode import DecodeBatch, prefill_rows
 from mlx_slm.cache import make_cache
 from mlx_slm.generation import generate_tokens, prefill
 from mlx_slm.loader import load_model
@@ -60,6 +60,20 @@ def test_rows_joining_and_leaving_match_generation_alone(model):
             outputs[i].append(token)
     assert [outputs[i] for i in range(len(PROMPTS))] == alone
     assert len(batch) == 0 and batch.nbytes == 0
+
+
+@pytest.mark.parametrize("step", [512, 4])
+def test_prompts_prefilled_together_continue_as_alone(model, step):
+    alone = [list(generate_tokens(model, p, max_tokens=6)) for p in PROMPTS]
+    caches, logits = prefill_rows(model, PROMPTS, step=step)
+    assert [c[0].offset for c in caches] == [len(p) for p in PROMPTS]
+    batch = DecodeBatch(model)
+    for cache in caches:
+        batch.add(cache)
+    out = [mx.argmax(logits, axis=-1)]
+    for _ in range(5):
+        out.append(mx.argmax(batch(out[-1].astype(mx.uint32)), axis=-1))
+    assert mx.stack(out, axis=1).tolist() == alone
 
 
 def test_a_row_cache_continues_like_the_original(model):

@@ -14,7 +14,7 @@ import mlx.core as mx
 
 from mlx_slm.apps.serve.jobs import Job, Row
 from mlx_slm.apps.serve.protocol import ApiError
-from mlx_slm.batch_decode import DecodeBatch
+from mlx_slm.batch_decode import DecodeBatch, prefill_rows
 from mlx_slm.cache import make_cache
 from mlx_slm.generation import prefill
 from mlx_slm.prefix_cache import PrefixCache
@@ -142,46 +142,66 @@ class Worker:
                 idle = False
         except queue.Empty:
             pass
-        while self.pending and self.running < self.settings.max_batch:
+        joining: dict[str, list[Job]] = {}
+        while self.pending and self.running + self._count(joining) < self.settings.max_batch:
             job = self.pending[0]
             if job.cancelled.is_set():
                 self.pending.popleft()
                 job.emit(("end", "cancelled"))
                 continue
-            served = self.served[job.model]
-            if not self._fits(served, job):
-                if self.running:
-                    return  # wait for rows to leave
+            if not self._fits(self.served[job.model], job, len(joining.get(job.model, []))):
+                if self.running or joining:
+                    break  # wait for rows to leave
                 self.pending.popleft()
                 job.emit(("error", ApiError(
                     507, "This request's KV cache would not fit in the memory available.",
                     code="insufficient_memory", kind="server_error")))
                 continue
-            self.pending.popleft()
-            self._guarded(served, self._start, job)
+            joining.setdefault(job.model, []).append(self.pending.popleft())
+        for name, jobs in joining.items():
+            self._guarded(self.served[name], self._start, *jobs)
 
-    def _fits(self, served: Served, job: Job) -> bool:
-        """Whether the padded batch with `job` in it stays within the KV budget."""
+    @staticmethod
+    def _count(joining: dict[str, list[Job]]) -> int:
+        return sum(len(jobs) for jobs in joining.values())
+
+    def _fits(self, served: Served, job: Job, joining: int) -> bool:
+        """Whether the padded batch with `job` (and `joining` others) stays within budget."""
         longest = max([served.batch.end + job.max_tokens, len(job.prompt) + job.max_tokens])
-        needed = (len(served.rows) + 1) * longest * served.token_bytes
+        needed = (len(served.rows) + joining + 1) * longest * served.token_bytes
         others = self.kv_bytes - served.batch.nbytes + self.prefix_bytes
         return needed + others <= self.kv_budget
 
-    def _start(self, served: Served, job: Job) -> None:
-        """Prefill `job` alone (reusing a cached prefix), emit its first token, let it join."""
-        job.started_at = time.perf_counter()
+    def _start(self, served: Served, *jobs: Job) -> None:
+        """Prefill the joining jobs, emit their first tokens and let them join the batch.
+
+        A job whose prompt starts with a cached prefix prefills the rest alone; the others
+        prefill together in one pass.
+        """
         model = served.loaded.model
-        row = Row(job)
-        reused, cache = served.prefix.lookup(job.prompt)
-        job.cached_tokens = reused
-        cache = cache or make_cache(model)
-        logits = prefill(model, mx.array(job.prompt[reused:], dtype=mx.uint32), cache)
-        served.prefix.store(job.prompt, cache)
-        value, info = self._pick([row], logits)[0]
-        if not self._advance(row, value, info):
-            return
-        served.batch.add(cache)
-        served.rows.append(row)
+        started = time.perf_counter()
+        caches, logits, fresh = {}, {}, []
+        for job in jobs:
+            job.started_at = started
+            job.cached_tokens, cache = served.prefix.lookup(job.prompt)
+            if cache is None and len(jobs) > 1:
+                fresh.append(job)
+                continue
+            cache = cache or make_cache(model)
+            ids = mx.array(job.prompt[job.cached_tokens :], dtype=mx.uint32)
+            caches[id(job)], logits[id(job)] = cache, prefill(model, ids, cache)
+        if fresh:
+            rows, last = prefill_rows(model, [job.prompt for job in fresh])
+            for i, job in enumerate(fresh):
+                caches[id(job)], logits[id(job)] = rows[i], last[i : i + 1]
+        rows = [Row(job) for job in jobs]
+        picks = self._pick(rows, mx.concatenate([logits[id(job)] for job in jobs]))
+        for row, (value, info) in zip(rows, picks):
+            cache = caches[id(row.job)]
+            served.prefix.store(row.job.prompt, cache)
+            if self._advance(row, value, info):
+                served.batch.add(cache)
+                served.rows.append(row)
         self.peak_running = max(self.peak_running, self.running)
 
     def _step(self, served: Served) -> None:
@@ -253,8 +273,9 @@ class Worker:
             # A failed join leaves the batch intact; a failed step may not have.
             broken = action == self._step or len(served.batch) != len(served.rows)
             victims = [r.job for r in served.rows] if broken else []
-            for job in victims + list(args):
+            for job in victims + [job for job in args if job not in victims]:
                 job.emit(("error", error))
+                job.cancel()  # a failed job that had joined leaves at the next step
             if broken:
                 served.rows = []
                 served.batch = DecodeBatch(served.loaded.model)
