@@ -13,7 +13,7 @@ KERNEL_SOURCES := setup.py $(wildcard mlx_slm/cpu/kernels/CMakeLists.txt mlx_slm
 $(VENV)/.installed: pyproject.toml $(KERNEL_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,serve]'
 	@$(MAKE) -s blas
 	@touch $@
 

@@ -24,6 +24,7 @@ COMMANDS = {
     "quality": "Quality cost of a quantization: perplexity, KL divergence, top-1 agreement.",
     "quantize": "Quantize a converted model directory.",
     "quiz": "Ask models simple factual questions and score their answers.",
+    "serve": "Serve models over an OpenAI-compatible HTTP API, many clients at once.",
 }
 
 

@@ -40,6 +40,7 @@ def make_sampler(
     temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0
 ) -> Sampler:
     """A sampler over log-probs [B, V]. Temperature 0 is greedy (the filters are moot).
+    A sampling one takes an optional PRNG `key` (default: MLX's global generator).
 
     Order: temperature scaling, then top-k, top-p (smallest set whose mass reaches p) and
     min-p (tokens with at least min_p times the top token's probability); then a draw.
@@ -50,7 +51,7 @@ def make_sampler(
     if temperature == 0:
         return greedy
 
-    def sample(logprobs: mx.array) -> mx.array:
+    def sample(logprobs: mx.array, key: mx.array | None = None) -> mx.array:
         logits = logprobs * (1.0 / temperature)
         if top_k > 0:
             logits = apply_top_k(logits, top_k)
@@ -58,7 +59,7 @@ def make_sampler(
             logits = apply_top_p(logits, top_p)
         if min_p > 0.0:
             logits = apply_min_p(logits, min_p)
-        return mx.random.categorical(logits, axis=-1)
+        return mx.random.categorical(logits, axis=-1, key=key)
 
     return sample
 

@@ -1,0 +1,241 @@
+"""`mlx-slm serve` under load, side by side with `mlx_lm.server` on the same weights.
+
+Each server runs alone as a subprocess on loopback, on a synthetic 270M-shape checkpoint
+converted once (float32, the Llama-2 tokenizer): it loads in both. The same streaming
+/v1/completions load goes to each (greedy, distinct prompts, EOS never reached in practice):
+  - aggregate generation throughput (completion tokens / wall time) with 1 and 8 concurrent
+    streams, and time to first token (p50, p95) measured by the client;
+  - ours only: a repeated chat prefix (the second turn's TTFT over the first's), and the
+    server's overhead per request on a tiny model (1 token) over the bare generation call.
+Writes benchmarks/results/serve-<date>.json.
+
+    python benchmarks/serve.py [--tokens 16] [--streams 8] [--skip-mlx-lm]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+RESULTS = Path(__file__).parent / "results"
+TOKENIZER = Path(__file__).parents[1] / "tests" / "data" / "llama2-tokenizer.model"
+WORDS = ["river", "mountain", "city", "lake", "forest", "desert", "ocean", "island", "valley",
+         "bridge"]
+
+
+def prompt(i: int, words: int = 48) -> str:
+    """A distinct prompt of about `words` + 2 tokens."""
+    return f"Story {i}: " + " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(words))
+
+
+class Server:
+    """A server subprocess: ours or mlx-lm's, on a free port, until `stop`."""
+
+    def __init__(self, kind: str, model_dir: Path, port: int):
+        command = ([sys.executable, "-m", "mlx_slm", "serve", "--model", str(model_dir)]
+                   if kind == "ours" else
+                   [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)])
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(command + ["--port", str(port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit(f"{kind} server exited with {self.process.returncode}")
+            try:
+                httpx.get(self.url + "/v1/models", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{kind} server did not start") from None
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+async def stream_one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
+    """One streaming request: client-side TTFT, end time and completion tokens."""
+    start = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", url, json={**body, "stream": True}) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk.get("choices", []):
+                if choice.get("text") or (choice.get("delta") or {}).get("content"):
+                    first = first or time.perf_counter()
+                    tokens += 1
+    return {"start": start, "ttft_s": (first or time.perf_counter()) - start,
+            "end": time.perf_counter(), "tokens": tokens}
+
+
+async def load(url: str, model: str, streams: int, tokens: int, rounds: int) -> dict:
+    """`streams` concurrent clients, each sending `rounds` requests one after another."""
+    async def client_loop(client, c):
+        out = []
+        for r in range(rounds):
+            body = {"model": model, "prompt": prompt(c * rounds + r), "max_tokens": tokens,
+                    "temperature": 0}
+            out.append(await stream_one(client, url + "/v1/completions", body))
+        return out
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        start = time.perf_counter()
+        done = await asyncio.gather(*(client_loop(client, c) for c in range(streams)))
+        wall = time.perf_counter() - start
+    results = [r for client_results in done for r in client_results]
+    ttfts = sorted(r["ttft_s"] for r in results)
+    total = sum(r["tokens"] for r in results)
+    return {"streams": streams, "requests": len(results), "completion_tokens": total,
+            "wall_s": wall, "tokens_per_s": total / wall,
+            "ttft_p50_s": statistics.median(ttfts),
+            "ttft_p95_s": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]}
+
+
+def measure_server(kind: str, model_dir: Path, args) -> dict:
+    server = Server(kind, model_dir, port=args.port)
+    try:
+        model = str(model_dir)
+        asyncio.run(load(server.url, model, 1, 4, 1))  # warm-up
+        single = asyncio.run(load(server.url, model, 1, args.tokens, args.rounds))
+        many = asyncio.run(load(server.url, model, args.streams, args.tokens, args.rounds))
+        out = {"one_stream": single, "concurrent": many,
+               "speedup": many["tokens_per_s"] / single["tokens_per_s"]}
+        if kind == "ours":
+            out["chat_prefix"] = chat_prefix(server.url, model)
+        print(f"{kind}: {json.dumps(out)}", file=sys.stderr)
+        return out
+    finally:
+        server.stop()
+
+
+def chat_prefix(url: str, model: str) -> dict:
+    """TTFT of a chat's second turn (its first turn cached) over the first turn's."""
+    system = "You answer questions about geography. " + prompt(99, 300)
+    first = [{"role": "system", "content": system}, {"role": "user", "content": "Name a lake."}]
+
+    def ask(messages):
+        start = time.perf_counter()
+        answer = httpx.post(url + "/v1/chat/completions", timeout=600, json={
+            "model": model, "messages": messages, "max_tokens": 8, "temperature": 0}).json()
+        return answer, answer["usage"]["timings"]["ttft_s"], time.perf_counter() - start
+
+    one, ttft_1, _ = ask(first)
+    follow = first + [{"role": "assistant", "content": one["choices"][0]["message"]["content"]},
+                      {"role": "user", "content": "And a river?"}]
+    two, ttft_2, _ = ask(follow)
+    return {"prompt_tokens": [one["usage"]["prompt_tokens"], two["usage"]["prompt_tokens"]],
+            "cached_tokens": two["usage"]["prompt_tokens_details"]["cached_tokens"],
+            "ttft_first_s": ttft_1, "ttft_second_s": ttft_2, "ratio": ttft_2 / ttft_1}
+
+
+def overhead(tiny_dir: Path, port: int, repeats: int) -> dict:
+    """Median request round trip (1 token) minus the median bare generation call."""
+    from mlx_slm.generation import generate_tokens
+    from mlx_slm.loader import load as load_model
+
+    model, tokenizer = load_model(tiny_dir)
+    ids = tokenizer.encode("Hello there")
+    bare = []
+    for _ in range(repeats + 3):
+        start = time.perf_counter()
+        list(generate_tokens(model, ids, max_tokens=1))
+        bare.append(time.perf_counter() - start)
+    server = Server("ours", tiny_dir, port)
+    try:
+        trips = []
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for _ in range(repeats + 3):
+                start = time.perf_counter()
+                client.post("/v1/completions", json={"prompt": "Hello there", "max_tokens": 1,
+                                                     "temperature": 0}).raise_for_status()
+                trips.append(time.perf_counter() - start)
+    finally:
+        server.stop()
+    bare_ms, trip_ms = statistics.median(bare[3:]) * 1e3, statistics.median(trips[3:]) * 1e3
+    return {"bare_ms": bare_ms, "request_ms": trip_ms, "overhead_ms": trip_ms - bare_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=16, help="Tokens per request.")
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1, help="Requests per client.")
+    parser.add_argument("--port", type=int, default=8391)
+    parser.add_argument("--repeats", type=int, default=20, help="Overhead samples.")
+    parser.add_argument("--skip-mlx-lm", action="store_true")
+    args = parser.parse_args()
+
+    import mlx_slm  # noqa: F401  (the optimized BLAS before mlx, as the servers get it)
+    from mlx_slm.bench.machine import machine_info
+    from mlx_slm.convert.pipeline import convert
+    from mlx_slm.store.synthetic import published_config, tiny_config, write_hub_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        hub = write_hub_checkpoint(tmp / "hub-270M", published_config("270M"))
+        model_dir = tmp / "OpenELM-270M-synthetic"
+        convert(hub, model_dir, tokenizer=str(TOKENIZER), log=lambda _: None)
+        tiny = write_hub_checkpoint(tmp / "tiny", tiny_config())
+        shutil.copy(TOKENIZER, tiny / "tokenizer.model")
+        record = {"benchmark": "serve", **machine_info(), "dtype": "float32",
+                  "shape": "OpenELM-270M (synthetic weights)", "tokens": args.tokens,
+                  "streams": args.streams, "rounds": args.rounds,
+                  "overhead": overhead(tiny, args.port, args.repeats),
+                  "ours": measure_server("ours", model_dir, args)}
+        if not args.skip_mlx_lm:
+            from importlib import metadata
+
+            record["mlx_lm_version"] = metadata.version("mlx-lm")
+            record["mlx_lm"] = measure_server("mlx_lm", model_dir, args)
+            ours, theirs = record["ours"]["concurrent"], record["mlx_lm"]["concurrent"]
+            record["ours_over_mlx_lm"] = ours["tokens_per_s"] / theirs["tokens_per_s"]
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"serve-{record['date'][:10]}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(summary(record) + f"\nsaved {out}")
+
+
+def summary(r: dict) -> str:
+    ours = r["ours"]
+    lines = [f"mlx-slm serve benchmark: {r['backend']} backend ({r['blas']}), {r['cpu']}, "
+             f"{r['cores']} cores, {r['dtype']}, {r['shape']}, {r['date']}",
+             f"{r['streams']} streams vs 1: {ours['speedup']:.2f}x aggregate throughput "
+             f"({ours['concurrent']['tokens_per_s']:.2f} vs "
+             f"{ours['one_stream']['tokens_per_s']:.2f} tok/s; target >= 3x)"]
+    if "mlx_lm" in r:
+        theirs = r["mlx_lm"]
+        lines.append(
+            f"vs mlx_lm.server {r['mlx_lm_version']} ({r['streams']} streams): "
+            f"{r['ours_over_mlx_lm']:.2f}x throughput (target >= 1.5x); TTFT p50 "
+            f"{ours['concurrent']['ttft_p50_s']:.2f} vs {theirs['concurrent']['ttft_p50_s']:.2f}"
+            f" s, p95 {ours['concurrent']['ttft_p95_s']:.2f} vs "
+            f"{theirs['concurrent']['ttft_p95_s']:.2f} s; mlx_lm 8 vs 1: "
+            f"{theirs['speedup']:.2f}x")
+    prefix = ours["chat_prefix"]
+    lines.append(f"repeated chat prefix: second TTFT {prefix['ratio']:.2f}x the first "
+                 f"({prefix['cached_tokens']} of {prefix['prompt_tokens'][1]} tokens cached; "
+                 "target <= 0.3x)")
+    o = r["overhead"]
+    lines.append(f"overhead per request (tiny model, 1 token): {o['overhead_ms']:.1f} ms "
+                 f"({o['request_ms']:.1f} ms round trip vs {o['bare_ms']:.1f} ms bare; "
+                 "target <= 5 ms)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,196 @@
+"""The OpenAI request bodies, checked field by field into `Params`; errors in OpenAI's shape.
+
+Every field is checked here, before a request reaches the worker, so bad input gets a 4xx
+that names the field and never touches the model.
+"""
+
+import json
+from dataclasses import dataclass
+
+from mlx_slm.errors import SlmError
+from mlx_slm.sample import check_range
+
+
+class ApiError(Exception):
+    """An error answered as {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (
+            status, message, param, code, kind)
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
+                          "code": self.code}}
+
+
+@dataclass
+class Params:
+    """One generation's checked parameters (the worker's input besides the prompt ids)."""
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    messages: list | None = None
+    prompt: str | list[int] | None = None
+
+
+MAX_STOP = 4
+MAX_TOP_LOGPROBS = 20  # chat; the legacy completions endpoint allows 5
+
+
+def parse_body(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ApiError(400, f"The request body is not valid JSON: {err}.",
+                       code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _get(body: dict, name: str, kinds, default=None, nullable: bool = True):
+    value = body.get(name)
+    if value is None and (nullable or name not in body):
+        return default
+    # JSON has no int/float distinction for whole numbers; bool is never a number.
+    if isinstance(value, bool) and bool not in kinds:
+        value = "bool"
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ApiError(400, f"'{name}' must be of type {names}, got {body.get(name)!r:.60}.",
+                       param=name, code="invalid_type")
+    return value
+
+
+def _sampling(body: dict, params: Params) -> None:
+    for name, kinds in (("temperature", (float,)), ("top_p", (float,)), ("top_k", (int,)),
+                        ("min_p", (float,)), ("repetition_penalty", (float,))):
+        value = _get(body, name, kinds, getattr(params, name))
+        try:
+            check_range(name, value)
+        except SlmError as err:
+            raise ApiError(400, str(err).replace(name.replace("_", "-"), name), param=name,
+                           code="invalid_value") from None
+        setattr(params, name, value)
+    if "temperature" in body and params.temperature > 2.0:
+        raise ApiError(400, f"temperature must be between 0 and 2, got {params.temperature}.",
+                       param="temperature", code="invalid_value")
+    seed = _get(body, "seed", (int,))
+    if seed is not None and not 0 <= seed < 2**64:
+        raise ApiError(400, "seed must be between 0 and 2^64-1.", param="seed",
+                       code="invalid_value")
+    params.seed = seed
+
+
+def _common(body: dict, params: Params) -> None:
+    params.model = _get(body, "model", (str,))
+    max_tokens = _get(body, "max_completion_tokens", (int,))
+    max_tokens = _get(body, "max_tokens", (int,), max_tokens)
+    if max_tokens is not None and max_tokens < 1:
+        raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.",
+                       param="max_tokens", code="invalid_value")
+    params.max_tokens = max_tokens
+    _sampling(body, params)
+    n = _get(body, "n", (int,), 1)
+    if n != 1:
+        raise ApiError(400, "Only n=1 is supported.", param="n", code="invalid_value")
+    stop = _get(body, "stop", (str, list), ())
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    if len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
+        raise ApiError(400, f"'stop' must be a non-empty string or a list of up to {MAX_STOP}.",
+                       param="stop", code="invalid_value")
+    params.stop = stop
+    params.stream = _get(body, "stream", (bool,), False)
+    options = _get(body, "stream_options", (dict,), {})
+    params.include_usage = _get(options, "include_usage", (bool,), False)
+
+
+def _top_logprobs(body: dict, name: str, most: int) -> int | None:
+    top = _get(body, name, (int,))
+    if top is not None and not 0 <= top <= most:
+        raise ApiError(400, f"{name} must be between 0 and {most}, got {top}.", param=name,
+                       code="invalid_value")
+    return top
+
+
+def chat_params(body: dict) -> Params:
+    """Check a /v1/chat/completions body."""
+    params = Params(messages=_messages(body))
+    params.logprobs = _get(body, "logprobs", (bool,), False)
+    params.top_logprobs = _top_logprobs(body, "top_logprobs", MAX_TOP_LOGPROBS) or 0
+    if params.top_logprobs and not params.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs set to true.", param="top_logprobs",
+                       code="invalid_value")
+    _common(body, params)
+    return params
+
+
+def completion_params(body: dict) -> Params:
+    """Check a /v1/completions body; `logprobs` there is the number of alternatives (0-5)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    ids = isinstance(prompt, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    if not (isinstance(prompt, str) or ids) or not prompt:
+        raise ApiError(400, "'prompt' must be a non-empty string (or a list of token ids).",
+                       param="prompt", code="invalid_value")
+    params = Params(prompt=prompt)
+    top = _top_logprobs(body, "logprobs", 5)
+    params.logprobs, params.top_logprobs = top is not None, top or 0
+    _common(body, params)
+    if params.max_tokens is None:
+        params.max_tokens = 16  # OpenAI's default for this endpoint
+    return params
+
+
+def _messages(body: dict) -> list[tuple[str, str]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list.", param="messages",
+                       code="invalid_value")
+    out = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise ApiError(400, f"{where} must be an object.", param=where, code="invalid_type")
+        role = message.get("role")
+        if role == "developer":
+            role = "system"
+        if role not in ("system", "user", "assistant"):
+            raise ApiError(400, f"{where}.role must be system, user or assistant, got "
+                           f"{role!r:.40}.", param=f"{where}.role", code="invalid_value")
+        out.append((role, _content(message.get("content"), f"{where}.content")))
+    return out
+
+
+def _content(content, where: str) -> str:
+    """A message's text: a string, or a list of text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not (isinstance(part, dict) and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)):
+                raise ApiError(400, f"{where}: only text parts are supported.", param=where,
+                               code="invalid_value")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise ApiError(400, f"{where} must be a string or a list of text parts.", param=where,
+                   code="invalid_type")

@@ -1,0 +1,73 @@
+"""Starting the server: load the models on the worker, then serve HTTP with uvicorn until
+SIGINT or SIGTERM, letting in-flight requests finish first."""
+
+import threading
+
+from mlx_slm.apps.serve.worker import Settings, Worker
+from mlx_slm.errors import SlmError
+from mlx_slm.loader import LoadOptions
+
+EXTRA_HINT = ("mlx-slm serve needs starlette and uvicorn, which are not installed: "
+              "pip install 'mlx-slm[serve]'")
+
+
+def require_extra() -> None:
+    """Fail with the one-line install hint when the `serve` extra is missing."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise SlmError(EXTRA_HINT) from None
+
+
+def build(names: list[str], load: LoadOptions = LoadOptions(), settings: Settings | None = None,
+          api_key: str | None = None):
+    """Load the models on a started worker; returns (worker, ASGI app)."""
+    require_extra()
+    from mlx_slm.apps.serve.http import make_app
+
+    worker = Worker(names, load, settings or Settings())
+    worker.start()
+    return worker, make_app(worker, api_key)
+
+
+def _server(app, host: str, port: int, log_level: str):
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
+                            timeout_keep_alive=30)
+    return uvicorn.Server(config)
+
+
+def serve(names: list[str], host: str = "127.0.0.1", port: int = 8080,
+          load: LoadOptions = LoadOptions(), settings: Settings | None = None,
+          api_key: str | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; uvicorn stops accepting, drains, then the worker stops."""
+    worker, app = build(names, load, settings, api_key)
+    try:
+        _server(app, host, port, "info").run()
+    finally:
+        worker.stop()
+
+
+class BackgroundServer:
+    """A server on a thread of this process (tests, benchmarks): `with BackgroundServer(...)`."""
+
+    def __init__(self, names: list[str], port: int, host: str = "127.0.0.1", **options):
+        self.worker, app = build(names, **options)
+        self.server = _server(app, host, port, "warning")
+        self.url = f"http://{host}:{port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "BackgroundServer":
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise SlmError(f"The server did not start on {self.url}.")
+            self.thread.join(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join()
+        self.worker.stop()

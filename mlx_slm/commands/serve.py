@@ -1,0 +1,33 @@
+"""`mlx-slm serve`: an OpenAI-compatible HTTP server for one or more models."""
+
+import os
+
+import click
+
+from mlx_slm.commands.options import DEFAULT_MODEL, load_options
+
+
+@click.command()
+@click.option("--model", "-m", "models", multiple=True,
+              help=f"A model directory or Hub repo id (repeatable). Default: {DEFAULT_MODEL}.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback by default; 0.0.0.0 exposes it to the network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--api-key", default=None,
+              help="Require `Authorization: Bearer KEY` (default: $MLX_SLM_API_KEY, else none).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most requests decoded together.")
+@click.option("--prefix-cache-mb", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Memory for reusing the KV cache of repeated prompt prefixes.")
+@load_options
+def serve(models, host, port, api_key, max_batch, prefix_cache_mb, load):
+    """Serve models over an OpenAI-compatible HTTP API (chat and completions, streaming)."""
+    from mlx_slm.apps.serve.run import require_extra
+
+    require_extra()
+    from mlx_slm.apps.serve.run import serve as run
+    from mlx_slm.apps.serve.worker import Settings
+
+    settings = Settings(max_batch=max_batch, prefix_cache_bytes=prefix_cache_mb * 2**20)
+    api_key = api_key or os.environ.get("MLX_SLM_API_KEY") or None
+    run(list(models) or [DEFAULT_MODEL], host, port, load, settings, api_key)
