@@ -85,11 +85,14 @@ def generate_tokens(
     stop_ids: tuple[int, ...] = (),
     prefill_step: int = PREFILL_STEP,
     compiled: bool = True,
+    constraint=None,
 ) -> Iterator[int]:
     """Yield generated token ids; ends at a stop id (not yielded) or after `max_tokens`.
 
     Decoding is pipelined: the graph for token n+1 is built and queued with
-    `mx.async_eval` before token n is read back to the host.
+    `mx.async_eval` before token n is read back to the host. A `constraint`
+    (mlx_slm.constrain.Constraint) masks the logits before sampling, and ends generation
+    once its output is complete.
     """
     if not prompt:
         raise ValueError("the prompt must hold at least one token")
@@ -105,6 +108,18 @@ def generate_tokens(
             history = mx.concatenate([history, token.astype(mx.uint32)])
         return token
 
+    if constraint is not None:
+        if compiled:
+            step = decode_step(model)
+
+            def forward(t):
+                return step(t, cache)
+        else:
+            def forward(t):
+                return model(t, cache)[:, -1, :]
+        yield from _constrained(forward, prefill(model, history, cache, prefill_step), choose,
+                                constraint, max_tokens, stop_ids)
+        return
     if compiled:
         step = decode_step(model)
         if sampler is greedy and not logits_processors:
@@ -130,6 +145,26 @@ def generate_tokens(
         token = next_token
 
 
+def _constrained(forward, logits, choose, constraint, max_tokens, stop_ids) -> Iterator[int]:
+    """The decode loop with a grammar mask: the host computes the mask for token n+1 while
+    the model's forward for it runs, then the sampling is queued on the masked logits."""
+    mx.async_eval(logits)
+    width = logits.shape[-1]
+    for n in range(max_tokens):
+        token = choose(mx.where(constraint.mask(width), logits, -mx.inf))
+        mx.async_eval(token)  # its own evaluation, so reading it waits for it alone
+        if n + 1 < max_tokens:
+            logits = forward(token[:, None])
+            mx.async_eval(logits)
+        value = token.item()
+        if value in stop_ids:
+            return
+        constraint.accept(value)
+        yield value
+        if constraint.is_done():
+            return
+
+
 @dataclass
 class Generation:
     """The outcome of one generation: text, ids and honest timings."""
@@ -141,6 +176,7 @@ class Generation:
     generation_s: float = 0.0  # from the first generated token to the last
     load_s: float = 0.0
     finish_reason: str = "length"
+    valid: bool | None = None  # with a constraint: whether the text satisfies it
 
     @property
     def generation_tokens(self) -> int:
@@ -171,11 +207,14 @@ def stream_text(
     on_text: Callable[[str], None] | None = None,
     result: Generation | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    constraint=None,
 ) -> Generation:
     """Generate, calling `on_text` with each new piece of text; returns a Generation.
 
     Stop strings end generation and are not part of the text. `result` may be passed in so
-    a caller that is interrupted still holds what was generated so far.
+    a caller that is interrupted still holds what was generated so far. With a
+    `constraint`, a complete output ends as "eos" and `result.valid` says whether the text
+    (after any stop string) satisfies it.
     """
     result = result if result is not None else Generation()
     result.prompt_tokens = len(prompt)
@@ -187,7 +226,7 @@ def stream_text(
     first = None
     tokens = generate_tokens(
         model, prompt, cache=cache, sampler=sampler, logits_processors=logits_processors,
-        max_tokens=max_tokens, stop_ids=stop_ids,
+        max_tokens=max_tokens, stop_ids=stop_ids, constraint=constraint,
     )
     result.finish_reason = "length"
     for token in tokens:
@@ -204,7 +243,7 @@ def stream_text(
             result.text = text[:cut]
             _deliver(on_text, result.text[emitted:])
             result.finish_reason = "stop"
-            return result
+            return _judge(result, constraint)
         # Hold back a possible stop string's beginning until it is decided.
         safe = len(text) - holdback if stop_strings else len(text)
         if safe > emitted:
@@ -212,7 +251,7 @@ def stream_text(
             emitted = safe
         result.text = text
     else:
-        if len(result.tokens) < max_tokens:
+        if len(result.tokens) < max_tokens or (constraint is not None and constraint.is_done()):
             result.finish_reason = "eos"
     detokenizer.finish()
     result.text = detokenizer.text
@@ -221,6 +260,12 @@ def stream_text(
         result.text = result.text[:cut]
         result.finish_reason = "stop"
     _deliver(on_text, result.text[emitted:])
+    return _judge(result, constraint)
+
+
+def _judge(result: Generation, constraint) -> Generation:
+    if constraint is not None:
+        result.valid = constraint.matches(result.text)
     return result
 
 
