@@ -77,12 +77,16 @@ def _checked(kind: str, value, grammar: str) -> ConstraintSpec:
     message = llguidance.LLMatcher.validate_grammar(grammar)
     if message:
         what = {"json_schema": "JSON schema", "regex": "regular expression"}.get(kind, kind)
-        raise SlmError(f"Invalid {what}: {_one_line(message)}")
+        shown = f" {value!r}" if kind == "regex" else ""
+        raise SlmError(f"Invalid {what}{shown}: {_one_line(message)}")
     return ConstraintSpec(kind, value, grammar)
 
 
 def _one_line(message: str) -> str:
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+    """The engine's reason in one line: regex errors come as a drawing plus an "error:" line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reasons = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
+    return reasons[0] if reasons else lines[0]
 
 
 class GrammarVocabulary:

@@ -25,6 +25,7 @@ class GenerationRequest:
     seed: int | None = None
     ignore_eos: bool = False
     stop_strings: tuple[str, ...] = ()
+    constraint: object = None  # a checked mlx_slm.constrain.ConstraintSpec
     dtype: str | None = None
     chat: bool | None = None
     system: str | None = None
@@ -101,6 +102,11 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     hint = reference_blas_hint()
     if hint:
         print(hint, file=err)
+    constraint = None
+    if request.constraint is not None:
+        from mlx_slm.constrain import Constraint, GrammarVocabulary
+
+        constraint = Constraint(request.constraint, GrammarVocabulary(tokenizer))
     reset_mlx_peak()
     result = Generation(load_s=load_s)
     code = 0
@@ -111,10 +117,13 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
             stop_strings=request.stop_strings + (TURN_HEADERS if chat and not request.ignore_eos
                                                  else ()),
             ignore_eos=request.ignore_eos, on_text=None if as_json else show, result=result,
+            constraint=constraint,
         )
     except KeyboardInterrupt:
         result.finish_reason = "interrupted"
         result.text = tokenizer.decode(result.tokens)
+        if constraint is not None:
+            result.valid = constraint.matches(result.text)
         code = 130
     report = {
         "model": str(request.model),
@@ -133,6 +142,8 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
         "quantization": config.get("quantization"),
         "chat_format": chat,
         "finish_reason": result.finish_reason,
+        "constraint": None if constraint is None else {
+            **request.constraint.describe(), "valid": result.valid},
     }
     if as_json:
         out.write(json.dumps(report) + "\n")
@@ -170,4 +181,9 @@ def format_stats(report: dict) -> str:
     line = " | ".join(parts)
     if report["finish_reason"] == "interrupted":
         line = "[interrupted] " + line
+    constraint = report.get("constraint")
+    if constraint is not None and not constraint["valid"]:
+        why = {"length": "it hit --max-tokens", "stop": "a stop string cut it"}.get(
+            report["finish_reason"], "it was interrupted")
+        line = f"[the output does not satisfy the {constraint['type']} constraint: {why}]\n" + line
     return line

@@ -252,3 +252,25 @@ def test_matches_checks_whole_texts(loaded):
     constraint = constrain.Constraint(constrain.regex("[0-9]{2}"), loaded[2])
     assert constraint.matches("42")
     assert not constraint.matches("4") and not constraint.matches("421")
+
+
+def test_batched_rows_equal_one_at_a_time(loaded):
+    """Each row of a batch has its own grammar and gets what it would get alone."""
+    from mlx_slm.batch import generate_batch
+
+    model, tokenizer, vocab = loaded
+    specs = [constrain.regex(REGEXES[0]), constrain.choice(CHOICES),
+             constrain.json_schema(PERSON)]
+    prompts = [tokenizer.encode(p) for p in ("Name:", "The capital is", "A person as JSON:")]
+    stops = (tokenizer.eos_id,)
+    alone = [list(generate_tokens(model, p, max_tokens=120, stop_ids=stops,
+                                  constraint=constrain.Constraint(s, vocab)))
+             for p, s in zip(prompts, specs)]
+    rows = [[] for _ in prompts]
+    for step in generate_batch(model, prompts, max_tokens=120, stop_ids=stops,
+                               constraints=[constrain.Constraint(s, vocab) for s in specs]):
+        for row, token in zip(rows, step):
+            if token is not None:
+                row.append(token)
+    assert rows == alone
+    jsonschema.validate(json.loads(tokenizer.decode(rows[2])), PERSON)

@@ -4,7 +4,13 @@ import sys
 
 import click
 
-from mlx_slm.commands.options import dtype_option, force_option, model_option, sampling_options
+from mlx_slm.commands.options import (
+    constraint_options,
+    dtype_option,
+    force_option,
+    model_option,
+    sampling_options,
+)
 
 
 @click.command()
@@ -13,10 +19,11 @@ from mlx_slm.commands.options import dtype_option, force_option, model_option, s
 @click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=512, show_default=True,
               help="Most tokens per answer.")
 @sampling_options
+@constraint_options
 @dtype_option
 @force_option
 def chat(model, system, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-         repetition_context, seed, dtype, force):
+         repetition_context, seed, constraint, dtype, force):
     """Chat with a model in the terminal.
 
     Every model is prompted in the Instruct chat format; base models were not tuned for it.
@@ -46,7 +53,7 @@ def chat(model, system, max_tokens, temperature, top_p, top_k, min_p, repetition
         loaded, tokenizer, system=system, max_tokens=max_tokens,
         sampler=make_sampler(temperature, top_p, top_k, min_p),
         logits_processors=make_logits_processors(repetition_penalty, repetition_context),
-        notify=note,
+        notify=note, constraint=constraint,
     )
     hint = reference_blas_hint()
     if hint:

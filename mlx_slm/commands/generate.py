@@ -5,6 +5,7 @@ import sys
 import click
 
 from mlx_slm.commands.options import (
+    constraint_options,
     dtype_option,
     force_option,
     format_options,
@@ -22,13 +23,14 @@ from mlx_slm.commands.options import (
 @sampling_options
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end-of-text token.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop at this string (repeatable).")
+@constraint_options
 @dtype_option
 @format_options
 @force_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def generate(model, prompt, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-             repetition_context, seed, ignore_eos, stop_strings, dtype, chat, system, force,
-             as_json):
+             repetition_context, seed, ignore_eos, stop_strings, constraint, dtype, chat, system,
+             force, as_json):
     """Generate text from a prompt, with speed and memory stats."""
     from mlx_slm.session import GenerationRequest, run_generation
 
@@ -38,6 +40,7 @@ def generate(model, prompt, max_tokens, temperature, top_p, top_k, min_p, repeti
         model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
         top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
         repetition_context=repetition_context, seed=seed, ignore_eos=ignore_eos,
-        stop_strings=tuple(stop_strings), dtype=dtype, chat=chat, system=system, force=force,
+        stop_strings=tuple(stop_strings), constraint=constraint, dtype=dtype, chat=chat,
+        system=system, force=force,
     )
     sys.exit(run_generation(request, as_json=as_json))
