@@ -123,7 +123,8 @@ class GrammarVocabulary:
             if not data:  # control tokens, <unk>, and a lone space that decodes to nothing
                 special.append(i)
             tokens.append(data)
-        description = _Description(self.tokenizer, tokens, special, self.encode)
+        description = _Description(self.tokenizer, tokens, special,
+                                   lambda data: self.encode(data, first=first))
         return llguidance.LLTokenizer(llguidance.TokenizerWrapper(description))
 
     def first_bytes(self, token: int) -> bytes:
@@ -132,15 +133,20 @@ class GrammarVocabulary:
         is_text = isinstance(self.tokenizer.piece_table()[token], str)
         return data[1:] if is_text and data.startswith(b" ") else data
 
-    def encode(self, data: bytes) -> list[int]:
-        """Ids whose pieces concatenate to exactly `data`: SentencePiece's split of it as text
-        within a line (after a newline, so no word mark is added), else its bytes. The engine
-        tokenizes forced text with this."""
+    def encode(self, data: bytes, first: bool = False) -> list[int]:
+        """Ids that decode to exactly `data`, as SentencePiece splits it: at the start of a
+        text (`first`), or within one (after a newline, so no word mark is added); else its
+        bytes. The engine tokenizes forced text with this."""
         as_bytes = [self.byte_ids[b] for b in data]
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return as_bytes
+        if first:
+            ids = self.tokenizer.encode(text, bos=False)
+            joined = self.first_bytes(ids[0]) if ids else b""
+            joined += b"".join(self._inner_bytes[i] for i in ids[1:])
+            return ids if joined == data else as_bytes
         ids = self.tokenizer.encode("\n" + text, bos=False)
         head = len(self._newline_ids)
         ids, start = ids[head:], ids[:head]

@@ -5,8 +5,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlx_slm.errors import SlmError
+
+if TYPE_CHECKING:  # importing it loads the grammar engine, which only constrained runs need
+    from mlx_slm.constrain import ConstraintSpec
 
 DEFAULT_PROMPT = "What is the capital of California?"
 
@@ -25,7 +29,7 @@ class GenerationRequest:
     seed: int | None = None
     ignore_eos: bool = False
     stop_strings: tuple[str, ...] = ()
-    constraint: object = None  # a checked mlx_slm.constrain.ConstraintSpec
+    constraint: "ConstraintSpec | None" = None
     dtype: str | None = None
     chat: bool | None = None
     system: str | None = None
