@@ -14,9 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	@$(MAKE) -s blas
 	@touch $@
 
-# Linux: an optimized BLAS under MLX's CPU backend (see README, "Linux: BLAS").
+# Linux: an optimized BLAS under MLX's CPU backend (see benchmarks/README.md, "Linux: an optimized BLAS").
 blas:
-	@$(BIN)/python -m mlx_slm.blas_setup
+	@$(BIN)/python -m mlx_slm.cpu.blas_setup
 
 run: install
 	$(BIN)/mlx-slm generate
@@ -32,7 +32,7 @@ clean:
 
 # The README's performance figures (benchmarks/results/bench-*.{json,md,png}).
 # `bench` runs in about 21 minutes on a 2-core, 24 GB machine (CPU backend); `bench-full` is
-# every size and precision (for Apple Silicon). Both compare with mlx-lm (see the README).
+# every size and precision (for Apple Silicon). Both compare with mlx-lm (see benchmarks/README.md).
 bench: install
 	$(BIN)/python benchmarks/bench_sweep.py --preset standard
 

@@ -24,7 +24,7 @@ RESULTS = Path(__file__).parent / "results"
 WORKER = r"""
 import json, sys, time
 import mlx_slm  # preloads the BLAS unless MLX_SLM_BLAS=off
-from mlx_slm.blas import blas_in_use
+from mlx_slm.cpu.blas import blas_in_use
 from mlx_slm.bench.mlx_lm_peer import MlxLmEngine
 from mlx_slm.bench.runner import OurEngine
 engine = OurEngine() if sys.argv[1] == "ours" else MlxLmEngine()
@@ -63,7 +63,7 @@ def main() -> None:
 
     import mlx.core as mx
 
-    from mlx_slm.synthetic import published_config, write_hub_checkpoint
+    from mlx_slm.store.synthetic import published_config, write_hub_checkpoint
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

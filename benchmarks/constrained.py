@@ -26,11 +26,11 @@ import mlx_slm  # noqa: F401  (first: it puts the optimized BLAS under MLX's CPU
 import mlx.core as mx
 # isort: on
 
-from mlx_slm import constrain
+import mlx_slm.constrain as constrain
 from mlx_slm.bench.machine import machine_info
-from mlx_slm.generate import generate_tokens
+from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load, model_dtype
-from mlx_slm.synthetic import published_config, write_hub_checkpoint
+from mlx_slm.store.synthetic import published_config, write_hub_checkpoint
 
 RESULTS = Path(__file__).parent / "results"
 TOKENIZER = Path(__file__).parent.parent / "tests" / "data" / "llama2-tokenizer.model"

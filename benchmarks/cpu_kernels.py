@@ -5,7 +5,7 @@
 - bfloat16 and float16 one-row matmuls, one stream and split over two;
 - 4-bit quantized one-row matmuls with float16 and with float32 scales;
 - graph nodes in one decode step of a 16-layer model, as written (model.py) and as
-  prepared for the CPU (backend.py).
+  prepared for the CPU (mlx_slm/cpu/layers.py).
 
     python benchmarks/cpu_kernels.py
 
@@ -27,8 +27,8 @@ import mlx_slm  # noqa: F401  (puts the optimized BLAS under MLX: before mlx.cor
 import mlx.core as mx
 import numpy as np
 
-from mlx_slm.blas import blas_in_use
-from mlx_slm.cpu_ops import cpu_streams
+from mlx_slm.cpu.blas import blas_in_use
+from mlx_slm.cpu.ops import cpu_streams
 
 RESULTS = Path(__file__).parent / "results"
 OUT, IN = 8192, 2048  # one large layer's shape: 16.8M weights
@@ -85,11 +85,11 @@ def matmul_rates() -> dict:
 def decode_step_nodes() -> dict:
     import tempfile
 
-    from mlx_slm import backend
+    import mlx_slm.cpu.layers as backend
     from mlx_slm.cache import BufferView, make_cache
-    from mlx_slm.generate import prefill
+    from mlx_slm.generation import prefill
     from mlx_slm.loader import load_model
-    from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
+    from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
 
     config = tiny_config(num_layers=16, model_dim=64, head_dim=16, query_heads=(4,) * 16,
                          kv_heads=(1,) * 16, ffn_multipliers=(1.0,) * 16)

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import mlx_slm  # noqa: F401  (before mlx.core: it puts the optimized BLAS under MLX)
+
 RESULTS = Path(__file__).parent / "results"
 
 WORKER = r"""
@@ -52,9 +54,8 @@ def main() -> None:
 
     import mlx.core as mx
 
-    from mlx_slm.blas import blas_in_use
-    from mlx_slm.stats import backend
-    from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
+    from mlx_slm.runtime import runtime_report
+    from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
 
     config = tiny_config(num_layers=16, model_dim=64, head_dim=16, query_heads=(4,) * 16,
                          kv_heads=(1,) * 16, ffn_multipliers=(1.0,) * 16)
@@ -69,8 +70,7 @@ def main() -> None:
     record = {
         "benchmark": "overhead",
         "date": datetime.date.today().isoformat(),
-        "backend": backend(),
-        "blas": blas_in_use(),
+        **runtime_report(),
         "mlx_version": mx.__version__,
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
         "shape": "16 layers, model_dim 64, 4 query / 1 kv heads of 16, FFN x1, vocab 32000",

@@ -27,11 +27,13 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 # isort: on
 
-from mlx_slm import quant, recipes
+import mlx_slm.quant as quant
+import mlx_slm.recipes as recipes
+from mlx_slm.apps.quality import chunked_logits, position_metrics, sample_text
 from mlx_slm.model import Model, ModelArgs
-from mlx_slm.quality import chunked_logits, position_metrics, sample_text
-from mlx_slm.stats import backend
-from mlx_slm.synthetic import published_config, random_weights
+from mlx_slm.runtime import active_backend
+from mlx_slm.sizes import config_weight_bytes
+from mlx_slm.store.synthetic import published_config, random_weights
 from mlx_slm.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,7 +174,7 @@ def main() -> None:
             if rule is not None:
                 high = {"group_size": gs, "bits": recipes.HIGHER_BITS[bits], "mode": "affine"}
                 plan.update({p: dict(high) for p in fq.layers if rule(p, num_blocks)})
-            bpw = 8 * quant.weight_bytes({**config, "quantization": plan}) / params
+            bpw = 8 * config_weight_bytes({**config, "quantization": plan}) / params
             row = {"plan": name, "bits": bits, "bits_per_weight": bpw,
                    **measure(fq, plan_settings(fq, plan), inputs, targets, base_logits)}
             plans.append(row)
@@ -180,7 +182,7 @@ def main() -> None:
                   f"top-1 {row['top1_agreement']:.3f}", flush=True)
     for bits in (int(b) for b in args.uniform_bits.split(",") if b):
         plan = {"group_size": gs, "bits": bits, "mode": "affine"}
-        bpw = 8 * quant.weight_bytes({**config, "quantization": plan}) / params
+        bpw = 8 * config_weight_bytes({**config, "quantization": plan}) / params
         row = {"plan": "uniform", "bits": bits, "bits_per_weight": bpw,
                **measure(fq, plan_settings(fq, plan), inputs, targets, base_logits)}
         plans.append(row)
@@ -190,7 +192,7 @@ def main() -> None:
     base_ppl = math.exp(mx.mean(position_metrics(base_logits, targets)["nll_base"]).item())
     result = {
         "size": args.size, "tokens": len(ids), "group_size": gs, "dtype": args.dtype,
-        "seed": args.seed, "base_perplexity": base_ppl, "backend": backend(),
+        "seed": args.seed, "base_perplexity": base_ppl, "backend": active_backend(),
         "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - start,
         "weights": "synthetic (seeded N(0, 0.02))", "sweep": sweep, "plans": plans,
     }

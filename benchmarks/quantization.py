@@ -27,14 +27,14 @@ import mlx_slm  # noqa: F401  (first: it puts the optimized BLAS under MLX's CPU
 import mlx.core as mx
 # isort: on
 
-from mlx_slm.blas import blas_in_use
-from mlx_slm.generate import generate_tokens
+from mlx_slm.apps.quality import sample_text
+from mlx_slm.apps.quality_report import compare
+from mlx_slm.apps.quantize_app import quantize_directory
+from mlx_slm.cpu.blas import blas_in_use
+from mlx_slm.generation import DecodeStep, generate_tokens
 from mlx_slm.loader import load_model
-from mlx_slm.quality import sample_text
-from mlx_slm.quality_report import compare
-from mlx_slm.quantize_dir import quantize_directory
-from mlx_slm.stats import backend
-from mlx_slm.synthetic import published_config, write_hub_checkpoint
+from mlx_slm.runtime import active_backend, runtime_report
+from mlx_slm.store.synthetic import published_config, write_hub_checkpoint
 from mlx_slm.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,12 +65,13 @@ def model_dirs(size: str, precisions: list[str], group_size: int, workdir: Path,
 def speed(model_dir: Path, prompt: list[int], decode_tokens: int) -> dict:
     """Prompt and decode tok/s and MLX's peak memory, in the directory's own precision."""
     model, _ = load_model(model_dir)
-    list(generate_tokens(model, prompt[:8], max_tokens=2))  # warm-up
+    step = DecodeStep(model)
+    list(generate_tokens(model, prompt[:8], max_tokens=2, step=step))  # warm-up
     mx.reset_peak_memory()
     start = time.perf_counter()
     first = last = None
     count = 0
-    for _ in generate_tokens(model, prompt, max_tokens=decode_tokens, stop_ids=()):
+    for _ in generate_tokens(model, prompt, max_tokens=decode_tokens, stop_ids=(), step=step):
         last = time.perf_counter()
         first = first or last
         count += 1
@@ -144,7 +145,7 @@ def main() -> None:
                 shutil.rmtree(path)
     date = datetime.date.today().isoformat()
     result = {
-        "date": date, "backend": backend(), "blas": blas_in_use(), "machine": platform.platform(),
+        "date": date, **runtime_report(), "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(), "mlx": mx.__version__,
         "weights": f"synthetic (seed {args.seed})", "group_size": args.group_size,
         "tokens": args.tokens, "prompt_tokens": len(prompt),
@@ -153,7 +154,7 @@ def main() -> None:
     out = Path(args.out) if args.out else ROOT / "benchmarks/results" / f"quantization_{date}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{markdown(rows)}\n\n{backend()} backend (BLAS: {blas_in_use()}), "
+    print(f"\n{markdown(rows)}\n\n{active_backend()} backend (BLAS: {blas_in_use()}), "
           f"MLX {mx.__version__}, {date}; synthetic weights. Wrote {out}")
 
 

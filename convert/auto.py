@@ -10,9 +10,9 @@ asks the Hub whether the repo changed: delete the entry to refresh it.
 import re
 from pathlib import Path
 
-from mlx_slm.home import HOME_ENV, home  # noqa: F401  (HOME_ENV: re-exported)
-from mlx_slm.manifest import manifest_problem
-from mlx_slm.staging import DestinationBusy, remove_leftovers, wait_for_writer
+from mlx_slm.store.home import HOME_ENV, home  # noqa: F401  (HOME_ENV: re-exported)
+from mlx_slm.store.manifest import manifest_problem
+from mlx_slm.store.staging import DestinationBusy, remove_leftovers, wait_for_writer
 
 from .pipeline import convert, log_to_stderr
 

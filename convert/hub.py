@@ -24,6 +24,12 @@ class HubError(SlmError):
         self.reason = reason
 
 
+def looks_like_repo_id(name: str) -> bool:
+    """'owner/name' and not a relative path such as './x/y' or '~/x'."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
 def repo_url(repo_id: str) -> str:
     from huggingface_hub import constants
 

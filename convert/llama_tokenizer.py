@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_slm.errors import SlmError
-from mlx_slm.manifest import file_sha256
-from mlx_slm.session import looks_like_repo_id
+from mlx_slm.store.manifest import file_sha256
 from mlx_slm.tokenizer import TOKENIZER_FILE
 
-from .hub import HubError, fetch_file
+from .hub import HubError, fetch_file, looks_like_repo_id
 
 LLAMA2_SHA256 = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
 LLAMA2_PIECES = 32000

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from mlx_slm.chat_format import METADATA_KEY
 from mlx_slm.errors import SlmError
-from mlx_slm.manifest import write_manifest
-from mlx_slm.staging import check_destination, check_disk_space, staged_directory
+from mlx_slm.sizes import default_dtype
+from mlx_slm.store.manifest import write_manifest
+from mlx_slm.store.staging import check_destination, check_disk_space, staged_directory
 from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import CONFIG_FILE, DEFAULT_SHARD_BYTES, write_json
 
@@ -25,8 +26,6 @@ from .llama_tokenizer import TokenizerFile
 from .source import Source, open_source
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-# Apple: 3B overflows in float16, use bfloat16. Decided by size, not by name.
-BFLOAT16_ABOVE_PARAMS = 2_000_000_000
 # Not carried over from the source config: auto_map names remote-code files we do not ship
 # (transformers would ask whether to run them); the rest we write afresh.
 DROPPED_KEYS = ("auto_map", "quantization", "quantization_config", METADATA_KEY)
@@ -53,13 +52,6 @@ class Conversion:
 def log_to_stderr(message: str) -> None:
     """Progress lines go to stderr: stdout may carry generated text."""
     print(message, file=sys.stderr)
-
-
-def default_dtype(config: dict) -> str:
-    """float16, except bfloat16 for models past 2B parameters (3B overflows in float16)."""
-    from mlx_slm.inspect import parameter_count
-
-    return "bfloat16" if parameter_count(config) > BFLOAT16_ABOVE_PARAMS else "float16"
 
 
 def tokenizer_config(config: dict) -> dict:
@@ -117,21 +109,14 @@ def convert_model(src: Source, dtype: str, quantize: bool, q_bits: int, q_group_
 
     Lazy: nothing is computed until the weights are written.
     """
-    from mlx_slm import quant
-    from mlx_slm.loader import DTYPES, build_model, cast_floats, check_weights, sanitize
+    import mlx_slm.quant as quant
+    from mlx_slm.loader import model_from_weights
     from mlx_slm.weights import load_weights
 
-    if dtype not in DTYPES:
-        raise SlmError(f"Unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
     quantization = src.config.get("quantization")
     if quantize and quantization:
         raise SlmError(f"{src.name} is already quantized; convert its unquantized source instead.")
-    model = build_model(src.config)
-    weights = sanitize(load_weights(src.path))
-    check_weights(model, weights, src.path)
-    model.load_weights(list(weights.items()), strict=True)
-    del weights  # the model holds them now; let the cast free each source tensor
-    cast_floats(model, DTYPES[dtype])
+    model = model_from_weights(src.config, load_weights(src.path), src.path, dtype)
     if quantize:
         try:
             quantization = quant.quantize(
@@ -144,7 +129,7 @@ def convert_model(src: Source, dtype: str, quantize: bool, q_bits: int, q_group_
 
 def output_config(src: Source, result: Conversion) -> dict:
     """The source's config.json with our metadata, the dtype and any quantization."""
-    from mlx_slm import __version__
+    from mlx_slm.version import __version__
 
     config = {k: v for k, v in src.config.items() if k not in DROPPED_KEYS}
     config["torch_dtype"] = result.dtype

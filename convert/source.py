@@ -12,11 +12,10 @@ from pathlib import Path
 from mlx_slm.chat_format import METADATA_KEY
 from mlx_slm.errors import SlmError
 from mlx_slm.model import ModelArgs
-from mlx_slm.session import looks_like_repo_id
 from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import read_config
 
-from .hub import LIGHT_FILES, MODEL_FILES, fetch_snapshot
+from .hub import LIGHT_FILES, MODEL_FILES, fetch_snapshot, looks_like_repo_id
 from .llama_tokenizer import LLAMA2_PIECES, TokenizerFile, resolve_tokenizer
 
 # huggingface_hub's cache folder for a model repo: models--{owner}--{name}

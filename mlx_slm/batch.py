@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import mlx.core as mx
 
 from mlx_slm.cache import make_cache
-from mlx_slm.generate import PREFILL_STEP
+from mlx_slm.generation import PREFILL_STEP
 from mlx_slm.sample import LogitsProcessor, Sampler, greedy
 
 
@@ -55,7 +55,7 @@ def generate_batch(
 
     A row stops at a stop id (not yielded); generation ends when every row has stopped or
     after `max_tokens` steps. Logits processors see each row's own history. Decoding is
-    pipelined as in `generate.generate_tokens`. `constraints` (one
+    pipelined as in `generation.generate_tokens`. `constraints` (one
     mlx_slm.constrain.Constraint per row) mask each row's logits; a row whose output is
     complete stops.
     """

@@ -27,6 +27,18 @@ class Turn:
     ids: list[int] | None = None
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """Whether to use the Instruct format (None: as the model's metadata says) and with
+    which system message."""
+
+    chat: bool | None = None
+    system: str | None = None
+
+    def uses_chat(self, config: dict) -> bool:
+        return is_instruct(config) if self.chat is None else self.chat
+
+
 def is_instruct(config: dict) -> bool:
     """Whether a converted model is an Instruct model, from the converter's metadata."""
     meta = config.get(METADATA_KEY) or {}

@@ -1,17 +1,25 @@
 """load(dir) -> (model, tokenizer): strict, validated, lazy until the one eval at the end."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map
 
-from mlx_slm import backend, quant
+import mlx_slm.cpu.layers as backend
+import mlx_slm.quant as quant
 from mlx_slm.errors import SlmError
 from mlx_slm.model import Model, ModelArgs
 from mlx_slm.tokenizer import TOKENIZER_FILE, Tokenizer
-from mlx_slm.weights import load_weights, read_config
+from mlx_slm.weights import FLOAT_DTYPES, load_weights, read_config
 
-DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load: a compute dtype override, and whether to skip the memory check."""
+
+    dtype: str | None = None
+    force: bool = False
 
 
 def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
@@ -59,6 +67,21 @@ def cast_floats(model: Model, dtype: mx.Dtype) -> None:
     ))
 
 
+def model_from_weights(config: dict, weights: dict[str, mx.array], where,
+                       dtype: str | None = None) -> Model:
+    """The one way a model is built from weights: build, sanitize names, check every tensor,
+    load strictly, cast floats to `dtype`. Lazy: nothing is computed here."""
+    model = build_model(config)
+    weights = sanitize(weights)
+    check_weights(model, weights, where)
+    model.load_weights(list(weights.items()), strict=True)
+    if dtype is not None:
+        if dtype not in FLOAT_DTYPES:
+            raise SlmError(f"Unknown dtype {dtype!r}: choose one of {', '.join(FLOAT_DTYPES)}.")
+        cast_floats(model, FLOAT_DTYPES[dtype])
+    return model
+
+
 def load_model(model_dir: Path, dtype: str | None = None,
                prepare: bool = True) -> tuple[Model, dict]:
     """The model of an MLX (or Hub-layout) directory and its config dict.
@@ -69,15 +92,7 @@ def load_model(model_dir: Path, dtype: str | None = None,
     if not model_dir.is_dir():
         raise SlmError(f"Model directory {model_dir} does not exist.")
     config = read_config(model_dir)
-    model = build_model(config)
-    weights = sanitize(load_weights(model_dir))
-    check_weights(model, weights, model_dir)
-    model.load_weights(list(weights.items()), strict=True)
-    del weights  # so each source tensor can be freed as soon as its cast copy exists
-    if dtype is not None:
-        if dtype not in DTYPES:
-            raise SlmError(f"Unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
-        cast_floats(model, DTYPES[dtype])
+    model = model_from_weights(config, load_weights(model_dir), model_dir, dtype)
     mx.eval(model.parameters())
     if prepare:
         backend.prepare(model)
@@ -103,4 +118,4 @@ def load(model_dir: Path, dtype: str | None = None) -> tuple[Model, Tokenizer]:
 def model_dtype(model: Model) -> str:
     """The dtype of the model's floating-point parameters, by name."""
     norm = model.transformer.norm.weight.dtype
-    return next((name for name, d in DTYPES.items() if d == norm), str(norm))
+    return next((name for name, d in FLOAT_DTYPES.items() if d == norm), str(norm))

@@ -5,48 +5,20 @@ import sys
 from pathlib import Path
 
 from mlx_slm.errors import SlmError
+from mlx_slm.memory import proc_kib
+from mlx_slm.sizes import human_bytes, kv_cache_bytes, weight_bytes
 
-GB = 1e9
 OVERHEAD = 1.10  # activations, allocator slack and the runtime itself
-DTYPE_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def available_bytes() -> int | None:
     """Memory available to a new allocation: MemAvailable on Linux, physical RAM on macOS."""
     if sys.platform.startswith("linux"):
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
+        return proc_kib("/proc/meminfo", "MemAvailable")
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def weight_bytes(model_dir: Path, dtype: str | None = None) -> int:
-    """Bytes of the weights once loaded (floating tensors recast to `dtype` if given)."""
-    from mlx_slm.weights import DTYPE_BYTES, read_headers
-
-    total = 0
-    for entry in read_headers(model_dir).values():
-        count = 1
-        for d in entry["shape"]:
-            count *= d
-        size = DTYPE_BYTES[entry["dtype"]]
-        if dtype and entry["dtype"] in ("F32", "F16", "BF16"):
-            size = DTYPE_SIZES[dtype]
-        total += count * size
-    return total
-
-
-def kv_cache_bytes(config: dict, tokens: int, dtype_size: int = 2) -> int:
-    """Keys and values of every layer for `tokens` positions, batch 1."""
-    heads = config.get("num_kv_heads") or []
-    return 2 * sum(heads) * config.get("head_dim", 0) * tokens * dtype_size
 
 
 def estimate_bytes(model_dir: Path, config: dict, dtype: str | None = None,
@@ -72,6 +44,3 @@ def check_fits(model_dir: Path, config: dict, dtype: str | None = None, force: b
             "(mlx-slm quantize), or pass --force to try anyway."
         )
 
-
-def human_bytes(n: float) -> str:
-    return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"

@@ -136,23 +136,9 @@ def quantize(model: nn.Module, bits: int = 4, group_size: int = 64,
     and biases take the dtype of the weights they replace (bfloat16 stays bfloat16).
 
     Works on the model as written (loaded with `prepare=False`): what it returns is the
-    format to save. To run the result fast on this backend, call `backend.prepare` after.
+    format to save. To run the result fast on this backend, call `mlx_slm.cpu.layers.prepare` after.
     """
     quantization = plan(model, bits, group_size, recipe)
     _swap(model, quantization)
     return quantization
 
-
-def weight_bytes(config: dict, float_bytes: int = 2) -> int:
-    """Bytes of a config's weights once loaded (quantized where it says), without allocating.
-
-    Floating tensors are counted at `float_bytes` each (2 for float16/bfloat16).
-    """
-    import mlx.core as mx
-
-    from mlx_slm.loader import build_model
-
-    # MLX is lazy: building the model and its quantized layers computes nothing.
-    params = tree_flatten(build_model(config).parameters())
-    return sum(a.size * float_bytes if mx.issubdtype(a.dtype, mx.floating) else a.nbytes
-               for _, a in params)

@@ -3,10 +3,10 @@
 A recipe is a rule over OpenELM's module paths (`transformer.token_embeddings`, which is also
 the output projection when tied, `lm_head` when not, and `transformer.layers.{i}.attn.qkv_proj`,
 `.attn.out_proj`, `.ffn.proj_1`, `.ffn.proj_2`). Layers it picks get HIGHER_BITS[bits], the
-rest `bits`. The rules were chosen by measurement (benchmarks/quant_sensitivity.py; README):
-on seeded synthetic weights the first blocks are by far the most sensitive per weight (their
-error passes through every later block), then the attention projections and the embedding;
-the last block is not.
+rest `bits`. The rules were chosen by measurement (benchmarks/quant_sensitivity.py,
+docs/quantization.md): on seeded synthetic weights the first blocks are by far the most
+sensitive per weight (their error passes through every later block), then the attention
+projections and the embedding; the last block is not.
 """
 
 from collections.abc import Callable

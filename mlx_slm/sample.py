@@ -1,6 +1,7 @@
 """Samplers (log-probs -> token ids) and logits processors, built once by factories."""
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import mlx.core as mx
 
@@ -108,3 +109,31 @@ def make_logits_processors(repetition_penalty: float | None = None,
     if repetition_penalty is None or repetition_penalty == 1.0:
         return []
     return [make_repetition_penalty(repetition_penalty, repetition_context)]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The sampling settings a user chose, built once (by the CLI decorator or a caller)
+    and turned into a sampler and logits processors where generation starts."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.2
+    repetition_context: int = 64
+    seed: int | None = None
+
+    def sampler(self) -> Sampler:
+        return make_sampler(self.temperature, self.top_p, self.top_k, self.min_p)
+
+    def logits_processors(self) -> list[LogitsProcessor]:
+        return make_logits_processors(self.repetition_penalty, self.repetition_context)
+
+    def seed_random(self) -> None:
+        """Seed MLX's generator if a seed was given (before each model's generation)."""
+        if self.seed is not None:
+            mx.random.seed(self.seed)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,5 +1,6 @@
 """The Llama-2 SentencePiece tokenizer that OpenELM uses, and a streaming detokenizer."""
 
+import codecs
 from pathlib import Path
 
 from mlx_slm.errors import SlmError
@@ -63,19 +64,28 @@ class Tokenizer:
         return StreamingDetokenizer(self.piece_table(), self.sp.unk_id())
 
 
+def _one_per_byte(err: UnicodeDecodeError) -> tuple[str, int]:
+    """SentencePiece's rule: every invalid byte becomes one U+FFFD."""
+    return REPLACEMENT * (err.end - err.start), err.end
+
+
+codecs.register_error("mlx_slm.one_per_byte", _one_per_byte)
+
+
 class StreamingDetokenizer:
     """Turns token ids into text as they arrive.
 
     The concatenation of everything `add` and `finish` return equals
-    `sp.decode(all_ids)`: byte-fallback pieces are buffered until they form complete UTF-8
-    characters (invalid bytes become one U+FFFD each, as SentencePiece does), and the
-    leading space of the first piece is dropped as SentencePiece drops it.
+    `sp.decode(all_ids)`: byte-fallback pieces go through an incremental UTF-8 decoder, so
+    a character split across pieces comes out whole (invalid bytes become one U+FFFD
+    each, as SentencePiece does), and the leading space of the first piece is dropped as
+    SentencePiece drops it.
     """
 
     def __init__(self, pieces: list, unk_id: int):
         self.pieces = pieces
         self.unk_id = unk_id
-        self.pending = bytearray()
+        self.bytes = codecs.getincrementaldecoder("utf-8")("mlx_slm.one_per_byte")
         self.started = False
         self.text = ""
 
@@ -84,8 +94,7 @@ class StreamingDetokenizer:
         if piece is None:  # control token: emits nothing but ends a byte run
             return self._emit(self._flush_bytes())
         if isinstance(piece, int):
-            self.pending.append(piece)
-            return self._emit(self._decode_bytes(final=False))
+            return self._emit(self.bytes.decode(bytes([piece])))
         out = self._flush_bytes()
         if not self.started and token != self.unk_id and piece.startswith(" "):
             piece = piece[1:]
@@ -96,49 +105,13 @@ class StreamingDetokenizer:
         return self._emit(self._flush_bytes())
 
     def _emit(self, text: str) -> str:
+        if text:
+            self.started = True
         self.text += text
         return text
 
     def _flush_bytes(self) -> str:
-        return self._decode_bytes(final=True)
-
-    def _decode_bytes(self, final: bool) -> str:
-        """Decode complete characters from the pending bytes; keep a possible partial one."""
-        out, data, i = [], bytes(self.pending), 0
-        while i < len(data):
-            width = _utf8_width(data[i])
-            chunk = data[i : i + width]
-            if width and len(chunk) < width and not final and _valid_prefix(chunk):
-                break  # wait for the rest of this character
-            try:
-                out.append(chunk.decode("utf-8") if width else REPLACEMENT)
-                i += width or 1
-            except UnicodeDecodeError:
-                out.append(REPLACEMENT)
-                i += 1
-        del self.pending[:i]
+        out = self.bytes.decode(b"", final=True)
         if out:
             self.started = True
-        return "".join(out)
-
-
-def _utf8_width(lead: int) -> int:
-    """Length of the UTF-8 sequence a lead byte starts, or 0 if it cannot start one."""
-    if lead < 0x80:
-        return 1
-    if 0xC2 <= lead <= 0xDF:
-        return 2
-    if 0xE0 <= lead <= 0xEF:
-        return 3
-    if 0xF0 <= lead <= 0xF4:
-        return 4
-    return 0
-
-
-def _valid_prefix(chunk: bytes) -> bool:
-    """Whether `chunk` can still grow into a valid UTF-8 character."""
-    try:
-        chunk.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return err.reason == "unexpected end of data"
-    return True
+        return out

@@ -23,6 +23,9 @@ DTYPE_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
     "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
 }
+FLOAT_DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+# safetensors' dtype codes for the float dtypes above.
+HEADER_FLOAT_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def read_json(path: Path, what: str) -> dict:

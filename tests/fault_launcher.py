@@ -66,7 +66,7 @@ def install(point: Points, no_exchange: bool) -> None:
     """Wrap the functions that mark each point (see the module docstring)."""
     import mlx.core as mx
 
-    from mlx_slm import staging
+    import mlx_slm.store.staging as staging
     from mlx_slm.convert import auto, pipeline, source
 
     real_staged_directory = pipeline.staged_directory

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from mlx_slm.sample import greedy
-from mlx_slm.synthetic import random_weights, tiny_config
+from mlx_slm.store.synthetic import random_weights, tiny_config
 from mlx_slm.weights import save_weights, write_json
 from tests.conftest import LLAMA2_TOKENIZER
 
@@ -43,3 +43,9 @@ def scripted_sampler(script: dict[int, int | BaseException]):
 
     sample.calls = calls
     return sample
+
+
+def instruct_and_base(root: Path) -> tuple[Path, Path]:
+    """A tiny Instruct model and a tiny base model (another seed) under `root`."""
+    return (make_model_dir(root / "tiny-Instruct", instruct=True),
+            make_model_dir(root / "tiny-base", seed=4))

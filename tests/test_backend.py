@@ -4,11 +4,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_slm import backend, quant
-from mlx_slm.backend import CpuAttention
+import mlx_slm.cpu.layers as backend
+import mlx_slm.quant as quant
 from mlx_slm.cache import make_cache
-from mlx_slm.cpu_ops import grouped_attention, rope_tables
-from mlx_slm.generate import generate_tokens
+from mlx_slm.cpu.layers import CpuAttention
+from mlx_slm.cpu.ops import grouped_attention, rope_tables
+from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load_model
 from tests.reference import rope as reference_rope
 

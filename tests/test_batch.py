@@ -4,7 +4,7 @@ import mlx.core as mx
 import pytest
 
 from mlx_slm.batch import attention_mask, generate_batch, left_pad
-from mlx_slm.generate import generate_tokens
+from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load_model
 from mlx_slm.sample import make_logits_processors
 from tests.instruct_fixtures import make_model_dir

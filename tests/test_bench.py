@@ -19,10 +19,11 @@ from mlx_slm.bench.timing import (
     spread,
     time_run,
 )
-from mlx_slm.generate import generate_tokens
+from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load_model
-from mlx_slm.memory_guard import kv_cache_bytes
-from mlx_slm.synthetic import published_config, random_weights, tiny_config
+from mlx_slm.runtime import active_backend
+from mlx_slm.sizes import kv_cache_bytes
+from mlx_slm.store.synthetic import published_config, random_weights, tiny_config
 
 MACHINE = {"backend": "cpu", "blas": "openblas (x)", "mlx_version": "0.0", "mlx_slm_version": "0",
            "platform": "test", "cpu": "test cpu", "cores": 2, "ram_bytes": 8 * 10**9,
@@ -184,7 +185,8 @@ def test_apple_table_used_on_macos(monkeypatch):
 
 
 def test_measured_bandwidth_is_positive():
-    assert bandwidth.measure_bandwidth(buffer_bytes=4 * 2**20, repeats=2) > 0
+    # GB/s: a real memory system, however busy, is between these; bytes/s or MB/s is not.
+    assert 0.01 < bandwidth.measure_bandwidth(buffer_bytes=4 * 2**20, repeats=2) < 5000
 
 
 def test_cells_that_do_not_fit_are_skipped_with_the_figures():
@@ -283,7 +285,7 @@ def test_row_arithmetic_on_a_fake_clock(model_dir):
     assert row["peak_memory_bytes"] >= parameter_bytes(model)
     assert row["peak_rss_bytes"] > 0 and row["peak_rss_scope"] in ("cell", "process")
     assert (row["model"], row["precision"], row["source"]) == ("tiny", "float32", str(model_dir))
-    assert row["backend"] == "cpu" and row["mlx_lm_gen_tps"] is None
+    assert row["backend"] == active_backend() and row["mlx_lm_gen_tps"] is None
 
 
 def test_skipped_rows_keep_the_schema_and_outputs_are_stable():
@@ -335,7 +337,7 @@ def test_mixed_recipes_are_found_and_passed_to_quantize(monkeypatch):
     import sys
     import types
 
-    from mlx_slm import quant
+    import mlx_slm.quant as quant
     from mlx_slm.bench import precisions
 
     monkeypatch.setitem(sys.modules, "mlx_slm.recipes",

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_slm.cli import main
-from mlx_slm.synthetic import tiny_config
+from mlx_slm.runtime import active_backend
+from mlx_slm.store.synthetic import tiny_config
 from mlx_slm.weights import write_json
 
 # Widths divisible by the quantization group (64), so the quantized precisions apply.
@@ -34,7 +35,8 @@ def test_synthetic_config_sweep_writes_table_json_csv_and_plot(tmp_path, tiny_js
                   "--json", str(out / "b.json"), "--csv", str(out / "b.csv"),
                   "--plot", str(out / "b.png")])
     assert result.exit_code == 0, result.output
-    assert "cpu backend" in result.output and "| tiny  | float32   | 8" in result.output
+    assert f"{active_backend()} backend" in result.output
+    assert "| tiny  | float32   | 8" in result.output
     rows = json.loads((out / "b.json").read_text())["rows"]
     assert [(r["model"], r["precision"], r["status"]) for r in rows] == [
         ("tiny", "float32", "ok"), ("tiny", "4bit", "ok")]

@@ -10,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux-only path")
 
 MATMUL = (
-    "import mlx_slm, mlx.core as mx; from mlx_slm.blas import blas_in_use; "
+    "import mlx_slm, mlx.core as mx; from mlx_slm.cpu.blas import blas_in_use; "
     "a = mx.arange(64 * 48, dtype=mx.float32).reshape(64, 48) / 100; "
     "b = mx.cos(mx.arange(48 * 32, dtype=mx.float32).reshape(48, 32)); "
     "import numpy as np; np.save('{out}', np.array(a @ b)); print(blas_in_use())"

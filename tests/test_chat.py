@@ -3,11 +3,11 @@
 import pytest
 from click.testing import CliRunner
 
+from mlx_slm.apps.chat import ChatSession, repl
 from mlx_slm.cache import cache_offset
-from mlx_slm.chat import ChatSession, repl
 from mlx_slm.cli import main
 from mlx_slm.errors import SlmError
-from mlx_slm.generate import generate_tokens
+from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load
 from mlx_slm.sample import make_logits_processors
 from tests.instruct_fixtures import make_model_dir, scripted_sampler

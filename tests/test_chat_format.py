@@ -93,5 +93,9 @@ def test_instruct_models_are_known_from_the_converter_metadata(meta, expected):
     assert is_instruct(config) is expected
 
 
-def test_turn_headers_are_the_stop_strings():
-    assert TURN_HEADERS == ("<|system|>", "<|user|>", "<|assistant|>")
+def test_the_stop_strings_are_the_headers_the_format_writes():
+    turns = [Turn("user", "Hi"), Turn("assistant", "Hello"), Turn("user", "Bye")]
+    text = SP.decode(conversation_ids(TOKENIZER, turns, "Be brief.", True))
+    found = [text.find(h) for h in TURN_HEADERS]
+    assert all(i >= 0 for i in found)  # a model that writes the next header is stopped there
+    assert found == sorted(found)  # system, user, assistant, in the order they are written

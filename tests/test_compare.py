@@ -5,18 +5,17 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from mlx_slm.apps.table import render_table
 from mlx_slm.cli import main
-from mlx_slm.table import render_table
-from tests.instruct_fixtures import make_model_dir
+from mlx_slm.runtime import active_backend
+from tests.instruct_fixtures import instruct_and_base
 
 PROMPT = "What is the capital of California?"
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compare")
-    return (make_model_dir(root / "tiny-Instruct", instruct=True),
-            make_model_dir(root / "tiny-base", seed=4))
+    return instruct_and_base(tmp_path_factory.mktemp("compare"))
 
 
 def run(*args):
@@ -34,7 +33,7 @@ def test_each_model_answers_in_the_form_that_suits_it(models):
     result = run("compare", "-m", instruct, "-m", base, "-n", 8, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["prompt"] == PROMPT and report["backend"] == "cpu"
+    assert report["prompt"] == PROMPT and report["backend"] == active_backend()
     chat_row, completion_row = report["results"]
     assert (chat_row["format"], completion_row["format"]) == ("chat", "completion")
     # The same answers `generate` gives, which picks the format the same way.

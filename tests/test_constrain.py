@@ -9,9 +9,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_slm import constrain
+import mlx_slm.constrain as constrain
 from mlx_slm.errors import SlmError
-from mlx_slm.generate import generate_tokens, stream_text
+from mlx_slm.generation import generate_tokens, stream_text
 from mlx_slm.loader import load
 from mlx_slm.sample import make_sampler
 

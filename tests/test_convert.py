@@ -12,10 +12,11 @@ from click.testing import CliRunner
 
 from mlx_slm.chat_format import METADATA_KEY
 from mlx_slm.cli import main
-from mlx_slm.convert.pipeline import convert, default_dtype
+from mlx_slm.convert.pipeline import convert
 from mlx_slm.loader import load, load_model
-from mlx_slm.manifest import MANIFEST_FILE, manifest_problem
-from mlx_slm.synthetic import published_config, tiny_config, write_hub_checkpoint
+from mlx_slm.sizes import default_dtype
+from mlx_slm.store.manifest import MANIFEST_FILE, manifest_problem
+from mlx_slm.store.synthetic import published_config, tiny_config, write_hub_checkpoint
 from mlx_slm.weights import INDEX_FILE, read_config
 from tests.conftest import LLAMA2_TOKENIZER
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 import mlx_slm.convert.auto as auto
 from mlx_slm.chat_format import METADATA_KEY
 from mlx_slm.cli import main
-from mlx_slm.manifest import MANIFEST_FILE, manifest_problem
+from mlx_slm.store.manifest import MANIFEST_FILE, manifest_problem
 from mlx_slm.weights import read_config
 from tests.test_convert_hub import (
     COMMIT,
@@ -154,7 +154,7 @@ def test_generate_with_an_mlx_community_repo(tmp_path, hub, hub_checkpoint):
 def test_unchanged_files_are_not_rehashed_but_a_deep_check_rehashes(tmp_path, hub, monkeypatch):
     import os
 
-    from mlx_slm import manifest
+    import mlx_slm.store.manifest as manifest
 
     entry = auto.converted_model_dir(REPO, log=lambda _: None)
     hashed = []

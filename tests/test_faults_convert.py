@@ -20,7 +20,7 @@ from mlx_slm.cli import main
 from mlx_slm.convert import auto
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import load
-from mlx_slm.manifest import manifest_problem
+from mlx_slm.store.manifest import manifest_problem
 from mlx_slm.weights import read_config, read_headers
 from tests.conftest import LLAMA2_TOKENIZER
 from tests.test_convert import error_of, leftovers

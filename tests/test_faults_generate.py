@@ -10,11 +10,12 @@ import mlx.core as mx
 import pytest
 from click.testing import CliRunner
 
-from mlx_slm import memory_guard
+import mlx_slm.memory_guard as memory_guard
 from mlx_slm.cache import make_cache
 from mlx_slm.cli import main
-from mlx_slm.generate import generate_tokens
+from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load_model
+from mlx_slm.sizes import human_bytes
 
 
 def generate_cmd(model_dir, *args):
@@ -29,8 +30,8 @@ def test_memory_guard_refuses_with_figures_unless_forced(model_dir, monkeypatch)
     assert result.exit_code == 1
     message = result.stderr.strip()
     assert message.startswith("Error: This model needs about ")
-    assert memory_guard.human_bytes(needed) in message
-    assert memory_guard.human_bytes(needed // 2) in message
+    assert human_bytes(needed) in message
+    assert human_bytes(needed // 2) in message
     assert "quantized model" in message and "--force" in message
     forced = CliRunner().invoke(main, ["generate", "-m", str(model_dir), "-n", "2", "--force"])
     assert forced.exit_code == 0
@@ -74,7 +75,7 @@ def test_closed_stdout_ends_quietly(model_dir):
 @pytest.fixture(scope="module")
 def one_layer_checkpoint(tmp_path_factory):
     """The smallest model with a 2048-token context: the long runs below stay quick."""
-    from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
+    from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
 
     config = tiny_config(num_layers=1, model_dim=32, head_dim=16, query_heads=(2,),
                          kv_heads=(1,), ffn_multipliers=(1.0,), vocab_size=1000)
@@ -111,13 +112,14 @@ def test_interrupt_before_generation_exits_130_quietly(model_dir, monkeypatch):
     assert result.stderr.strip() == "Interrupted."
 
 
+@pytest.mark.slow
 def test_hundred_turn_chat_keeps_memory_flat(model_dir, tmp_path):
     """A long scripted chat trims its history at the context; memory stays at the cache's
     ceiling instead of growing turn by turn. (A 512-token context makes trimming, which
     re-reads the kept turns, start early and cost little.)"""
     import shutil
 
-    from mlx_slm.chat import ChatSession
+    from mlx_slm.apps.chat import ChatSession
     from mlx_slm.loader import load
     from mlx_slm.weights import write_json
 

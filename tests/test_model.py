@@ -6,10 +6,15 @@ import pytest
 
 from mlx_slm.cache import make_cache
 from mlx_slm.errors import SlmError
-from mlx_slm.generate import generate_tokens
+from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load_model
 from mlx_slm.model import ModelArgs, make_divisible
-from mlx_slm.synthetic import published_config, random_weights, tiny_config, write_hub_checkpoint
+from mlx_slm.store.synthetic import (
+    published_config,
+    random_weights,
+    tiny_config,
+    write_hub_checkpoint,
+)
 from mlx_slm.weights import load_weights
 from tests.reference import forward
 
@@ -142,14 +147,14 @@ def test_random_weights_are_seeded():
 
 
 def test_compiled_decode_step_equals_plain_decoding_across_cache_growth(hub_checkpoint):
-    from mlx_slm.generate import decode_step, prefill
+    from mlx_slm.generation import DecodeStep, prefill
 
     model, _ = load_model(hub_checkpoint)
     plain, compiled = make_cache(model), make_cache(model)
     prompt = mx.array(IDS)
     prefill(model, prompt, plain)
     prefill(model, prompt, compiled)
-    step = decode_step(model)
+    step = DecodeStep(model)
     tokens = [(37 * i) % 32000 for i in range(260)]  # crosses the 256-position capacity
     for t in tokens:
         want = model(mx.array([[t]]), plain)[:, -1, :]
@@ -159,14 +164,15 @@ def test_compiled_decode_step_equals_plain_decoding_across_cache_growth(hub_chec
     assert compiled[0].capacity == 512
 
 
-def test_decode_step_is_rebuilt_when_weights_change(hub_checkpoint):
-    from mlx_slm import quant
-    from mlx_slm.generate import decode_step
+def test_no_stale_compiled_step_after_the_weights_change(hub_checkpoint):
+    """Nothing compiled is kept on the model: generation after recasting runs the new
+    weights (the caller owns any DecodeStep it wants to reuse)."""
+    import mlx_slm.quant as quant
 
-    model, _ = load_model(hub_checkpoint)
-    first = decode_step(model)
-    assert decode_step(model) is first
-    quant.quantize(model, bits=8, group_size=32)
-    assert decode_step(model) is not first
+    model, _ = load_model(hub_checkpoint, prepare=False)
+    keys = set(vars(model))
+    float32 = list(generate_tokens(model, IDS, max_tokens=5))
+    quant.quantize(model, bits=2, group_size=32)
     uncompiled = list(generate_tokens(model, IDS, max_tokens=5, compiled=False))
-    assert list(generate_tokens(model, IDS, max_tokens=5)) == uncompiled
+    assert list(generate_tokens(model, IDS, max_tokens=5)) == uncompiled != float32
+    assert set(vars(model)) == keys  # generating left no attribute behind

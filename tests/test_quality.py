@@ -8,12 +8,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_slm.apps.quality import position_metrics, read_text, sample_text, score, windows
+from mlx_slm.apps.quality_report import compare, measure_perplexity
+from mlx_slm.apps.quantize_app import quantize_directory
 from mlx_slm.cache import make_cache
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import load_model
-from mlx_slm.quality import position_metrics, read_text, sample_text, score, windows
-from mlx_slm.quality_report import compare, footprint, measure_perplexity
-from mlx_slm.quantize_dir import quantize_directory
+from mlx_slm.sizes import footprint
 from mlx_slm.tokenizer import Tokenizer
 from mlx_slm.weights import load_weights, read_config
 from tests.conftest import LLAMA2_TOKENIZER

@@ -10,14 +10,19 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from mlx_slm import quant
+import mlx_slm.quant as quant
+from mlx_slm.apps.quantize_app import quantize_directory
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import build_model, load_model
-from mlx_slm.memory_guard import weight_bytes as header_bytes
 from mlx_slm.model import Model, ModelArgs
-from mlx_slm.quantize_dir import quantize_directory
 from mlx_slm.recipes import HIGHER_BITS
-from mlx_slm.synthetic import published_config, tensor_shapes, tiny_config, write_hub_checkpoint
+from mlx_slm.sizes import config_weight_bytes, tensor_shapes
+from mlx_slm.sizes import weight_bytes as header_bytes
+from mlx_slm.store.synthetic import (
+    published_config,
+    tiny_config,
+    write_hub_checkpoint,
+)
 from tests.conftest import LLAMA2_TOKENIZER
 
 IDS = [1, 450, 73, 310, 846, 338, 299, 13, 999, 42, 7, 450]
@@ -123,7 +128,7 @@ def test_early_recipe_at_the_270M_shape():
     assert raised_paths(entry) == sorted(f"transformer.layers.{i}.{n}" for i in range(4)
                                          for n in BLOCK_LAYERS)
     params = sum(math.prod(s) for s in tensor_shapes(config).values())
-    bits_per_weight = 8 * quant.weight_bytes({**config, "quantization": entry}) / params
+    bits_per_weight = 8 * config_weight_bytes({**config, "quantization": entry}) / params
     assert 4.6 < bits_per_weight < 4.8
 
 
@@ -205,16 +210,16 @@ def test_weight_bytes_from_config_match_the_written_files(tmp_path, base_dir):
         out = tmp_path / f"q{bits}"
         result = quantize_directory(base_dir, out, bits, group_size, recipe)
         config = {**quantizable_config(vocab_size=1000), "quantization": result.quantization}
-        assert quant.weight_bytes(config) == header_bytes(out)
-    assert quant.weight_bytes(quantizable_config(vocab_size=1000)) == header_bytes(base_dir)
+        assert config_weight_bytes(config) == header_bytes(out)
+    assert config_weight_bytes(quantizable_config(vocab_size=1000)) == header_bytes(base_dir)
 
 
 @pytest.mark.parametrize("size", ["270M", "1.1B", "3B"])
 def test_weight_memory_targets_at_real_shapes(size):
     # Bytes follow from the published shapes (MLX is lazy: nothing is allocated).
     config = published_config(size)
-    float16 = quant.weight_bytes(config)
-    ratio = {bits: quant.weight_bytes({**config, "quantization": {
+    float16 = config_weight_bytes(config)
+    ratio = {bits: config_weight_bytes({**config, "quantization": {
         "group_size": 64, "bits": bits}}) / float16 for bits in (4, 8)}
     assert ratio[4] <= 0.30 and ratio[8] <= 0.55
     assert ratio[4] == pytest.approx(4.5 / 16, abs=0.002)  # 4 bits + two 16-bit values per 64

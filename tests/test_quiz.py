@@ -5,9 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mlx_slm.cli import main
-from mlx_slm.errors import SlmError
-from mlx_slm.quiz import (
+from mlx_slm.apps.quiz import (
     Question,
     builtin_questions,
     completion_prompt,
@@ -16,7 +14,9 @@ from mlx_slm.quiz import (
     load_questions,
     parse_questions,
 )
-from tests.instruct_fixtures import make_model_dir
+from mlx_slm.cli import main
+from mlx_slm.errors import SlmError
+from tests.instruct_fixtures import instruct_and_base
 
 CALIFORNIA = Question("What is the capital of California?", ["Sacramento"],
                       ["Los Angeles", "San Francisco", "San Diego"])
@@ -112,9 +112,7 @@ def test_question_files_parse_and_missing_ones_are_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quiz")
-    return (make_model_dir(root / "tiny-Instruct", instruct=True),
-            make_model_dir(root / "tiny-base", seed=4))
+    return instruct_and_base(tmp_path_factory.mktemp("quiz"))
 
 
 def quiz(*args):
@@ -138,6 +136,7 @@ def test_quiz_end_to_end_with_json(models):
     assert "5/5 questions" in result.stderr
 
 
+@pytest.mark.slow
 def test_batched_quiz_answers_equal_one_at_a_time(models):
     instruct, base = models
     runs = [json.loads(quiz("-m", instruct, "-m", base, "--limit", 6, "--batch-size", size,

@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mlx_slm.bench.machine import cpu_brand, machine_fingerprint
-from mlx_slm.home import home
+from mlx_slm.sizes import GB
+from mlx_slm.store.files import write_atomically
+from mlx_slm.store.home import home
 
-GB = 1e9
 CACHE_FILE = "bandwidth.json"
 MEASURE_METHOD = "numpy float32 matrix-vector product over 512 MiB, best of 5"
 # Unified-memory bandwidth in GB/s as Apple publishes it; binned Max chips by CPU cores.
@@ -99,9 +100,7 @@ def _write_cache(path: Path, data: dict) -> None:
     # A cache that cannot be written costs a re-measurement next time, nothing more.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     except OSError:
         pass
 
@@ -123,7 +122,7 @@ def weight_bytes_read(model) -> int:
 def kv_bytes_read(config: dict, prompt_tokens: int, gen_tokens: int, itemsize: int) -> float:
     """Keys and values attention reads per timed token, on average: timed tokens 2..n see
     contexts of prompt + 1 .. prompt + n - 1 positions, whose mean is prompt + n / 2."""
-    from mlx_slm.memory_guard import kv_cache_bytes
+    from mlx_slm.sizes import kv_cache_bytes
 
     return kv_cache_bytes(config, prompt_tokens + gen_tokens / 2, itemsize)
 

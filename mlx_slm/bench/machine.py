@@ -45,13 +45,11 @@ def machine_info() -> dict:
     """The fields every benchmark row records about where it ran."""
     import mlx.core as mx
 
-    from mlx_slm import __version__
-    from mlx_slm.blas import blas_in_use
-    from mlx_slm.stats import backend
+    from mlx_slm.runtime import runtime_report
+    from mlx_slm.version import __version__
 
     return {
-        "backend": backend(),
-        "blas": blas_in_use(),
+        **runtime_report(),
         "mlx_version": mx.__version__,
         "mlx_slm_version": __version__,
         "platform": platform.platform(),

@@ -18,8 +18,8 @@ from mlx_slm.bench.precisions import (
     stored_precision,
 )
 from mlx_slm.errors import SlmError
+from mlx_slm.sizes import GB
 
-GB = 1e9
 SYNTHETIC_SIZES = ("270M", "450M", "1.1B", "3B")
 
 
@@ -38,7 +38,7 @@ class Source:
 
     def float_weights(self, seed: int) -> dict:
         """The weights to build each precision from, lazily (nothing is read or drawn yet)."""
-        from mlx_slm.synthetic import random_weights
+        from mlx_slm.store.synthetic import random_weights
         from mlx_slm.weights import load_weights
 
         if self.synthetic:
@@ -53,7 +53,7 @@ class Source:
 def synthetic_sources(spec: str) -> list[Source]:
     """`spec` is a size (270M, 450M, 1.1B, 3B), 'all', or the path of a config.json."""
     from mlx_slm.model import ModelArgs
-    from mlx_slm.synthetic import published_config
+    from mlx_slm.store.synthetic import published_config
     from mlx_slm.weights import read_json
 
     if spec == "all":
@@ -102,7 +102,8 @@ class Group:
 
 def needed_bytes(config: dict, weight_bytes: int, tokens: int) -> int:
     """Memory a cell needs: weights plus a float32 KV cache for `tokens`, with slack."""
-    from mlx_slm.memory_guard import OVERHEAD, kv_cache_bytes
+    from mlx_slm.memory_guard import OVERHEAD
+    from mlx_slm.sizes import kv_cache_bytes
 
     return math.ceil((weight_bytes + kv_cache_bytes(config, tokens, 4)) * OVERHEAD)
 
@@ -117,7 +118,7 @@ def plan(sources: list[Source], precisions: list[str] | None, prompt_lengths: li
     directories. `available` is free memory and `free_disk` free space for model copies
     (None: unknown, nothing skipped for it); `force` skips no cell for memory.
     """
-    from mlx_slm.inspect import parameter_count
+    from mlx_slm.sizes import parameter_count
 
     groups = []
     for source in sources:
@@ -149,7 +150,7 @@ def plan(sources: list[Source], precisions: list[str] | None, prompt_lengths: li
 
 def _weight_bytes(source: Source, prec: Precision, needs_copy: bool, seed: int) -> int:
     if not needs_copy:
-        from mlx_slm.memory_guard import weight_bytes
+        from mlx_slm.sizes import weight_bytes
 
         return weight_bytes(source.model_dir)
     # Built lazily: the byte count comes from shapes; no weight is drawn or read.

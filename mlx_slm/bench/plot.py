@@ -1,12 +1,10 @@
 """`--plot`: generation tok/s and peak memory per model size and precision, as one figure."""
 
 import math
-import os
-from pathlib import Path
 
 from mlx_slm.errors import SlmError
-
-GB = 1e9
+from mlx_slm.sizes import GB
+from mlx_slm.store.files import atomic_path
 
 
 def require_matplotlib() -> None:
@@ -64,11 +62,8 @@ def plot(rows: list[dict], path: str) -> None:
                  f"MLX {first['mlx_version']}, {first['date'][:10]}; prompt {prompt}, "
                  f"{first['gen_tokens']} generated tokens", fontsize="medium")
     fig.tight_layout()
-    target = Path(path)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, target)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)

@@ -9,14 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_slm.errors import SlmError
+from mlx_slm.sizes import default_dtype
 
 FLOAT_PRECISIONS = ("float32", "float16", "bfloat16")
 QUANTIZED_BITS = {"8bit": 8, "4bit": 4}
 GROUP_SIZE = 64
-# `mlx-slm convert` stores 3B in bfloat16 (it overflows in float16) and smaller models in
-# float16; quantized cells keep that dtype for their scales, biases and norms.
-BFLOAT16_ABOVE_PARAMETERS = 2_000_000_000
-HEADER_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -38,10 +35,8 @@ MIXED_BASE_BITS = 4  # mixed recipes raise some layers above this base width
 
 def recipe_names() -> list[str]:
     """The mixed-precision recipes of mlx_slm.recipes, in its order."""
-    try:
-        from mlx_slm.recipes import RECIPES
-    except ImportError:  # a build without the recipes module: uniform widths only
-        return []
+    from mlx_slm.recipes import RECIPES
+
     return list(RECIPES)
 
 
@@ -55,32 +50,25 @@ def precision_names() -> list[str]:
     return [*FLOAT_PRECISIONS, *QUANTIZED_BITS, *map(mixed_name, recipe_names())]
 
 
-def quantized_dtype(config: dict) -> str:
-    """The float dtype of a quantized model's scales: float16, bfloat16 for 3B."""
-    from mlx_slm.inspect import parameter_count
-
-    return "bfloat16" if parameter_count(config) > BFLOAT16_ABOVE_PARAMETERS else "float16"
-
-
 def precision(name: str, config: dict) -> Precision:
     """The precision called `name` for a model of `config`."""
     if name in FLOAT_PRECISIONS:
         return Precision(name, name)
     if name in QUANTIZED_BITS:
-        return Precision(name, quantized_dtype(config), bits=QUANTIZED_BITS[name])
+        return Precision(name, default_dtype(config), bits=QUANTIZED_BITS[name])
     recipes = {mixed_name(recipe): recipe for recipe in recipe_names()}
     if name in recipes:
-        return Precision(name, quantized_dtype(config), bits=MIXED_BASE_BITS,
+        return Precision(name, default_dtype(config), bits=MIXED_BASE_BITS,
                          recipe=recipes[name])
     raise SlmError(f"Unknown precision {name!r}: choose from {', '.join(precision_names())}.")
 
 
 def stored_precision(model_dir: Path, config: dict) -> Precision:
     """The precision a converted directory holds, named as the benchmark names its own."""
-    from mlx_slm.weights import read_headers
+    from mlx_slm.weights import HEADER_FLOAT_NAMES, read_headers
 
-    dtypes = {HEADER_DTYPES[e["dtype"]] for name, e in read_headers(model_dir).items()
-              if name.endswith("norm.weight") and e["dtype"] in HEADER_DTYPES}
+    dtypes = {HEADER_FLOAT_NAMES[e["dtype"]] for name, e in read_headers(model_dir).items()
+              if name.endswith("norm.weight") and e["dtype"] in HEADER_FLOAT_NAMES}
     dtype = "/".join(sorted(dtypes)) or "unknown"
     quantization = config.get("quantization")
     if not quantization:
@@ -96,16 +84,12 @@ def stored_precision(model_dir: Path, config: dict) -> Precision:
 
 def model_at(config: dict, weights: dict, precision: Precision, where: str):
     """A lazily computed model at `precision` from float `weights`, and its config."""
-    from mlx_slm import quant
-    from mlx_slm.loader import DTYPES, build_model, cast_floats, check_weights, sanitize
+    import mlx_slm.quant as quant
+    from mlx_slm.loader import model_from_weights
 
     config = {k: v for k, v in config.items() if k != "quantization"}
     config["torch_dtype"] = precision.dtype
-    model = build_model(config)
-    weights = sanitize(weights)
-    check_weights(model, weights, where)
-    model.load_weights(list(weights.items()), strict=True)
-    cast_floats(model, DTYPES[precision.dtype])
+    model = model_from_weights(config, weights, where, precision.dtype)
     if precision.quantized:
         config["quantization"] = quant.quantize(model, bits=precision.bits,
                                                 group_size=GROUP_SIZE, recipe=precision.recipe)

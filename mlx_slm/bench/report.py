@@ -7,13 +7,13 @@ apply, so tools reading the JSON or CSV never meet a missing column.
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
+from mlx_slm.apps.table import markdown_table
 from mlx_slm.errors import SlmError
+from mlx_slm.sizes import GB
 
 SCHEMA_VERSION = 2  # 2: mlx-lm's peak memory and RSS per row
-GB = 1e9
 ROW_KEYS = (
     # what was measured
     "model", "source", "precision", "dtype", "parameters", "weight_bytes", "bits_per_weight",
@@ -107,11 +107,7 @@ def to_markdown(rows: list[dict]) -> str:
         table.append(cells)
     lines = [header(rows), ""] if rows else []
     if table:
-        widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(columns)]
-        lines.append(_table_line(columns, widths))
-        lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-        lines += [_table_line(t, widths) for t in table]
-        lines.append("")
+        lines += [markdown_table(columns, table), ""]
     for r in rows:
         if r["status"] != "ok" or r["reason"]:
             what = "note" if r["status"] == "ok" else r["status"]
@@ -122,10 +118,6 @@ def to_markdown(rows: list[dict]) -> str:
 
 def _ratio(value) -> str:
     return "" if value is None else f"{value:.2f}x"
-
-
-def _table_line(cells: list[str], widths: list[int]) -> str:
-    return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
 
 def check_new_file(path: str) -> None:
@@ -141,11 +133,7 @@ def check_new_file(path: str) -> None:
 
 def write_new_file(path: str, text: str) -> None:
     """Write `text` to a file that did not exist, whole or not at all."""
+    from mlx_slm.store.files import write_atomically
+
     check_new_file(path)
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, text)

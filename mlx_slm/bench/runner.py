@@ -43,21 +43,26 @@ class OurEngine:
 
     def __init__(self):
         self.cache = None
+        self.step = None
 
     def load(self, model_dir: Path):
-        """The model, by the loader `mlx-slm generate` uses."""
+        """The model, by the loader `mlx-slm generate` uses, and its compiled decode step."""
+        from mlx_slm.generation import DecodeStep
         from mlx_slm.loader import load_model
 
-        return load_model(model_dir)[0]
+        model = load_model(model_dir)[0]
+        self.step = DecodeStep(model)  # traced in the warm-up run, reused by the timed ones
+        return model
 
     def tokens(self, model, prompt: list[int], n: int) -> Iterable[int]:
         """A lazy generator of `n` greedy token ids after `prompt`, EOS included."""
         from mlx_slm.cache import make_cache
-        from mlx_slm.generate import generate_tokens
+        from mlx_slm.generation import generate_tokens
 
         # Our own cache, so the bytes attention reads can be taken from its real dtype.
         self.cache = make_cache(model)
-        return generate_tokens(model, prompt, cache=self.cache, max_tokens=n, stop_ids=())
+        return generate_tokens(model, prompt, cache=self.cache, max_tokens=n, stop_ids=(),
+                               step=self.step)
 
     def kv_itemsize(self) -> int:
         """Bytes per element of the last run's KV cache."""
@@ -155,7 +160,7 @@ def _run_engine(engine, model_dir: Path, cells: list[Cell], results: dict, setti
 
 
 def _measure_cell(engine, model, cell: Cell, settings: Settings, clock: Clock) -> dict:
-    from mlx_slm.stats import mlx_peak_bytes, peak_rss_bytes, reset_mlx_peak
+    from mlx_slm.memory import mlx_peak_bytes, peak_rss_bytes, reset_mlx_peak
 
     prompt = prompt_ids(cell.prompt_tokens, cell.source.config, settings.seed)
     reset_mlx_peak()

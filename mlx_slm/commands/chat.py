@@ -6,8 +6,7 @@ import click
 
 from mlx_slm.commands.options import (
     constraint_options,
-    dtype_option,
-    force_option,
+    load_options,
     model_option,
     sampling_options,
 )
@@ -20,45 +19,33 @@ from mlx_slm.commands.options import (
               help="Most tokens per answer.")
 @sampling_options
 @constraint_options
-@dtype_option
-@force_option
-def chat(model, system, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-         repetition_context, seed, constraint, dtype, force):
+@load_options
+def chat(model, system, max_tokens, sampling, constraint, load):
     """Chat with a model in the terminal.
 
     Every model is prompted in the Instruct chat format; base models were not tuned for it.
     Commands: /reset, /system TEXT, /stats, /help, /exit. Ctrl-C stops an answer.
     """
-    import mlx.core as mx
-
-    from mlx_slm.chat import ChatSession, repl
+    from mlx_slm.apps.chat import ChatSession, repl
+    from mlx_slm.apps.generate_app import reference_blas_hint
+    from mlx_slm.apps.models import open_model
     from mlx_slm.chat_format import is_instruct
-    from mlx_slm.loader import load
-    from mlx_slm.memory_guard import check_fits
-    from mlx_slm.sample import make_logits_processors, make_sampler
-    from mlx_slm.session import reference_blas_hint, resolve_model_dir
-    from mlx_slm.weights import read_config
 
-    model_dir = resolve_model_dir(model)
-    config = read_config(model_dir)
-    check_fits(model_dir, config, dtype, force=force)
-    loaded, tokenizer = load(model_dir, dtype)
-    if seed is not None:
-        mx.random.seed(seed)
+    loaded = open_model(model, load)
+    sampling.seed_random()
 
     def note(text: str) -> None:
         click.echo(text, err=True)
 
     session = ChatSession(
-        loaded, tokenizer, system=system, max_tokens=max_tokens,
-        sampler=make_sampler(temperature, top_p, top_k, min_p),
-        logits_processors=make_logits_processors(repetition_penalty, repetition_context),
+        loaded.model, loaded.tokenizer, system=system, max_tokens=max_tokens,
+        sampler=sampling.sampler(), logits_processors=sampling.logits_processors(),
         notify=note, constraint=constraint,
     )
     hint = reference_blas_hint()
     if hint:
         note(hint)
-    if not is_instruct(config):
+    if not is_instruct(loaded.config):
         note(f"[{model} is a base model, not tuned for chat: expect rambling; an -Instruct "
              "model suits chat]")
     note(f"[chatting with {model}; /help lists the commands, Ctrl-D leaves]")

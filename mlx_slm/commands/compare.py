@@ -2,7 +2,7 @@
 
 import click
 
-from mlx_slm.commands.options import dtype_option, force_option, format_options, sampling_options
+from mlx_slm.commands.options import format_options, load_options, sampling_options
 
 
 @click.command()
@@ -13,11 +13,9 @@ from mlx_slm.commands.options import dtype_option, force_option, format_options,
               help="Most tokens per answer.")
 @sampling_options
 @format_options
-@dtype_option
-@force_option
+@load_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def compare(prompt, models, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-            repetition_context, seed, chat, system, dtype, force, as_json):
+def compare(prompt, models, max_tokens, sampling, prompt_format, load, as_json):
     """Ask several models the same prompt, answers side by side.
 
     PROMPT defaults to "What is the capital of California?". Each model is loaded in turn,
@@ -26,27 +24,23 @@ def compare(prompt, models, max_tokens, temperature, top_p, top_k, min_p, repeti
     import json
     import shutil
 
-    from mlx_slm.blas import blas_in_use
-    from mlx_slm.compare import compare_models, format_comparison
-    from mlx_slm.sample import make_logits_processors, make_sampler
-    from mlx_slm.session import DEFAULT_PROMPT, reference_blas_hint
-    from mlx_slm.stats import backend
+    from mlx_slm.apps.compare import compare_models, format_comparison
+    from mlx_slm.apps.generate_app import DEFAULT_PROMPT, reference_blas_hint
+    from mlx_slm.runtime import active_backend, runtime_report
 
     prompt = prompt or DEFAULT_PROMPT
     hint = reference_blas_hint()
     if hint:
         click.echo(hint, err=True)
     rows = compare_models(
-        prompt, list(models), chat=chat, system=system, max_tokens=max_tokens,
-        sampler=make_sampler(temperature, top_p, top_k, min_p),
-        logits_processors=make_logits_processors(repetition_penalty, repetition_context),
-        seed=seed, dtype=dtype, force=force,
+        prompt, list(models), prompt_format=prompt_format, max_tokens=max_tokens,
+        sampling=sampling, load=load,
         on_model=lambda name: click.echo(f"[{name}]", err=True),
     )
     if as_json:
-        report = {"prompt": prompt, "backend": backend(), "blas": blas_in_use(), "results": rows}
+        report = {"prompt": prompt, **runtime_report(), "results": rows}
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"Prompt: {prompt}\n")
     click.echo(format_comparison(rows, shutil.get_terminal_size((120, 24)).columns))
-    click.echo(f"\n{backend()} backend; one cold run per model: timings are indicative.")
+    click.echo(f"\n{active_backend()} backend; one cold run per model: timings are indicative.")

@@ -4,6 +4,8 @@ import re
 
 import click
 
+from mlx_slm.commands.options import DTYPE_CHOICE
+
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -31,7 +33,7 @@ QUANT_OPTIONS = ("q_bits", "q_group_size", "q_recipe")
 @click.argument("out_dir", type=click.Path(path_type=str))
 @click.option("--revision", default=None,
               help="Branch, tag or commit of a Hub SOURCE (default: main).")
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default=None,
+@click.option("--dtype", type=DTYPE_CHOICE, default=None,
               help="Weight dtype (default: float16; bfloat16 for 3B, which overflows in float16).")
 @click.option("--tokenizer", default=None, metavar="PATH|REPO",
               help="The Llama-2 tokenizer.model: a file, a directory holding it, or a Hub repo "
@@ -77,10 +79,10 @@ def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q
     )
     click.echo(summary(result))
     if result.quantization and not no_report:
-        from mlx_slm.quality_report import compare, format_comparison
+        from mlx_slm.apps.quality_report import compare, format_quality_report
 
         click.echo("Quality of the quantization against the unquantized source:")
-        click.echo(format_comparison(compare(result.source_path, result.out_dir,
+        click.echo(format_quality_report(compare(result.source_path, result.out_dir,
                                              max_tokens=report_tokens)))
 
 

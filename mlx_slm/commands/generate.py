@@ -6,9 +6,8 @@ import click
 
 from mlx_slm.commands.options import (
     constraint_options,
-    dtype_option,
-    force_option,
     format_options,
+    load_options,
     model_option,
     sampling_options,
 )
@@ -24,23 +23,19 @@ from mlx_slm.commands.options import (
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end-of-text token.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop at this string (repeatable).")
 @constraint_options
-@dtype_option
+@load_options
 @format_options
-@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def generate(model, prompt, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty,
-             repetition_context, seed, ignore_eos, stop_strings, constraint, dtype, chat, system,
-             force, as_json):
+def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, constraint, load,
+             prompt_format, as_json):
     """Generate text from a prompt, with speed and memory stats."""
-    from mlx_slm.session import GenerationRequest, run_generation
+    from mlx_slm.apps.generate_app import GenerationRequest, run_generation
 
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
         prompt = sys.stdin.read()
     request = GenerationRequest(
-        model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-        top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
-        repetition_context=repetition_context, seed=seed, ignore_eos=ignore_eos,
-        stop_strings=tuple(stop_strings), constraint=constraint, dtype=dtype, chat=chat,
-        system=system, force=force,
+        model=model, prompt=prompt, max_tokens=max_tokens, sampling=sampling, load=load,
+        format=prompt_format, ignore_eos=ignore_eos, stop_strings=tuple(stop_strings),
+        constraint=constraint,
     )
     sys.exit(run_generation(request, as_json=as_json))

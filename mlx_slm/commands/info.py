@@ -10,14 +10,15 @@ def info(model_dir, as_json):
     """Show a model directory's size, parameters, precision and layer shapes."""
     import json
 
-    from mlx_slm.inspect import describe
+    from mlx_slm.apps.model_info import describe
 
     report = describe(model_dir)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    for key in ("path", "source", "parameters", "dtype", "quantization", "size_on_disk_gb",
-                "weight_memory_gb", "bits_per_weight", "tokenizer", "blas"):
+    for key in ("path", "source", "parameters", "dtype", "precision", "quantization",
+                "size_on_disk_gb",
+                "weight_memory_gb", "bits_per_weight", "tokenizer", "backend", "blas"):
         value = report.get(key)
         if value is not None:
             click.echo(f"{key:>17}: {value}")

@@ -1,4 +1,5 @@
-"""Options shared by the commands that generate text; validated by the CLI with ranges."""
+"""Options shared by the commands, each group built once into the object the apps take:
+SamplingOptions, LoadOptions, PromptFormat, a constraint. Values are validated by the CLI."""
 
 import functools
 from pathlib import Path
@@ -8,6 +9,9 @@ import click
 from mlx_slm.errors import SlmError
 
 DEFAULT_MODEL = "apple/OpenELM-270M-Instruct"
+DTYPE_CHOICE = click.Choice(["float16", "bfloat16", "float32"])
+# mx.random.seed takes an unsigned 64-bit integer.
+SEED_RANGE = click.IntRange(0, 2**64 - 1)
 
 
 def _in_range(name: str):
@@ -25,29 +29,77 @@ def _in_range(name: str):
     return callback
 
 
-def sampling_options(fn):
-    """--temp, --top-p, --top-k, --min-p, --repetition-penalty/-context, --seed."""
-    options = [
-        click.option("--temp", "temperature", type=float, default=0.0, show_default=True,
-                     callback=_in_range("temperature"), help="Sampling temperature; 0 is greedy."),
-        click.option("--top-p", type=float, default=1.0, show_default=True,
-                     callback=_in_range("top_p"), help="Nucleus sampling mass (1 = off)."),
-        click.option("--top-k", type=int, default=0, show_default=True,
-                     callback=_in_range("top_k"), help="Sample from the k likeliest (0 = off)."),
-        click.option("--min-p", type=float, default=0.0, show_default=True,
-                     callback=_in_range("min_p"),
-                     help="Drop tokens below min-p x the top probability (0 = off)."),
-        click.option("--repetition-penalty", type=float, default=1.2, show_default=True,
-                     callback=_in_range("repetition_penalty"),
-                     help="Penalty for recently generated tokens, as Apple's OpenELM "
-                          "examples use (1 = off)."),
-        click.option("--repetition-context", type=click.IntRange(min=1), default=64,
-                     show_default=True, help="How many recent tokens the penalty looks at."),
-        click.option("--seed", type=int, default=None, help="Random seed for sampling."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+def _grouped(options: list, fields: tuple[str, ...], name: str, build):
+    """A decorator adding `options` and passing their values as one object `name`."""
+
+    def decorator(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            kwargs[name] = build(**{field: kwargs.pop(field) for field in fields})
+            return fn(*args, **kwargs)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorator
+
+
+def _sampling(**values):
+    from mlx_slm.sample import SamplingOptions
+
+    return SamplingOptions(**values)
+
+
+def _load(**values):
+    from mlx_slm.loader import LoadOptions
+
+    return LoadOptions(**values)
+
+
+def _format(**values):
+    from mlx_slm.chat_format import PromptFormat
+
+    return PromptFormat(**values)
+
+
+sampling_options = _grouped([
+    click.option("--temp", "temperature", type=float, default=0.0, show_default=True,
+                 callback=_in_range("temperature"), help="Sampling temperature; 0 is greedy."),
+    click.option("--top-p", type=float, default=1.0, show_default=True,
+                 callback=_in_range("top_p"), help="Nucleus sampling mass (1 = off)."),
+    click.option("--top-k", type=int, default=0, show_default=True,
+                 callback=_in_range("top_k"), help="Sample from the k likeliest (0 = off)."),
+    click.option("--min-p", type=float, default=0.0, show_default=True,
+                 callback=_in_range("min_p"),
+                 help="Drop tokens below min-p x the top probability (0 = off)."),
+    click.option("--repetition-penalty", type=float, default=1.2, show_default=True,
+                 callback=_in_range("repetition_penalty"),
+                 help="Penalty for recently generated tokens, as Apple's OpenELM examples use "
+                      "(1 = off)."),
+    click.option("--repetition-context", type=click.IntRange(min=1), default=64,
+                 show_default=True, help="How many recent tokens the penalty looks at."),
+    click.option("--seed", type=SEED_RANGE, default=None,
+                 help="Random seed for sampling (0 to 2^64-1)."),
+], ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repetition_context",
+    "seed"), "sampling", _sampling)
+sampling_options.__doc__ = "--temp, --top-p, --top-k, --min-p, --repetition-*, --seed -> sampling."
+
+load_options = _grouped([
+    click.option("--dtype", type=DTYPE_CHOICE, default=None,
+                 help="Compute dtype override (default: the model's own)."),
+    click.option("--force", is_flag=True,
+                 help="Load even if the memory check says it will not fit."),
+], ("dtype", "force"), "load", _load)
+load_options.__doc__ = "--dtype and --force -> load (LoadOptions)."
+
+format_options = _grouped([
+    click.option("--chat/--no-chat", "chat", default=None,
+                 help="Use the Instruct chat format (default: on for Instruct models, a plain "
+                      "completion for base models)."),
+    click.option("--system", default=None, help="System message for the chat format."),
+], ("chat", "system"), "prompt_format", _format)
+format_options.__doc__ = "--chat/--no-chat and --system -> prompt_format (PromptFormat)."
 
 
 def model_option(fn):
@@ -57,26 +109,23 @@ def model_option(fn):
     )(fn)
 
 
-def dtype_option(fn):
-    return click.option(
-        "--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default=None,
-        help="Compute dtype override (default: the model's own).",
-    )(fn)
+def scoring_options(dtype_help: str):
+    """--text, --max-tokens and --dtype (default float32) of the commands that score text."""
 
+    def decorator(fn):
+        for option in reversed([
+            click.option("--text", "text_path", default=None, metavar="FILE",
+                         help="UTF-8 text to score (default: the built-in English sample, "
+                              "~4,300 tokens)."),
+            click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+                         help="Score only the first N tokens of the text."),
+            click.option("--dtype", type=DTYPE_CHOICE, default="float32", show_default=True,
+                         help=dtype_help),
+        ]):
+            fn = option(fn)
+        return fn
 
-def format_options(fn):
-    """--chat/--no-chat and --system: the Instruct prompt format, on or off."""
-    fn = click.option("--system", default=None, help="System message for the chat format.")(fn)
-    return click.option(
-        "--chat/--no-chat", "chat", default=None,
-        help="Use the Instruct chat format (default: on for Instruct models, a plain "
-             "completion for base models).",
-    )(fn)
-
-
-def force_option(fn):
-    return click.option("--force", is_flag=True,
-                        help="Load even if the memory check says it will not fit.")(fn)
+    return decorator
 
 
 def constraint_options(fn):
@@ -113,7 +162,7 @@ def constraint_spec(json_schema: str | None, json_object: bool, regex: str | Non
         raise SlmError(f"{given[0]} and {given[1]} cannot be combined; give one constraint.")
     if not given:
         return None
-    from mlx_slm import constrain
+    import mlx_slm.constrain as constrain
 
     if json_schema is not None:
         return constrain.json_schema(_schema_text(json_schema))

@@ -31,8 +31,8 @@ def quantize(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force, no_report,
     """
     from pathlib import Path
 
-    from mlx_slm.quality_report import compare, format_comparison
-    from mlx_slm.quantize_dir import quantize_directory
+    from mlx_slm.apps.quality_report import compare, format_quality_report
+    from mlx_slm.apps.quantize_app import quantize_directory
     from mlx_slm.tokenizer import TOKENIZER_FILE
 
     result = quantize_directory(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force)
@@ -46,4 +46,4 @@ def quantize(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force, no_report,
     if not (Path(src_dir) / TOKENIZER_FILE).exists():
         click.echo(f"No quality report: {src_dir} has no {TOKENIZER_FILE} to read the text with.")
         return
-    click.echo(format_comparison(compare(src_dir, result.out_dir, max_tokens=report_tokens)))
+    click.echo(format_quality_report(compare(src_dir, result.out_dir, max_tokens=report_tokens)))

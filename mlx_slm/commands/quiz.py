@@ -4,9 +4,8 @@ import click
 
 from mlx_slm.commands.options import (
     constraint_options,
-    dtype_option,
-    force_option,
     format_options,
+    load_options,
     sampling_options,
 )
 from mlx_slm.errors import SlmError
@@ -34,13 +33,11 @@ DEFAULT_BATCH = 16
                    "answer and the wrong ones): knowledge without the format.")
 @constraint_options
 @format_options
-@dtype_option
-@force_option
+@load_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (with every answer and verdict) instead of a table.")
-def quiz(models, questions_file, limit, batch_size, max_tokens, temperature, top_p, top_k,
-         min_p, repetition_penalty, repetition_context, seed, constrained, constraint, chat,
-         system, dtype, force, as_json):
+def quiz(models, questions_file, limit, batch_size, max_tokens, sampling, constrained,
+         constraint, prompt_format, load, as_json):
     """Ask models simple factual questions and score their answers.
 
     An answer is right when it names the right answer before any other candidate (the
@@ -49,11 +46,9 @@ def quiz(models, questions_file, limit, batch_size, max_tokens, temperature, top
     """
     import json
 
-    from mlx_slm.blas import blas_in_use
-    from mlx_slm.quiz import builtin_questions, format_quiz, load_questions, quiz_models
-    from mlx_slm.sample import make_logits_processors, make_sampler
-    from mlx_slm.session import reference_blas_hint
-    from mlx_slm.stats import backend
+    from mlx_slm.apps.generate_app import reference_blas_hint
+    from mlx_slm.apps.quiz import builtin_questions, format_quiz, load_questions, quiz_models
+    from mlx_slm.runtime import active_backend, runtime_report
 
     if constrained and constraint is not None:
         raise SlmError("--constrained chooses among each question's candidates; drop the "
@@ -68,17 +63,15 @@ def quiz(models, questions_file, limit, batch_size, max_tokens, temperature, top
         click.echo(f"[{name}] {done}/{total} questions", err=True)
 
     results = quiz_models(
-        questions, list(models), chat=chat, system=system, batch_size=batch_size,
-        max_tokens=max_tokens, sampler=make_sampler(temperature, top_p, top_k, min_p),
-        logits_processors=make_logits_processors(repetition_penalty, repetition_context),
-        seed=seed, dtype=dtype, force=force, on_progress=progress, constraint=constraint,
-        constrained=constrained,
+        questions, list(models), prompt_format=prompt_format, batch_size=batch_size,
+        max_tokens=max_tokens, sampling=sampling, load=load, on_progress=progress,
+        constraint=constraint, constrained=constrained,
     )
     if as_json:
-        report = {"questions": len(questions), "backend": backend(), "blas": blas_in_use(),
+        report = {"questions": len(questions), **runtime_report(),
                   "batch_size": batch_size, "results": results}
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(format_quiz(results))
-    click.echo(f"\n{backend()} backend, batch size {batch_size}: tok/s are totals over each "
+    click.echo(f"\n{active_backend()} backend, batch size {batch_size}: tok/s are totals over each "
                "batch's rows, not single-stream speeds.")

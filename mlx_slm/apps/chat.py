@@ -5,6 +5,7 @@ history), so each turn runs only the tokens past that prefix: the previous answe
 it was never fed, the new user turn and the assistant header.
 """
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ import mlx.core as mx
 from mlx_slm.cache import make_cache
 from mlx_slm.chat_format import TURN_HEADERS, Turn, conversation_ids
 from mlx_slm.errors import SlmError
-from mlx_slm.generate import Generation, stream_text
+from mlx_slm.generation import DecodeStep, Generation, stream_text
 from mlx_slm.sample import LogitsProcessor, Sampler, greedy
 
 
@@ -35,6 +36,7 @@ class ChatSession:
         self.context = model.args.max_context_length
         self.turns: list[Turn] = []
         self.cache = make_cache(model)
+        self.step = DecodeStep(model)  # traced once, reused by every turn
         self.cached_ids: list[int] = []
         self.last: Generation | None = None
         # Every answer obeys `constraint` (a mlx_slm.constrain.ConstraintSpec), if given.
@@ -54,7 +56,7 @@ class ChatSession:
         """Answer `text`, streaming pieces to `on_text`; Ctrl-C ends the answer early."""
         turns, max_tokens = self._fit([*self.turns, Turn("user", text)])
         ids = self.ids(turns, open_answer=True)
-        keep = min(_common_prefix(self.cached_ids, ids), len(ids) - 1)
+        keep = min(len(os.path.commonprefix([self.cached_ids, ids])), len(ids) - 1)
         self._rewind(keep)
         result = Generation()
         constraint = None
@@ -66,8 +68,8 @@ class ChatSession:
             stream_text(
                 self.model, self.tokenizer, ids[keep:], max_tokens=max_tokens,
                 sampler=self.sampler, logits_processors=self._with_earlier(ids[:keep]),
-                stop_strings=self.stop_strings, cache=self.cache, on_text=on_text,
-                result=result, constraint=constraint,
+                stop_strings=self.stop_strings, cache=self.cache, step=self.step,
+                on_text=on_text, result=result, constraint=constraint,
             )
         except KeyboardInterrupt:
             result.finish_reason = "interrupted"
@@ -95,7 +97,7 @@ class ChatSession:
 
     def stats(self) -> dict:
         """Tokens in context, the last answer's speed and the memory in use."""
-        from mlx_slm.stats import current_rss_bytes, memory_report
+        from mlx_slm.memory import current_rss_bytes, memory_report
 
         report = {
             "context_tokens": len(self.ids()),
@@ -163,15 +165,6 @@ class ChatSession:
             if result.text.startswith(self.tokenizer.decode(tokens[:n])):
                 return list(tokens[:n])
         return []
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 HELP = """Commands:

@@ -1,4 +1,4 @@
-"""`python -m mlx_slm.blas_setup`: give MLX's Linux CPU backend an optimized BLAS.
+"""`python -m mlx_slm.cpu.blas_setup`: give MLX's Linux CPU backend an optimized BLAS.
 
 Installs Debian/Ubuntu's OpenBLAS where that needs no password (root, or passwordless
 sudo), else prints the one command to run. Does nothing on macOS (Accelerate) or when an
@@ -15,7 +15,8 @@ PACKAGE = "libopenblas0-pthread"
 
 def _blas_in_fresh_process() -> str:
     """Which BLAS serves MLX in a new interpreter (this one may predate the install)."""
-    code = "import mlx_slm, mlx.core; from mlx_slm.blas import blas_in_use; print(blas_in_use())"
+    code = ("import mlx_slm, mlx.core; from mlx_slm.cpu.blas import blas_in_use; "
+            "print(blas_in_use())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     return done.stdout.strip() or "unknown"
 

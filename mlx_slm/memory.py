@@ -1,4 +1,4 @@
-"""Memory figures and the backend that produced a number."""
+"""Memory figures: MLX's allocator peak, the process's resident set, the macOS footprint."""
 
 import ctypes
 import resource
@@ -6,15 +6,7 @@ import sys
 
 import mlx.core as mx
 
-GB = 1e9
-
-
-def backend() -> str:
-    """The MLX backend in use: 'metal', 'cuda' or 'cpu'."""
-    device = mx.default_device()
-    if device.type == mx.gpu:
-        return "cuda" if mx.cuda.is_available() else "metal"
-    return "cpu"
+from mlx_slm.sizes import GB
 
 
 def mlx_peak_bytes() -> int:
@@ -25,20 +17,29 @@ def reset_mlx_peak() -> None:
     mx.reset_peak_memory()
 
 
+def proc_kib(path: str, key: str) -> int | None:
+    """Bytes of a `key:  N kB` line of a Linux /proc file; None elsewhere or if absent."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """The process's peak resident set.
 
     Linux: VmHWM, which `/proc/self/clear_refs` can restart (ru_maxrss keeps the old peak
     once any thread has exited). Elsewhere ru_maxrss (bytes on macOS).
     """
-    if sys.platform.startswith("linux"):
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
+    peak = proc_kib("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

@@ -2,12 +2,13 @@
 
 import json
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mlx_slm.chat_format import PromptFormat
 from mlx_slm.errors import SlmError
+from mlx_slm.loader import LoadOptions
+from mlx_slm.sample import SamplingOptions
 
 if TYPE_CHECKING:  # importing it loads the grammar engine, which only constrained runs need
     from mlx_slm.constrain import ConstraintSpec
@@ -17,42 +18,17 @@ DEFAULT_PROMPT = "What is the capital of California?"
 
 @dataclass
 class GenerationRequest:
+    """One `generate` call: the model, the prompt, and the option objects the CLI built."""
+
     model: str
     prompt: str | None = None
     max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.2
-    repetition_context: int = 64
-    seed: int | None = None
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    load: LoadOptions = field(default_factory=LoadOptions)
+    format: PromptFormat = field(default_factory=PromptFormat)
     ignore_eos: bool = False
     stop_strings: tuple[str, ...] = ()
     constraint: "ConstraintSpec | None" = None
-    dtype: str | None = None
-    chat: bool | None = None
-    system: str | None = None
-    force: bool = False
-
-
-def looks_like_repo_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
-
-
-def resolve_model_dir(name: str) -> Path:
-    """A model directory for `name`: the directory itself, or a Hub id's cached conversion."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise SlmError(f"{name} is a file; --model takes a model directory or a Hub repo id.")
-    if looks_like_repo_id(name):
-        from mlx_slm.convert.auto import converted_model_dir
-
-        return converted_model_dir(name)
-    raise SlmError(f"{name} is neither a model directory nor a Hub repo id (owner/name).")
 
 
 def fit_to_context(prompt_tokens: int, max_tokens: int, context: int) -> int:
@@ -67,37 +43,28 @@ def fit_to_context(prompt_tokens: int, max_tokens: int, context: int) -> int:
 
 def run_generation(request: GenerationRequest, as_json: bool = False, out=None, err=None) -> int:
     """Generate for `request`, streaming text to `out` and stats to `err`; returns the exit code."""
-    import mlx.core as mx
-
-    from mlx_slm.blas import blas_in_use
-    from mlx_slm.chat_format import TURN_HEADERS, is_instruct, prompt_ids
-    from mlx_slm.generate import Generation, stream_text
-    from mlx_slm.loader import load, model_dtype
-    from mlx_slm.memory_guard import check_fits
-    from mlx_slm.sample import make_logits_processors, make_sampler
-    from mlx_slm.stats import backend, memory_report, reset_mlx_peak
-    from mlx_slm.weights import read_config
+    from mlx_slm.apps.models import open_model
+    from mlx_slm.chat_format import TURN_HEADERS, prompt_ids
+    from mlx_slm.generation import Generation, stream_text
+    from mlx_slm.loader import model_dtype
+    from mlx_slm.memory import memory_report, reset_mlx_peak
+    from mlx_slm.runtime import runtime_report
 
     out = out or sys.stdout
     err = err or sys.stderr
-    sampler = make_sampler(request.temperature, request.top_p, request.top_k, request.min_p)
-    processors = make_logits_processors(request.repetition_penalty, request.repetition_context)
-    start = time.perf_counter()
-    model_dir = resolve_model_dir(request.model)
-    config = read_config(model_dir)
-    check_fits(model_dir, config, request.dtype, force=request.force)
-    model, tokenizer = load(model_dir, request.dtype)
-    load_s = time.perf_counter() - start
+    sampler = request.sampling.sampler()
+    processors = request.sampling.logits_processors()
+    loaded = open_model(request.model, request.load)
+    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
 
-    chat = is_instruct(config) if request.chat is None else request.chat
+    chat = request.format.uses_chat(config)
     prompt = request.prompt if request.prompt else DEFAULT_PROMPT
-    ids = prompt_ids(tokenizer, prompt, chat, request.system)
+    ids = prompt_ids(tokenizer, prompt, chat, request.format.system)
     max_tokens = fit_to_context(len(ids), request.max_tokens, model.args.max_context_length)
     if max_tokens < request.max_tokens:
         print(f"[generation capped at {max_tokens} tokens by the {model.args.max_context_length}"
               "-token context]", file=err)
-    if request.seed is not None:
-        mx.random.seed(request.seed)
+    request.sampling.seed_random()
 
     def show(text: str) -> None:
         out.write(text)
@@ -112,7 +79,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
 
         constraint = Constraint(request.constraint, GrammarVocabulary(tokenizer))
     reset_mlx_peak()
-    result = Generation(load_s=load_s)
+    result = Generation(load_s=loaded.load_s)
     code = 0
     try:
         stream_text(
@@ -140,8 +107,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
         "ttft_s": result.prompt_s,
         "load_s": result.load_s,
         **memory_report(),
-        "backend": backend(),
-        "blas": blas_in_use(),
+        **runtime_report(),
         "dtype": model_dtype(model),
         "quantization": config.get("quantization"),
         "chat_format": chat,
@@ -160,10 +126,11 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
 
 def reference_blas_hint() -> str | None:
     """On Linux's CPU backend with the reference BLAS: the one line that says how to fix it."""
-    from mlx_slm.blas import FIX_HINT, blas_in_use
-    from mlx_slm.stats import backend
+    from mlx_slm.cpu.blas import FIX_HINT, blas_in_use
+    from mlx_slm.runtime import active_backend
 
-    if sys.platform.startswith("linux") and backend() == "cpu" and blas_in_use() == "reference":
+    on_reference = active_backend() == "cpu" and blas_in_use() == "reference"
+    if sys.platform.startswith("linux") and on_reference:
         return f"[hint: MLX uses the slow reference BLAS; for 20-100x faster float32: {FIX_HINT}]"
     return None
 

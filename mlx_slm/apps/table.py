@@ -1,4 +1,4 @@
-"""Plain-text tables for the terminal, with wrapped text columns."""
+"""Tables: plain text for the terminal (with wrapped text columns), and Markdown."""
 
 import textwrap
 
@@ -26,6 +26,17 @@ def render_table(headers: list[str], rows: list[list[str]], right: frozenset[int
         for k in range(max(len(c) for c in row)):
             out.append(line([c[k] if k < len(c) else "" for c in row]))
     return "\n".join(out)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table with padded columns, readable as plain text too."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), rule, *map(line, rows)])
 
 
 def _lines(cell: str, width: int | None, max_lines: int) -> list[str]:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from mlx_slm.chat_format import TURN_HEADERS, Turn, conversation_ids
+from mlx_slm.chat_format import TURN_HEADERS, PromptFormat, Turn, conversation_ids
 from mlx_slm.errors import SlmError
-from mlx_slm.sample import LogitsProcessor, Sampler, greedy
+from mlx_slm.loader import LoadOptions
+from mlx_slm.sample import LogitsProcessor, Sampler, SamplingOptions, greedy
 
 BUILTIN = "data/quiz_capitals.jsonl"
 KEYS = {"question", "answer", "wrong", "cue"}
@@ -250,34 +251,32 @@ def run_quiz(model, tokenizer, questions: list[Question], *, chat: bool,
 
 
 def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
-                chat: bool | None = None, system: str | None = None, max_tokens: int = 32,
-                sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
-                seed: int | None = None, dtype: str | None = None, force: bool = False,
+                prompt_format: PromptFormat = PromptFormat(), max_tokens: int = 32,
+                sampling: SamplingOptions = SamplingOptions(),
+                load: LoadOptions = LoadOptions(),
                 on_progress: Callable[[str, int, int], None] | None = None,
                 constraint=None, constrained: bool = False) -> list[dict]:
-    """Quiz each model in turn, in the form that suits it (or the one `chat` forces);
+    """Quiz each model in turn, in the form that suits it (or the one the format forces);
     `constraint` and `constrained` as in `run_quiz`."""
-    import mlx.core as mx
-
-    from mlx_slm.chat_format import is_instruct
-    from mlx_slm.compare import load_each, memory_after
+    from mlx_slm.apps.compare import memory_after
+    from mlx_slm.apps.models import load_each
     from mlx_slm.loader import model_dtype
 
     results = []
-    for loaded in load_each(names, dtype, force):
-        as_chat = is_instruct(loaded.config) if chat is None else chat
-        if seed is not None:
-            mx.random.seed(seed)
+    sampler, processors = sampling.sampler(), sampling.logits_processors()
+    for loaded in load_each(names, load):
+        as_chat = prompt_format.uses_chat(loaded.config)
+        sampling.seed_random()
 
         def progress(done: int, total: int, name=loaded.name) -> None:
             if on_progress is not None:
                 on_progress(name, done, total)
 
         run = run_quiz(
-            loaded.model, loaded.tokenizer, questions, chat=as_chat, system=system,
-            batch_size=batch_size, max_tokens=max_tokens, sampler=sampler,
-            logits_processors=logits_processors, on_progress=progress, constraint=constraint,
-            constrained=constrained,
+            loaded.model, loaded.tokenizer, questions, chat=as_chat,
+            system=prompt_format.system, batch_size=batch_size, max_tokens=max_tokens,
+            sampler=sampler, logits_processors=processors, on_progress=progress,
+            constraint=constraint, constrained=constrained,
         )
         results.append({
             "model": loaded.name,
@@ -304,8 +303,8 @@ def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
 
 def format_quiz(results: list[dict]) -> str:
     """The table of accuracy, speed and memory per model."""
-    from mlx_slm.compare import display_name
-    from mlx_slm.table import render_table
+    from mlx_slm.apps.compare import display_name
+    from mlx_slm.apps.table import render_table
 
     headers = ["model", "format", "accuracy", "prompt tok/s", "gen tok/s", "MLX peak GB",
                "RSS GB"]

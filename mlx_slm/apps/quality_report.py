@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from mlx_slm.errors import SlmError
-from mlx_slm.memory_guard import human_bytes
+from mlx_slm.sizes import footprint, human_bytes
 from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import read_config
 
@@ -20,40 +20,6 @@ SHAPE_KEYS = (
     "ffn_multipliers", "ffn_dim_divisor", "ffn_with_glu", "vocab_size",
     "share_input_output_layers", "normalize_qk_projections",
 )
-FLOAT_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
-
-
-def footprint(model_dir: Path, config: dict) -> dict:
-    """Size on disk, weight memory, bits per weight and precision, from headers alone."""
-    from mlx_slm.inspect import parameter_count
-    from mlx_slm.memory_guard import weight_bytes
-    from mlx_slm.weights import read_headers, weight_files
-
-    params = parameter_count(config)
-    weights = weight_bytes(model_dir)
-    return {
-        "path": str(model_dir),
-        "precision": precision_label(config, read_headers(model_dir)),
-        "parameters": params,
-        "size_on_disk_bytes": sum(p.stat().st_size for p in weight_files(model_dir)),
-        "weight_bytes": weights,
-        "bits_per_weight": 8 * weights / params,
-        "float16_ratio": weights / (2 * params),
-    }
-
-
-def precision_label(config: dict, headers: dict) -> str:
-    """'float16', '4-bit g64', or 'mixed 4/6-bit g64' (every bit width the layers use)."""
-    quantization = config.get("quantization")
-    floats = sorted({FLOAT_NAMES[e["dtype"]] for e in headers.values()
-                     if e["dtype"] in FLOAT_NAMES})
-    if not quantization:
-        return "/".join(floats)
-    layers = [v for v in quantization.values() if isinstance(v, dict)]
-    bits = sorted({quantization["bits"], *(v["bits"] for v in layers)})
-    groups = sorted({quantization["group_size"], *(v["group_size"] for v in layers)})
-    kind = f"{bits[0]}-bit" if len(bits) == 1 else "mixed " + "/".join(map(str, bits)) + "-bit"
-    return f"{kind} g{'/'.join(map(str, groups))}"
 
 
 def check_comparable(base_dir: Path, quant_dir: Path, base_config: dict,
@@ -98,7 +64,7 @@ def _model_dir(path) -> Path:
 
 
 def _text_ids(model_dir: Path, text_path, max_tokens: int | None):
-    from mlx_slm.quality import read_text
+    from mlx_slm.apps.quality import read_text
     from mlx_slm.tokenizer import Tokenizer
 
     text, label = read_text(text_path)
@@ -110,9 +76,9 @@ def _text_ids(model_dir: Path, text_path, max_tokens: int | None):
 def measure_perplexity(model_dir, text_path=None, max_tokens: int | None = None,
                        dtype: str | None = "float32", window: int | None = None) -> dict:
     """Perplexity of one model on a text file (default: the built-in sample)."""
+    from mlx_slm.apps.quality import score
     from mlx_slm.loader import load_model
-    from mlx_slm.quality import score
-    from mlx_slm.stats import backend
+    from mlx_slm.runtime import active_backend
 
     model_dir = _model_dir(model_dir)
     config = read_config(model_dir)
@@ -121,7 +87,7 @@ def measure_perplexity(model_dir, text_path=None, max_tokens: int | None = None,
     start = time.perf_counter()
     result = score(model, ids, bos_id, window=window)
     return {
-        "text": label, **result, "dtype": dtype or "model", "backend": backend(),
+        "text": label, **result, "dtype": dtype or "model", "backend": active_backend(),
         "seconds": time.perf_counter() - start, "model": footprint(model_dir, config),
     }
 
@@ -129,9 +95,9 @@ def measure_perplexity(model_dir, text_path=None, max_tokens: int | None = None,
 def compare(base_dir, quant_dir, text_path=None, max_tokens: int | None = None,
             dtype: str | None = "float32", window: int | None = None) -> dict:
     """Perplexity of both, mean KL(base || quant), top-1 agreement, sizes and memory."""
+    from mlx_slm.apps.quality import score
     from mlx_slm.loader import load_model
-    from mlx_slm.quality import score
-    from mlx_slm.stats import backend
+    from mlx_slm.runtime import active_backend
 
     base_dir, quant_dir = _model_dir(base_dir), _model_dir(quant_dir)
     base_config, quant_config = read_config(base_dir), read_config(quant_dir)
@@ -142,7 +108,7 @@ def compare(base_dir, quant_dir, text_path=None, max_tokens: int | None = None,
     start = time.perf_counter()
     result = score(base, ids, bos_id, quant, window=window)
     return {
-        "text": label, **result, "dtype": dtype or "model", "backend": backend(),
+        "text": label, **result, "dtype": dtype or "model", "backend": active_backend(),
         "seconds": time.perf_counter() - start,
         "base": footprint(base_dir, base_config), "quant": footprint(quant_dir, quant_config),
     }
@@ -164,7 +130,7 @@ def format_perplexity(report: dict) -> str:
     ])
 
 
-def format_comparison(report: dict) -> str:
+def format_quality_report(report: dict) -> str:
     """The table `mlx-slm quality` (and `quantize`) prints."""
     base, quant = report["base"], report["quant"]
     change = report["perplexity_quant"] / report["perplexity"] - 1

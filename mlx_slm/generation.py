@@ -5,7 +5,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
 
 from mlx_slm.cache import BufferView, make_cache
 from mlx_slm.sample import LogitsProcessor, Sampler, greedy
@@ -17,7 +16,10 @@ class DecodeStep:
     """One decode step of batch 1 as a compiled function of (token, position, buffers).
 
     Compiling removes the per-token graph building and fuses the elementwise work, which
-    is what limits small models: the host cost per token roughly halves.
+    is what limits small models: the host cost per token roughly halves. The trace
+    captures the model's weights: the caller keeps one step per model for as long as the
+    weights stay the same (a chat keeps it across turns), and makes a new one after
+    quantizing or recasting.
     """
 
     def __init__(self, model):
@@ -49,21 +51,6 @@ class DecodeStep:
         return logits
 
 
-def decode_step(model) -> DecodeStep:
-    """The model's compiled decode step, kept on the model and rebuilt if its weights change.
-
-    The trace captures the parameters, so a model quantized or recast after a generation
-    must not reuse it.
-    """
-    weights = tuple(id(a) for _, a in tree_flatten(model.parameters()))
-    step = vars(model).get("_decode_step")
-    if step is None or step.weights != weights:
-        step = DecodeStep(model)
-        step.weights = weights
-        object.__setattr__(model, "_decode_step", step)
-    return step
-
-
 def prefill(model, tokens: mx.array, cache: list, step: int = PREFILL_STEP) -> mx.array:
     """Run `tokens` [L] through the model into `cache`; return the last position's logits."""
     while tokens.size > step:
@@ -85,9 +72,13 @@ def generate_tokens(
     stop_ids: tuple[int, ...] = (),
     prefill_step: int = PREFILL_STEP,
     compiled: bool = True,
+    step: DecodeStep | None = None,
     constraint=None,
 ) -> Iterator[int]:
     """Yield generated token ids; ends at a stop id (not yielded) or after `max_tokens`.
+
+    `step` is the model's compiled decode step, to reuse across calls (one is made if
+    None); `compiled=False` runs the model eagerly instead.
 
     Decoding is pipelined: the graph for token n+1 is built and queued with
     `mx.async_eval` before token n is read back to the host. A `constraint`
@@ -110,7 +101,7 @@ def generate_tokens(
 
     if constraint is not None:
         if compiled:
-            step = decode_step(model)
+            step = step or DecodeStep(model)
 
             def forward(t):
                 return step(t, cache)
@@ -121,7 +112,7 @@ def generate_tokens(
                                 constraint, max_tokens, stop_ids)
         return
     if compiled:
-        step = decode_step(model)
+        step = step or DecodeStep(model)
         if sampler is greedy and not logits_processors:
             def advance(t):
                 return step(t, cache, greedy=True)
@@ -193,7 +184,7 @@ class Generation:
         return n / self.generation_s if n > 0 and self.generation_s > 0 else 0.0
 
 
-def stream_text(
+def text_pieces(
     model,
     tokenizer,
     prompt: list[int],
@@ -204,17 +195,17 @@ def stream_text(
     stop_strings: tuple[str, ...] = (),
     ignore_eos: bool = False,
     cache: list | None = None,
-    on_text: Callable[[str], None] | None = None,
+    step: DecodeStep | None = None,
     result: Generation | None = None,
     clock: Callable[[], float] = time.perf_counter,
     constraint=None,
-) -> Generation:
-    """Generate, calling `on_text` with each new piece of text; returns a Generation.
+) -> Iterator[str]:
+    """Generate, yielding each new piece of text; `result` (a Generation) is filled as it goes.
 
-    Stop strings end generation and are not part of the text. `result` may be passed in so
-    a caller that is interrupted still holds what was generated so far. With a
-    `constraint`, a complete output ends as "eos" and `result.valid` says whether the text
-    (after any stop string) satisfies it.
+    Stop strings end generation and are not part of the text. A caller that is interrupted
+    still holds in `result` what was generated so far. With a `constraint`, a complete
+    output ends as "eos" and `result.valid` says whether the text (after any stop string)
+    satisfies it.
     """
     result = result if result is not None else Generation()
     result.prompt_tokens = len(prompt)
@@ -226,7 +217,7 @@ def stream_text(
     first = None
     tokens = generate_tokens(
         model, prompt, cache=cache, sampler=sampler, logits_processors=logits_processors,
-        max_tokens=max_tokens, stop_ids=stop_ids, constraint=constraint,
+        max_tokens=max_tokens, stop_ids=stop_ids, step=step, constraint=constraint,
     )
     result.finish_reason = "length"
     for token in tokens:
@@ -241,13 +232,15 @@ def stream_text(
         cut = _find_stop(text, stop_strings)
         if cut is not None:
             result.text = text[:cut]
-            _deliver(on_text, result.text[emitted:])
             result.finish_reason = "stop"
-            return _judge(result, constraint)
+            _judge(result, constraint)
+            if cut > emitted:
+                yield result.text[emitted:]
+            return
         # Hold back a possible stop string's beginning until it is decided.
         safe = len(text) - holdback if stop_strings else len(text)
         if safe > emitted:
-            _deliver(on_text, text[emitted:safe])
+            yield text[emitted:safe]
             emitted = safe
         result.text = text
     else:
@@ -259,21 +252,27 @@ def stream_text(
     if cut is not None:
         result.text = result.text[:cut]
         result.finish_reason = "stop"
-    _deliver(on_text, result.text[emitted:])
-    return _judge(result, constraint)
+    _judge(result, constraint)
+    if len(result.text) > emitted:
+        yield result.text[emitted:]
 
 
-def _judge(result: Generation, constraint) -> Generation:
+def _judge(result: Generation, constraint) -> None:
     if constraint is not None:
         result.valid = constraint.matches(result.text)
+
+
+def stream_text(model, tokenizer, prompt: list[int], *,
+                on_text: Callable[[str], None] | None = None,
+                result: Generation | None = None, **options) -> Generation:
+    """`text_pieces`, calling `on_text` with each piece; returns the Generation."""
+    result = result if result is not None else Generation()
+    for piece in text_pieces(model, tokenizer, prompt, result=result, **options):
+        if on_text is not None:
+            on_text(piece)
     return result
 
 
 def _find_stop(text: str, stop_strings: tuple[str, ...]) -> int | None:
     hits = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
     return min(hits) if hits else None
-
-
-def _deliver(on_text, text: str) -> None:
-    if on_text is not None and text:
-        on_text(text)

@@ -11,11 +11,16 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlx_slm.errors import SlmError
-from mlx_slm.model import ModelArgs
-from mlx_slm.weights import CONFIG_FILE, DEFAULT_SHARD_BYTES, save_weights, write_json
+from mlx_slm.sizes import tensor_shapes
+from mlx_slm.weights import (
+    CONFIG_FILE,
+    DEFAULT_SHARD_BYTES,
+    FLOAT_DTYPES,
+    save_weights,
+    write_json,
+)
 
 SIZE_ALIASES = {"270M": "270M", "450M": "450M", "1.1B": "1_1B", "1_1B": "1_1B", "3B": "3B"}
-HUB_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 
 def published_configs() -> dict[str, dict]:
@@ -63,29 +68,6 @@ def tiny_config(
     return config
 
 
-def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """The Hub tensor names and shapes that a config implies."""
-    args = ModelArgs.from_config(config)
-    D, hd = args.model_dim, args.head_dim
-    shapes = {"transformer.token_embeddings.weight": (args.vocab_size, D)}
-    for i in range(args.num_transformer_layers):
-        q, kv, f = args.num_query_heads[i], args.num_kv_heads[i], args.ffn_dim(i)
-        p = f"transformer.layers.{i}."
-        shapes[p + "attn_norm.weight"] = (D,)
-        shapes[p + "attn.qkv_proj.weight"] = ((q + 2 * kv) * hd, D)
-        if args.normalize_qk_projections:
-            shapes[p + "attn.q_norm.weight"] = (hd,)
-            shapes[p + "attn.k_norm.weight"] = (hd,)
-        shapes[p + "attn.out_proj.weight"] = (D, q * hd)
-        shapes[p + "ffn_norm.weight"] = (D,)
-        shapes[p + "ffn.proj_1.weight"] = ((2 if args.ffn_with_glu else 1) * f, D)
-        shapes[p + "ffn.proj_2.weight"] = (D, f)
-    shapes["transformer.norm.weight"] = (D,)
-    if not args.share_input_output_layers:
-        shapes["lm_head.weight"] = (args.vocab_size, D)
-    return shapes
-
-
 def random_weights(config: dict, seed: int = 0, dtype: mx.Dtype = mx.float32,
                    std: float = 0.02) -> dict[str, mx.array]:
     """Seeded weights: N(0, std) matrices, norm weights near 1 (so a bad norm shows)."""
@@ -106,7 +88,7 @@ def write_hub_checkpoint(out_dir: Path, config: dict, seed: int = 0, dtype: str 
     """Write config.json + safetensors as the Hub stores them; returns `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = random_weights(config, seed, HUB_DTYPES[dtype])
+    weights = random_weights(config, seed, FLOAT_DTYPES[dtype])
     mx.eval(weights)
     write_json(out_dir / CONFIG_FILE, {**config, "torch_dtype": dtype})
     save_weights(out_dir, weights, max_shard_bytes or DEFAULT_SHARD_BYTES, {"format": "pt"})

@@ -3,7 +3,7 @@ dequantization for BLAS, grouped-query attention, and RoPE tables.
 
 MLX runs each CPU stream on its own thread, so slicing a product's output rows across
 streams uses every core for kernels that are otherwise single-threaded (half-precision and
-quantized matmuls, elementwise conversions). backend.py decides where these are used.
+quantized matmuls, elementwise conversions). layers.py decides where these are used.
 """
 
 import os
@@ -109,25 +109,11 @@ def quantized_linear(x, weight, scales, biases, group_size: int, bits: int, mode
 
 
 def rotation(cos_table: mx.array, sin_table: mx.array, offset, length: int):
-    """cos and sin at positions offset .. offset+length-1 (per row if `offset` is [B]).
-
-    Every layer of a forward pass asks for the same positions, so the last answer is
-    kept: one lookup per step instead of one per layer.
-    """
-    key = (cos_table, offset, length)
-    last = _last_rotation.get("key")
-    if last is not None and all(a is b or (type(a) is type(b) is int and a == b)
-                                for a, b in zip(last, key)):
-        return _last_rotation["value"]
+    """cos and sin at positions offset .. offset+length-1 (per row if `offset` is [B])."""
     positions = offset + mx.arange(length)
     if isinstance(offset, mx.array) and offset.ndim == 1:  # one offset per row
         positions = (offset[:, None] + mx.arange(length))[:, None]
-    value = (cos_table[positions], sin_table[positions])
-    _last_rotation.update(key=key, value=value)
-    return value
-
-
-_last_rotation: dict = {}
+    return cos_table[positions], sin_table[positions]
 
 
 def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, mask) -> mx.array:
@@ -162,16 +148,10 @@ def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, mask)
 
 
 def rope_tables(head_dim: int, base: float, length: int = 4096) -> tuple[mx.array, mx.array]:
-    """cos and sin of RoPE's angles for positions 0..length-1, float32, shared by layers."""
-    key = (head_dim, float(base), length)
-    if key not in _rope_tables:
-        half = head_dim // 2
-        inv_freq = base ** (-mx.arange(half, dtype=mx.float32) * 2 / head_dim)
-        angles = mx.arange(length, dtype=mx.float32)[:, None] * inv_freq[None]
-        tables = (mx.cos(angles), mx.sin(angles))
-        mx.eval(tables)
-        _rope_tables[key] = tables
-    return _rope_tables[key]
-
-
-_rope_tables: dict = {}
+    """cos and sin of RoPE's angles for positions 0..length-1, float32, evaluated."""
+    half = head_dim // 2
+    inv_freq = base ** (-mx.arange(half, dtype=mx.float32) * 2 / head_dim)
+    angles = mx.arange(length, dtype=mx.float32)[:, None] * inv_freq[None]
+    tables = (mx.cos(angles), mx.sin(angles))
+    mx.eval(tables)
+    return tables

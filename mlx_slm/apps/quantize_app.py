@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_slm.errors import SlmError
-from mlx_slm.manifest import MANIFEST_FILE
+from mlx_slm.store.manifest import MANIFEST_FILE
 from mlx_slm.weights import CONFIG_FILE, INDEX_FILE
 
 
@@ -30,11 +30,11 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
     """Quantize the unquantized model in `src_dir` into the new directory `out_dir`."""
     from mlx.utils import tree_flatten
 
-    from mlx_slm import quant
+    import mlx_slm.quant as quant
     from mlx_slm.loader import load_model
-    from mlx_slm.manifest import write_manifest
     from mlx_slm.recipes import check_recipe
-    from mlx_slm.staging import check_destination, check_disk_space, staged_directory
+    from mlx_slm.store.manifest import write_manifest
+    from mlx_slm.store.staging import check_destination, check_disk_space, staged_directory
     from mlx_slm.weights import read_config, read_headers, save_weights, write_json
 
     start = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Applications built on the engine: generate, chat, compare, quiz, quality, quantize, info."""

@@ -1,0 +1,90 @@
+"""Opening models for the apps: a name (directory or Hub id) -> a checked, loaded model.
+
+Every app opens models here: resolve the name, read the config, refuse what will not fit,
+load, and time the load.
+"""
+
+import gc
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlx_slm.errors import SlmError
+from mlx_slm.loader import LoadOptions
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model with what was needed to find and load it."""
+
+    name: str
+    path: Path
+    config: dict
+    model: object
+    tokenizer: object
+    load_s: float
+
+
+def resolve_model_dir(name: str) -> Path:
+    """A model directory for `name`: the directory itself, or a Hub id's cached conversion."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise SlmError(f"{name} is a file; --model takes a model directory or a Hub repo id.")
+    from mlx_slm.convert.hub import looks_like_repo_id
+
+    if looks_like_repo_id(name):
+        from mlx_slm.convert.auto import converted_model_dir
+
+        return converted_model_dir(name)
+    raise SlmError(f"{name} is neither a model directory nor a Hub repo id (owner/name).")
+
+
+def _checked(name: str, options: LoadOptions) -> tuple[Path, dict]:
+    from mlx_slm.memory_guard import check_fits
+    from mlx_slm.weights import read_config
+
+    path = resolve_model_dir(name)
+    config = read_config(path)
+    check_fits(path, config, options.dtype, force=options.force)
+    return path, config
+
+
+def _load(name: str, path: Path, config: dict, options: LoadOptions) -> LoadedModel:
+    from mlx_slm.loader import load
+
+    start = time.perf_counter()
+    model, tokenizer = load(path, options.dtype)
+    return LoadedModel(name, path, config, model, tokenizer, time.perf_counter() - start)
+
+
+def open_model(name: str, options: LoadOptions = LoadOptions()) -> LoadedModel:
+    """Resolve, check that it fits, and load one model; `load_s` includes resolving."""
+    start = time.perf_counter()
+    loaded = _load(name, *_checked(name, options), options)
+    loaded.load_s = time.perf_counter() - start
+    return loaded
+
+
+def load_each(names: list[str], options: LoadOptions = LoadOptions()) -> Iterator[LoadedModel]:
+    """Load each model in turn, yield it, and free it before the next one loads.
+
+    Every name is resolved and checked first, so a typo in the last one fails at once.
+    MLX's peak-memory counter is reset before each load, so each peak is that model's own.
+    """
+    import mlx.core as mx
+
+    from mlx_slm.memory import reset_mlx_peak
+
+    resolved = [(name, *_checked(name, options)) for name in names]
+    for name, path, config in resolved:
+        gc.collect()
+        mx.clear_cache()
+        reset_mlx_peak()
+        loaded = _load(name, path, config, options)
+        yield loaded
+        loaded.model = None
+    gc.collect()
+    mx.clear_cache()

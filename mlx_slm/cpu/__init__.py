@@ -1,0 +1,1 @@
+"""CPU-backend execution: layer swaps, BLAS loading and native kernels."""

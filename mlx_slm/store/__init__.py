@@ -1,0 +1,1 @@
+"""Storage: atomic directories, manifests, the model cache home, synthetic checkpoints."""
