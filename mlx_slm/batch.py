@@ -49,12 +49,15 @@ def generate_batch(
     stop_ids: tuple[int, ...] = (),
     pad_id: int = 0,
     prefill_step: int = PREFILL_STEP,
+    constraints: list | None = None,
 ) -> Iterator[list[int | None]]:
     """Yield, per step, each row's next token id, or None once the row has stopped.
 
     A row stops at a stop id (not yielded); generation ends when every row has stopped or
     after `max_tokens` steps. Logits processors see each row's own history. Decoding is
-    pipelined as in `generation.generate_tokens`.
+    pipelined as in `generation.generate_tokens`. `constraints` (one
+    mlx_slm.constrain.Constraint per row) mask each row's logits; a row whose output is
+    complete stops.
     """
     tokens, pads = left_pad(prompts, pad_id)
     batch, length = tokens.shape
@@ -87,6 +90,13 @@ def generate_batch(
         mx.eval([c.state for c in cache])
         offset += prefill_step
     hidden = model.hidden(tokens[:, offset:], cache, mask(offset, length - offset))
+    if constraints is not None:
+        def forward(token: mx.array, n: int) -> mx.array:
+            return model(token[:, None], cache, mask(length + n, 1))[:, -1, :]
+
+        yield from _constrained(forward, model.logits(hidden[:, -1, :]), choose, constraints,
+                                max_tokens, stop_ids)
+        return
     token = choose(model.logits(hidden[:, -1, :]))
     mx.async_eval(token)
     stopped = [False] * batch
@@ -105,3 +115,32 @@ def generate_batch(
             return
         yield step
         token = next_token
+
+
+def _constrained(forward, logits, choose, constraints, max_tokens, stop_ids):
+    """The batched decode loop with one grammar mask per row, computed on the host while
+    the forward runs (as in `generate._constrained`)."""
+    mx.async_eval(logits)
+    width = logits.shape[-1]
+    stopped = [False] * len(constraints)
+    for n in range(max_tokens):
+        # A stopped row's token is never read; any allowed set keeps its softmax finite.
+        masks = mx.concatenate([mx.ones((1, width), mx.bool_) if done else c.mask(width)
+                                for c, done in zip(constraints, stopped)])
+        token = choose(mx.where(masks, logits, -mx.inf))
+        mx.async_eval(token)
+        if n + 1 < max_tokens:
+            logits = forward(token, n)
+            mx.async_eval(logits)
+        step = []
+        for i, value in enumerate(token.tolist()):
+            stopped[i] = stopped[i] or value in stop_ids
+            if stopped[i]:
+                step.append(None)
+                continue
+            constraints[i].accept(value)
+            step.append(value)
+            stopped[i] = constraints[i].is_done()
+        if all(v is None for v in step):
+            return
+        yield step

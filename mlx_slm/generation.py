@@ -73,6 +73,7 @@ def generate_tokens(
     prefill_step: int = PREFILL_STEP,
     compiled: bool = True,
     step: DecodeStep | None = None,
+    constraint=None,
 ) -> Iterator[int]:
     """Yield generated token ids; ends at a stop id (not yielded) or after `max_tokens`.
 
@@ -80,7 +81,9 @@ def generate_tokens(
     None); `compiled=False` runs the model eagerly instead.
 
     Decoding is pipelined: the graph for token n+1 is built and queued with
-    `mx.async_eval` before token n is read back to the host.
+    `mx.async_eval` before token n is read back to the host. A `constraint`
+    (mlx_slm.constrain.Constraint) masks the logits before sampling, and ends generation
+    once its output is complete.
     """
     if not prompt:
         raise ValueError("the prompt must hold at least one token")
@@ -96,6 +99,18 @@ def generate_tokens(
             history = mx.concatenate([history, token.astype(mx.uint32)])
         return token
 
+    if constraint is not None:
+        if compiled:
+            step = step or DecodeStep(model)
+
+            def forward(t):
+                return step(t, cache)
+        else:
+            def forward(t):
+                return model(t, cache)[:, -1, :]
+        yield from _constrained(forward, prefill(model, history, cache, prefill_step), choose,
+                                constraint, max_tokens, stop_ids)
+        return
     if compiled:
         step = step or DecodeStep(model)
         if sampler is greedy and not logits_processors:
@@ -121,6 +136,26 @@ def generate_tokens(
         token = next_token
 
 
+def _constrained(forward, logits, choose, constraint, max_tokens, stop_ids) -> Iterator[int]:
+    """The decode loop with a grammar mask: the host computes the mask for token n+1 while
+    the model's forward for it runs, then the sampling is queued on the masked logits."""
+    mx.async_eval(logits)
+    width = logits.shape[-1]
+    for n in range(max_tokens):
+        token = choose(mx.where(constraint.mask(width), logits, -mx.inf))
+        mx.async_eval(token)  # its own evaluation, so reading it waits for it alone
+        if n + 1 < max_tokens:
+            logits = forward(token[:, None])
+            mx.async_eval(logits)
+        value = token.item()
+        if value in stop_ids:
+            return
+        constraint.accept(value)
+        yield value
+        if constraint.is_done():
+            return
+
+
 @dataclass
 class Generation:
     """The outcome of one generation: text, ids and honest timings."""
@@ -132,6 +167,7 @@ class Generation:
     generation_s: float = 0.0  # from the first generated token to the last
     load_s: float = 0.0
     finish_reason: str = "length"
+    valid: bool | None = None  # with a constraint: whether the text satisfies it
 
     @property
     def generation_tokens(self) -> int:
@@ -162,11 +198,14 @@ def text_pieces(
     step: DecodeStep | None = None,
     result: Generation | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    constraint=None,
 ) -> Iterator[str]:
     """Generate, yielding each new piece of text; `result` (a Generation) is filled as it goes.
 
     Stop strings end generation and are not part of the text. A caller that is interrupted
-    still holds in `result` what was generated so far.
+    still holds in `result` what was generated so far. With a `constraint`, a complete
+    output ends as "eos" and `result.valid` says whether the text (after any stop string)
+    satisfies it.
     """
     result = result if result is not None else Generation()
     result.prompt_tokens = len(prompt)
@@ -178,7 +217,7 @@ def text_pieces(
     first = None
     tokens = generate_tokens(
         model, prompt, cache=cache, sampler=sampler, logits_processors=logits_processors,
-        max_tokens=max_tokens, stop_ids=stop_ids, step=step,
+        max_tokens=max_tokens, stop_ids=stop_ids, step=step, constraint=constraint,
     )
     result.finish_reason = "length"
     for token in tokens:
@@ -194,6 +233,7 @@ def text_pieces(
         if cut is not None:
             result.text = text[:cut]
             result.finish_reason = "stop"
+            _judge(result, constraint)
             if cut > emitted:
                 yield result.text[emitted:]
             return
@@ -204,7 +244,7 @@ def text_pieces(
             emitted = safe
         result.text = text
     else:
-        if len(result.tokens) < max_tokens:
+        if len(result.tokens) < max_tokens or (constraint is not None and constraint.is_done()):
             result.finish_reason = "eos"
     detokenizer.finish()
     result.text = detokenizer.text
@@ -212,8 +252,14 @@ def text_pieces(
     if cut is not None:
         result.text = result.text[:cut]
         result.finish_reason = "stop"
+    _judge(result, constraint)
     if len(result.text) > emitted:
         yield result.text[emitted:]
+
+
+def _judge(result: Generation, constraint) -> None:
+    if constraint is not None:
+        result.valid = constraint.matches(result.text)
 
 
 def stream_text(model, tokenizer, prompt: list[int], *,

@@ -24,7 +24,7 @@ class ChatSession:
     def __init__(self, model, tokenizer, *, system: str | None = None, max_tokens: int = 256,
                  sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
                  stop_strings: tuple[str, ...] = TURN_HEADERS,
-                 notify: Callable[[str], None] | None = None):
+                 notify: Callable[[str], None] | None = None, constraint=None):
         self.model = model
         self.tokenizer = tokenizer
         self.system = system
@@ -39,6 +39,13 @@ class ChatSession:
         self.step = DecodeStep(model)  # traced once, reused by every turn
         self.cached_ids: list[int] = []
         self.last: Generation | None = None
+        # Every answer obeys `constraint` (a mlx_slm.constrain.ConstraintSpec), if given.
+        self.constraint = constraint
+        self.vocab = None
+        if constraint is not None:
+            from mlx_slm.constrain import GrammarVocabulary
+
+            self.vocab = GrammarVocabulary(tokenizer)
 
     def ids(self, turns: list[Turn] | None = None, open_answer: bool = False) -> list[int]:
         """The conversation's ids: the history (or `turns`), optionally opening an answer."""
@@ -52,13 +59,17 @@ class ChatSession:
         keep = min(len(os.path.commonprefix([self.cached_ids, ids])), len(ids) - 1)
         self._rewind(keep)
         result = Generation()
+        constraint = None
+        if self.constraint is not None:
+            from mlx_slm.constrain import Constraint
+
+            constraint = Constraint(self.constraint, self.vocab)
         try:
             stream_text(
                 self.model, self.tokenizer, ids[keep:], max_tokens=max_tokens,
                 sampler=self.sampler, logits_processors=self._with_earlier(ids[:keep]),
                 stop_strings=self.stop_strings, cache=self.cache, step=self.step,
-                on_text=on_text,
-                result=result,
+                on_text=on_text, result=result, constraint=constraint,
             )
         except KeyboardInterrupt:
             result.finish_reason = "interrupted"

@@ -4,11 +4,15 @@ import io
 import json
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mlx_slm.chat_format import PromptFormat
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import LoadOptions
 from mlx_slm.sample import SamplingOptions
+
+if TYPE_CHECKING:  # importing it loads the grammar engine, which only constrained runs need
+    from mlx_slm.constrain import ConstraintSpec
 
 DEFAULT_PROMPT = "What is the capital of California?"
 
@@ -25,6 +29,7 @@ class GenerationRequest:
     format: PromptFormat = field(default_factory=PromptFormat)
     ignore_eos: bool = False
     stop_strings: tuple[str, ...] = ()
+    constraint: "ConstraintSpec | None" = None
 
 
 def fit_to_context(prompt_tokens: int, max_tokens: int, context: int) -> int:
@@ -113,6 +118,11 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     hint = reference_blas_hint()
     if hint:
         print(hint, file=err)
+    constraint = None
+    if request.constraint is not None:
+        from mlx_slm.constrain import Constraint, GrammarVocabulary
+
+        constraint = Constraint(request.constraint, GrammarVocabulary(tokenizer))
     reset_mlx_peak()
     result = Generation(load_s=loaded.load_s)
     code = 0
@@ -123,10 +133,13 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
             stop_strings=request.stop_strings + (TURN_HEADERS if chat and not request.ignore_eos
                                                  else ()),
             ignore_eos=request.ignore_eos, on_text=None if as_json else show, result=result,
+            constraint=constraint,
         )
     except KeyboardInterrupt:
         result.finish_reason = "interrupted"
         result.text = tokenizer.decode(result.tokens)
+        if constraint is not None:
+            result.valid = constraint.matches(result.text)
         code = 130
     report = {
         "model": str(request.model),
@@ -150,6 +163,8 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
         "stop_strings": list(request.stop_strings),
         "ignore_eos": request.ignore_eos,
         "system": request.format.system,
+        "constraint": None if constraint is None else {
+            **request.constraint.describe(), "valid": result.valid},
     }
     if as_json:
         out.write(json.dumps(report) + "\n")
@@ -189,4 +204,9 @@ def format_stats(report: dict) -> str:
     line = " | ".join(parts)
     if report["finish_reason"] == "interrupted":
         line = "[interrupted] " + line
+    constraint = report.get("constraint")
+    if constraint is not None and not constraint["valid"]:
+        why = {"length": "it hit --max-tokens", "stop": "a stop string cut it"}.get(
+            report["finish_reason"], "it was interrupted")
+        line = f"[the output does not satisfy the {constraint['type']} constraint: {why}]\n" + line
     return line

@@ -148,6 +148,11 @@ def quiz_prompt_ids(tokenizer, question: Question, chat: bool,
     return tokenizer.encode(completion_prompt(question))
 
 
+def candidates(question: Question) -> list[str]:
+    """The answers a constrained quiz chooses among: the right one and the wrong ones."""
+    return [question.answers[0], *question.wrong]
+
+
 def cut_answer(text: str, chat: bool) -> tuple[str, bool]:
     """The answer text and whether it is complete: a chat answer ends at a turn header, a
     completion at the end of its first non-empty line."""
@@ -188,20 +193,35 @@ def run_quiz(model, tokenizer, questions: list[Question], *, chat: bool,
              batch_size: int, system: str | None = None, max_tokens: int = 32,
              sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
              on_progress: Callable[[int, int], None] | None = None,
-             clock: Callable[[], float] = time.perf_counter) -> QuizRun:
-    """Ask `questions` in batches; each row stops at EOS or at the end of its answer."""
+             clock: Callable[[], float] = time.perf_counter, constraint=None,
+             constrained: bool = False) -> QuizRun:
+    """Ask `questions` in batches; each row stops at EOS or at the end of its answer.
+
+    Every answer obeys `constraint` (a mlx_slm.constrain.ConstraintSpec) if given; with
+    `constrained`, each answer is a choice among its question's candidates.
+    """
     from mlx_slm.batch import generate_batch
 
+    vocab = None
+    if constraint is not None or constrained:
+        from mlx_slm import constrain
+
+        vocab = constrain.GrammarVocabulary(tokenizer)
     run = QuizRun()
     for first in range(0, len(questions), batch_size):
         batch = questions[first : first + batch_size]
         prompts = [quiz_prompt_ids(tokenizer, q, chat, system) for q in batch]
         tokens = [[] for _ in batch]
         done = [False] * len(batch)
+        constraints = None
+        if vocab is not None:
+            specs = [constrain.choice(candidates(q)) if constrained else constraint
+                     for q in batch]
+            constraints = [constrain.Constraint(spec, vocab) for spec in specs]
         start, first_step, last_step = clock(), None, None
         steps = generate_batch(
             model, prompts, sampler=sampler, logits_processors=logits_processors,
-            max_tokens=max_tokens, stop_ids=(tokenizer.eos_id,),
+            max_tokens=max_tokens, stop_ids=(tokenizer.eos_id,), constraints=constraints,
         )
         for step in steps:
             last_step = clock()
@@ -234,8 +254,10 @@ def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
                 prompt_format: PromptFormat = PromptFormat(), max_tokens: int = 32,
                 sampling: SamplingOptions = SamplingOptions(),
                 load: LoadOptions = LoadOptions(),
-                on_progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
-    """Quiz each model in turn, in the form that suits it (or the one the format forces)."""
+                on_progress: Callable[[str, int, int], None] | None = None,
+                constraint=None, constrained: bool = False) -> list[dict]:
+    """Quiz each model in turn, in the form that suits it (or the one the format forces);
+    `constraint` and `constrained` as in `run_quiz`."""
     from mlx_slm.apps.compare import memory_after
     from mlx_slm.apps.models import load_each
     from mlx_slm.loader import model_dtype
@@ -254,10 +276,13 @@ def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
             loaded.model, loaded.tokenizer, questions, chat=as_chat,
             system=prompt_format.system, batch_size=batch_size, max_tokens=max_tokens,
             sampler=sampler, logits_processors=processors, on_progress=progress,
+            constraint=constraint, constrained=constrained,
         )
         results.append({
             "model": loaded.name,
             "format": "chat" if as_chat else "completion",
+            "constraint": ({"type": "choice", "value": "each question's candidates"}
+                           if constrained else constraint and constraint.describe()),
             "correct": run.correct,
             "total": len(questions),
             "accuracy": run.correct / len(questions),
@@ -284,7 +309,7 @@ def format_quiz(results: list[dict]) -> str:
     headers = ["model", "format", "accuracy", "prompt tok/s", "gen tok/s", "MLX peak GB",
                "RSS GB"]
     rows = [[
-        display_name(r["model"]), r["format"],
+        display_name(r["model"]), r["format"] + (", constrained" if r["constraint"] else ""),
         f"{r['correct']}/{r['total']} ({100 * r['accuracy']:.0f}%)",
         f"{r['prompt_tps']:.1f}", f"{r['generation_tps']:.1f}", f"{r['peak_memory_gb']:.2f}",
         "-" if r["rss_gb"] is None else f"{r['rss_gb']:.2f}",

@@ -4,7 +4,12 @@ import sys
 
 import click
 
-from mlx_slm.commands.options import load_options, model_option, sampling_options
+from mlx_slm.commands.options import (
+    constraint_options,
+    load_options,
+    model_option,
+    sampling_options,
+)
 
 
 @click.command()
@@ -13,8 +18,9 @@ from mlx_slm.commands.options import load_options, model_option, sampling_option
 @click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=512, show_default=True,
               help="Most tokens per answer.")
 @sampling_options
+@constraint_options
 @load_options
-def chat(model, system, max_tokens, sampling, load):
+def chat(model, system, max_tokens, sampling, constraint, load):
     """Chat with a model in the terminal.
 
     Every model is prompted in the Instruct chat format; base models were not tuned for it.
@@ -40,7 +46,7 @@ def chat(model, system, max_tokens, sampling, load):
     session = ChatSession(
         loaded.model, loaded.tokenizer, system=system, max_tokens=max_tokens,
         sampler=sampling.sampler(), logits_processors=sampling.logits_processors(),
-        notify=note,
+        notify=note, constraint=constraint,
     )
     hint = reference_blas_hint()
     if hint:

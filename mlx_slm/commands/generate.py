@@ -5,6 +5,7 @@ import sys
 import click
 
 from mlx_slm.commands.options import (
+    constraint_options,
     format_options,
     load_options,
     model_option,
@@ -22,11 +23,12 @@ from mlx_slm.commands.options import (
 @sampling_options
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end-of-text token.")
 @click.option("--stop", "stop_strings", multiple=True, help="Stop at this string (repeatable).")
+@constraint_options
 @load_options
 @format_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, load, prompt_format,
-             as_json):
+def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, constraint, load,
+             prompt_format, as_json):
     """Generate text from a prompt, with speed and memory stats."""
     from mlx_slm.apps.generate_app import GenerationRequest, run_generation, stdin_prompt
 
@@ -35,5 +37,6 @@ def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, load
     request = GenerationRequest(
         model=model, prompt=prompt, max_tokens=max_tokens, sampling=sampling, load=load,
         format=prompt_format, ignore_eos=ignore_eos, stop_strings=tuple(stop_strings),
+        constraint=constraint,
     )
     sys.exit(run_generation(request, as_json=as_json))

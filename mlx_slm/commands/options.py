@@ -1,7 +1,8 @@
 """Options shared by the commands, each group built once into the object the apps take:
-SamplingOptions, LoadOptions, PromptFormat. Values are validated by the CLI with ranges."""
+SamplingOptions, LoadOptions, PromptFormat, a constraint. Values are validated by the CLI."""
 
 import functools
+from pathlib import Path
 
 import click
 
@@ -155,3 +156,61 @@ def quantization_options(fn):
     ]):
         fn = option(fn)
     return fn
+
+
+def constraint_options(fn):
+    """--json-schema, --json-object, --regex, --choice: at most one, handed to the command as
+    one `constraint` argument (a checked mlx_slm.constrain.ConstraintSpec, or None). A bad
+    schema or pattern is an error here, before any model loads."""
+
+    @functools.wraps(fn)
+    def command(*args, json_schema, json_object, regex, choices, **kwargs):
+        spec = constraint_spec(json_schema, json_object, regex, choices)
+        return fn(*args, constraint=spec, **kwargs)
+
+    options = [
+        click.option("--json-schema", metavar="FILE|JSON", default=None,
+                     help="Output JSON valid under this schema (a file, or the schema itself)."),
+        click.option("--json-object", is_flag=True, help="Output any valid JSON object."),
+        click.option("--regex", metavar="PATTERN", default=None,
+                     help="Output text that matches this regular expression as a whole."),
+        click.option("--choice", "choices", multiple=True, metavar="TEXT",
+                     help="Output exactly one of these answers (repeat for each)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def constraint_spec(json_schema: str | None, json_object: bool, regex: str | None,
+                    choices: tuple[str, ...]):
+    """The one constraint the options ask for, checked; None without one."""
+    given = [name for name, value in (("--json-schema", json_schema),
+                                      ("--json-object", json_object), ("--regex", regex),
+                                      ("--choice", choices)) if value]
+    if len(given) > 1:
+        raise SlmError(f"{given[0]} and {given[1]} cannot be combined; give one constraint.")
+    if not given:
+        return None
+    import mlx_slm.constrain as constrain
+
+    if json_schema is not None:
+        return constrain.json_schema(_schema_text(json_schema))
+    if json_object:
+        return constrain.json_object()
+    if regex is not None:
+        return constrain.regex(regex)
+    return constrain.choice(choices)
+
+
+def _schema_text(value: str) -> str:
+    """--json-schema's value: a file's text, or the JSON given inline."""
+    if value.lstrip().startswith("{"):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise SlmError(f"--json-schema {value!r} is neither a file nor a JSON object.")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SlmError(f"Cannot read the JSON schema {path}: {err}.") from None
