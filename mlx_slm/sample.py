@@ -1,5 +1,6 @@
 """Samplers (log-probs -> token ids) and logits processors, built once by factories."""
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -21,6 +22,8 @@ RANGES = {
 
 
 def check_range(name: str, value: float) -> None:
+    if not math.isfinite(value):  # inf would pass the ranges and sample nonsense
+        raise SlmError(f"{name.replace('_', '-')} must be a finite number, got {value}.")
     low, high = RANGES[name]
     ok = value >= low and (high is None or value <= high)
     if name == "repetition_penalty":

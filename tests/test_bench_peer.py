@@ -18,8 +18,9 @@ pytest.importorskip("mlx_lm")
 PROMPT = [1, 450, 7483, 310]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def engine():
+    """One peer for the module: starting mlx-lm's child costs seconds (its imports)."""
     from mlx_slm.bench.mlx_lm_peer import MlxLmEngine
 
     peer = MlxLmEngine()
@@ -82,6 +83,7 @@ def peer_processes(mark: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signals_stop_bench_while_mlx_lm_runs(tmp_path, model_dir, sig, code):
@@ -89,7 +91,8 @@ def test_signals_stop_bench_while_mlx_lm_runs(tmp_path, model_dir, sig, code):
     env = {**os.environ, mark.split("=")[0]: mark.split("=")[1]}
     bench = subprocess.Popen(
         [sys.executable, "-m", "mlx_slm", "bench", "-m", str(model_dir), "--compare", "mlx-lm",
-         "-p", "8", "-n", "2000", "-r", "3", "--warmup", "0", "--bandwidth", "10"],
+         "-p", "8", "-n", "2000", "-r", "3", "--warmup", "0", "--bandwidth", "10",
+         "--time-limit", "5"],  # ours stops at 5 s; mlx-lm is signalled within its 5 s
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     for line in bench.stderr:  # one progress line per step when stderr is not a terminal
         if b"[mlx-lm] prompt" in line:

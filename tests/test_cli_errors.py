@@ -151,3 +151,21 @@ def test_quantization_options_are_the_same_in_convert_and_quantize(tmp_path):
     quantize = invoke("quantize", str(tmp_path), str(tmp_path / "o"), "--q-bits", "7")
     lines = [one_line_error(r, code=2).split(" (see")[0] for r in (convert, quantize)]
     assert lines[0] == lines[1] and "'7' is not one of '2', '3', '4', '5', '6', '8'" in lines[0]
+
+
+@pytest.mark.parametrize("option", ["--temp", "--top-p", "--min-p", "--repetition-penalty"])
+def test_sampling_values_must_be_finite(option):
+    line = one_line_error(invoke("generate", option, "inf"), code=2)
+    assert "must be a finite number, got inf" in line
+
+
+def test_an_empty_stop_string_is_a_usage_error():
+    line = one_line_error(invoke("generate", "--stop", ""), code=2)
+    assert "an empty stop string would never stop anything" in line
+
+
+def test_questions_that_are_not_utf8_say_so(tmp_path, model_dir):
+    questions = tmp_path / "q.jsonl"
+    questions.write_bytes(b'{"question": "caf\xe9?"}\n')
+    line = one_line_error(invoke("quiz", "-m", str(model_dir), "--questions", str(questions)))
+    assert line == f"Error: {questions} is not UTF-8 text; --questions takes a UTF-8 JSONL file."

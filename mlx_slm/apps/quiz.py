@@ -46,8 +46,10 @@ def load_questions(path: str | Path) -> list[Question]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SlmError(f"{path} does not exist; --questions takes a JSONL file.") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SlmError(f"Cannot read {path}: {err}.") from None
+    except UnicodeDecodeError:
+        raise SlmError(f"{path} is not UTF-8 text; --questions takes a UTF-8 JSONL file.") from None
+    except OSError as err:
+        raise SlmError(f"Cannot read {path}: {err.strerror or err}.") from None
     return parse_questions(text, str(path))
 
 

@@ -13,6 +13,12 @@ from mlx_slm.commands.options import (
 )
 
 
+def _non_empty(ctx, param, values):
+    if any(not value for value in values):
+        raise click.BadParameter("an empty stop string would never stop anything")
+    return values
+
+
 @click.command()
 @model_option
 @click.option("--prompt", "-p", default=None,
@@ -22,7 +28,8 @@ from mlx_slm.commands.options import (
               help="Most tokens to generate.")
 @sampling_options
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end-of-text token.")
-@click.option("--stop", "stop_strings", multiple=True, help="Stop at this string (repeatable).")
+@click.option("--stop", "stop_strings", multiple=True, callback=_non_empty,
+              help="Stop at this string (repeatable).")
 @constraint_options
 @load_options
 @format_options
