@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,12 @@ WORDS = ["river", "mountain", "city", "lake", "forest", "desert", "ocean", "isla
 def prompt(i: int, words: int = 48) -> str:
     """A distinct prompt of about `words` + 2 tokens."""
     return f"Story {i}: " + " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(words))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Server:
@@ -143,30 +150,31 @@ def chat_prefix(url: str, model: str) -> dict:
 
 
 def overhead(tiny_dir: Path, port: int, repeats: int) -> dict:
-    """Median request round trip (1 token) minus the median bare generation call."""
+    """Request round trip (1 token) minus the bare generation call, taken pair by pair
+    (bare, request, bare, request, ...) so that the machine's load drifts out; medians."""
     from mlx_slm.generation import generate_tokens
     from mlx_slm.loader import load as load_model
 
     model, tokenizer = load_model(tiny_dir)
     ids = tokenizer.encode("Hello there")
-    bare = []
-    for _ in range(repeats + 3):
-        start = time.perf_counter()
-        list(generate_tokens(model, ids, max_tokens=1))
-        bare.append(time.perf_counter() - start)
     server = Server("ours", tiny_dir, port)
+    pairs = []
     try:
-        trips = []
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            for _ in range(repeats + 3):
+            for n in range(repeats + 3):
+                start = time.perf_counter()
+                list(generate_tokens(model, ids, max_tokens=1))
+                bare = time.perf_counter() - start
                 start = time.perf_counter()
                 client.post("/v1/completions", json={"prompt": "Hello there", "max_tokens": 1,
                                                      "temperature": 0}).raise_for_status()
-                trips.append(time.perf_counter() - start)
+                if n >= 3:  # warm-up
+                    pairs.append((bare, time.perf_counter() - start))
     finally:
         server.stop()
-    bare_ms, trip_ms = statistics.median(bare[3:]) * 1e3, statistics.median(trips[3:]) * 1e3
-    return {"bare_ms": bare_ms, "request_ms": trip_ms, "overhead_ms": trip_ms - bare_ms}
+    return {"bare_ms": statistics.median(b for b, _ in pairs) * 1e3,
+            "request_ms": statistics.median(r for _, r in pairs) * 1e3,
+            "overhead_ms": statistics.median(r - b for b, r in pairs) * 1e3}
 
 
 def main() -> None:
@@ -174,10 +182,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16, help="Tokens per request.")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1, help="Requests per client.")
-    parser.add_argument("--port", type=int, default=8391)
+    parser.add_argument("--port", type=int, default=0, help="Default: a free port.")
     parser.add_argument("--repeats", type=int, default=20, help="Overhead samples.")
     parser.add_argument("--skip-mlx-lm", action="store_true")
+    parser.add_argument("--blas-threads", type=int, default=None,
+                        help="OPENBLAS_NUM_THREADS for both servers (default: as set).")
     args = parser.parse_args()
+    args.port = args.port or free_port()
+    if args.blas_threads:
+        os.environ["OPENBLAS_NUM_THREADS"] = str(args.blas_threads)
 
     import mlx_slm  # noqa: F401  (the optimized BLAS before mlx, as the servers get it)
     from mlx_slm.bench.machine import machine_info
@@ -191,7 +204,9 @@ def main() -> None:
         convert(hub, model_dir, tokenizer=str(TOKENIZER), log=lambda _: None)
         tiny = write_hub_checkpoint(tmp / "tiny", tiny_config())
         shutil.copy(TOKENIZER, tiny / "tokenizer.model")
-        record = {"benchmark": "serve", **machine_info(), "dtype": "float32",
+        record = {"benchmark": "serve", **machine_info(), "load_average": os.getloadavg(),
+                  "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+                  "dtype": "float32",
                   "shape": "OpenELM-270M (synthetic weights)", "tokens": args.tokens,
                   "streams": args.streams, "rounds": args.rounds,
                   "overhead": overhead(tiny, args.port, args.repeats),
@@ -223,7 +238,7 @@ def summary(r: dict) -> str:
             f"{r['ours_over_mlx_lm']:.2f}x throughput (target >= 1.5x); TTFT p50 "
             f"{ours['concurrent']['ttft_p50_s']:.2f} vs {theirs['concurrent']['ttft_p50_s']:.2f}"
             f" s, p95 {ours['concurrent']['ttft_p95_s']:.2f} vs "
-            f"{theirs['concurrent']['ttft_p95_s']:.2f} s; mlx_lm 8 vs 1: "
+            f"{theirs['concurrent']['ttft_p95_s']:.2f} s; mlx_lm {r['streams']} vs 1: "
             f"{theirs['speedup']:.2f}x")
     prefix = ours["chat_prefix"]
     lines.append(f"repeated chat prefix: second TTFT {prefix['ratio']:.2f}x the first "
