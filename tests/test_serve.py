@@ -160,3 +160,14 @@ def test_a_repeated_chat_prefix_is_reused(client, models, reference):
                                             temperature=0)
     assert second.usage.prompt_tokens_details.cached_tokens >= answer.usage.prompt_tokens
     assert second.choices[0].message.content == reference[instruct].chat(follow, 6).text
+
+
+def test_completion_logprobs_in_the_legacy_shape(client, models):
+    answer = client.completions.create(model=models[1], prompt="Hi", max_tokens=3,
+                                       temperature=0, logprobs=2)
+    logprobs = answer.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == 3
+    assert "".join(logprobs.tokens).strip() == answer.choices[0].text.strip()
+    assert all(len(top) == 2 and max(top.values()) == lp
+               for top, lp in zip(logprobs.top_logprobs, logprobs.token_logprobs))
+    assert logprobs.text_offset == sorted(logprobs.text_offset) and logprobs.text_offset[0] == 0
