@@ -152,6 +152,21 @@ def test_a_model_that_cannot_load_is_a_one_line_error(tmp_path):
         "(owner/name)."]
 
 
+def test_a_port_in_use_is_a_one_line_error():
+    import socket
+
+    from mlx_slm.apps.serve.run import check_address
+    from mlx_slm.errors import SlmError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SlmError, match=f"Cannot listen on 127.0.0.1:{port}: .*in use"):
+            check_address("127.0.0.1", port)
+    check_address("127.0.0.1", port)  # free again
+
+
 def test_a_missing_extra_gives_the_install_hint(monkeypatch):
     import sys
 
