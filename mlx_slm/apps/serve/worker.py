@@ -120,9 +120,11 @@ class Worker:
                 self.memory = {"active_bytes": mx.get_active_memory(),
                                "peak_bytes": mx.get_peak_memory()}
         finally:
-            # This thread's MLX streams must go with it, or the process aborts at exit.
+            # This thread's MLX streams must go with it, or the process aborts at exit (MLX
+            # 0.32; older versions have no per-thread streams and no clear_streams).
             mx.synchronize()
-            mx.clear_streams()
+            if hasattr(mx, "clear_streams"):
+                mx.clear_streams()
 
     def _load(self) -> None:
         from mlx_slm.apps.models import open_model
