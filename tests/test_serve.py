@@ -160,3 +160,33 @@ def test_a_repeated_chat_prefix_is_reused(client, models, reference):
                                             temperature=0)
     assert second.usage.prompt_tokens_details.cached_tokens >= answer.usage.prompt_tokens
     assert second.choices[0].message.content == reference[instruct].chat(follow, 6).text
+
+
+def test_completion_logprobs_in_the_legacy_shape(client, models):
+    answer = client.completions.create(model=models[1], prompt="Hi", max_tokens=3,
+                                       temperature=0, logprobs=2)
+    logprobs = answer.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == 3
+    assert "".join(logprobs.tokens).strip() == answer.choices[0].text.strip()
+    assert all(len(top) == 2 and max(top.values()) == lp
+               for top, lp in zip(logprobs.top_logprobs, logprobs.token_logprobs))
+    assert logprobs.text_offset == sorted(logprobs.text_offset) and logprobs.text_offset[0] == 0
+
+
+def test_metrics_in_prometheus_text(client, server, models):
+    import httpx
+
+    client.completions.create(model=models[1], prompt="Count", max_tokens=5, temperature=0)
+    text = httpx.get(server.url + "/metrics").text
+    values = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values['mlx_slm_requests_total{path="/v1/completions",status="200"}'] >= 1
+    assert values["mlx_slm_generation_tokens_total"] >= 5
+    assert values["mlx_slm_prompt_tokens_total"] >= 2
+    assert values["mlx_slm_memory_active_bytes"] > 0
+    for gauge in ("queue_depth", "running_requests", "kv_cache_bytes", "prefix_cache_bytes",
+                  "generation_tokens_per_second", "memory_peak_bytes"):
+        assert f"# TYPE mlx_slm_{gauge} gauge" in text and f"mlx_slm_{gauge}" in values

@@ -101,6 +101,29 @@ def test_an_internal_error_is_a_500_and_the_server_keeps_serving(http, server, m
     settle(server.worker)
 
 
+def test_a_batch_that_would_not_fit_waits_and_a_request_that_never_fits_is_refused(models):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlx_slm.apps.serve.worker import Settings
+
+    # Room for one request of 40 positions at a time (the tiny model: 640 bytes a position).
+    settings = Settings(kv_budget_bytes=50 * 640, prefix_cache_bytes=0)
+    with BackgroundServer([models[1]], port=free_port(), settings=settings) as small, \
+            httpx.Client(base_url=small.url, timeout=60) as client:
+        assert small.worker.served[models[1]].token_bytes == 640
+        error = error_of(client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 60}),
+                         507)
+        assert error["code"] == "insufficient_memory"
+
+        def ask(_):
+            return client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 30})
+
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(ask, range(3)))
+        assert [a.json()["usage"]["completion_tokens"] for a in answers] == [30] * 3
+        assert small.worker.peak_running == 1
+
+
 def test_auth_on_and_off(models, http):
     assert http.get("/v1/models").status_code == 200  # no key set: open
     with BackgroundServer([models[1]], port=free_port(), api_key="s3cret") as locked, \
@@ -114,6 +137,34 @@ def test_auth_on_and_off(models, http):
         assert answer.status_code == 200
         assert client.get("/health").status_code == 200  # liveness stays open
         assert client.get("/metrics", headers=right).status_code == 200
+
+
+def test_a_model_that_cannot_load_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mlx_slm", "serve", "--model",
+                           str(tmp_path / "missing"), "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"Error: {tmp_path / 'missing'} is neither a model directory nor a Hub repo id "
+        "(owner/name)."]
+
+
+def test_a_port_in_use_is_a_one_line_error():
+    import socket
+
+    from mlx_slm.apps.serve.run import check_address
+    from mlx_slm.errors import SlmError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SlmError, match=f"Cannot listen on 127.0.0.1:{port}: .*in use"):
+            check_address("127.0.0.1", port)
+    check_address("127.0.0.1", port)  # free again
 
 
 def test_a_missing_extra_gives_the_install_hint(monkeypatch):

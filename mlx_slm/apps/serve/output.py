@@ -72,10 +72,14 @@ class Output:
                  "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}
                                   for t, lp in e["top"]]}
                 for e in entries]}
+        offsets, at = [], 0
+        for e in entries:  # character offsets into the completion's text
+            offsets.append(at)
+            at += len(e["token"])
         return {"tokens": [e["token"] for e in entries],
                 "token_logprobs": [e["logprob"] for e in entries],
                 "top_logprobs": [dict(e["top"]) for e in entries],
-                "text_offset": []}
+                "text_offset": offsets}
 
     def usage(self, peak_bytes: int | None = None) -> dict:
         job = self.job

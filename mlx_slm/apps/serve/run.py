@@ -1,6 +1,7 @@
 """Starting the server: load the models on the worker, then serve HTTP with uvicorn until
 SIGINT or SIGTERM, letting in-flight requests finish first."""
 
+import socket
 import threading
 
 from mlx_slm.apps.serve.worker import Settings, Worker
@@ -43,11 +44,23 @@ def serve(names: list[str], host: str = "127.0.0.1", port: int = 8080,
           load: LoadOptions = LoadOptions(), settings: Settings | None = None,
           api_key: str | None = None) -> None:
     """Serve until SIGINT/SIGTERM; uvicorn stops accepting, drains, then the worker stops."""
+    check_address(host, port)  # before the models load, not after
     worker, app = build(names, load, settings, api_key)
     try:
         _server(app, host, port, "info").run()
     finally:
         worker.stop()
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail with one line if `host:port` cannot be listened on (in use, not ours)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise SlmError(f"Cannot listen on {host}:{port}: {err.strerror or err}.") from None
 
 
 class BackgroundServer:

@@ -47,7 +47,9 @@ class Settings:
 
     max_batch: int = 16
     prefix_cache_bytes: int = 256 * 2**20
-    kv_budget_bytes: int | None = None  # None: 80% of the memory available after loading
+    # Running batches' KV caches; None: 80% of the memory available after loading, less the
+    # prefix cache's own bound.
+    kv_budget_bytes: int | None = None
 
 
 class Worker:
@@ -73,6 +75,7 @@ class Worker:
         self.thread.start()
         self.ready.wait()
         if self.failure is not None:
+            self.thread.join()  # its MLX streams are gone before the error ends the process
             raise self.failure
 
     def stop(self) -> None:
@@ -117,9 +120,11 @@ class Worker:
                 self.memory = {"active_bytes": mx.get_active_memory(),
                                "peak_bytes": mx.get_peak_memory()}
         finally:
-            # This thread's MLX streams must go with it, or the process aborts at exit.
+            # This thread's MLX streams must go with it, or the process aborts at exit (MLX
+            # 0.32; older versions have no per-thread streams and no clear_streams).
             mx.synchronize()
-            mx.clear_streams()
+            if hasattr(mx, "clear_streams"):
+                mx.clear_streams()
 
     def _load(self) -> None:
         from mlx_slm.apps.models import open_model
@@ -130,7 +135,8 @@ class Worker:
             self.served[name] = Served(name, loaded, PrefixCache(self.settings.prefix_cache_bytes))
         if self.kv_budget is None:
             available = available_bytes()
-            self.kv_budget = int(0.8 * available) if available else 2**62
+            self.kv_budget = (int(0.8 * available) - self.settings.prefix_cache_bytes
+                              if available else 2**62)
 
     def _admit(self) -> None:
         """Move jobs from the inbox to the batch while there is room; wait when idle."""
@@ -169,7 +175,7 @@ class Worker:
         """Whether the padded batch with `job` (and `joining` others) stays within budget."""
         longest = max([served.batch.end + job.max_tokens, len(job.prompt) + job.max_tokens])
         needed = (len(served.rows) + joining + 1) * longest * served.token_bytes
-        others = self.kv_bytes - served.batch.nbytes + self.prefix_bytes
+        others = self.kv_bytes - served.batch.nbytes
         return needed + others <= self.kv_budget
 
     def _start(self, served: Served, *jobs: Job) -> None:
