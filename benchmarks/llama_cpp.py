@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -259,8 +258,8 @@ def markdown(result: dict) -> str:
         f"generated, median of {settings['reps']}. {m['date']}.",
         "",
         "| size | precision | llama.cpp type | bits/weight ours / theirs | decode tok/s ours "
-        "| llama.cpp | ratio | prompt tok/s ours | llama.cpp | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| llama.cpp | ratio | prompt tok/s ours | llama.cpp | ratio | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["cells"]:
         ours, theirs = c["mlx_slm"], c["llama_cpp"]
@@ -270,9 +269,11 @@ def markdown(result: dict) -> str:
             f"| {ours['gen_tps']:.1f} | {theirs['gen_tps']:.1f} "
             f"| {ratio(ours['gen_tps'], theirs['gen_tps'])} "
             f"| {ours['prompt_tps']:.0f} | {theirs['prompt_tps']:.0f} "
-            f"| {ratio(ours['prompt_tps'], theirs['prompt_tps'])} |")
+            f"| {ratio(ours['prompt_tps'], theirs['prompt_tps'])} "
+            f"| {c['load_average'][0]:.1f}-{c['load_average'][1]:.1f} |")
     lines += ["", "Ratio: mlx-slm / llama.cpp (above 1 means we are faster). llama-bench times "
-              "decode from an empty context; ours after the prompt."]
+              "decode from an empty context; ours after the prompt. Load avg: the 1-minute load "
+              "average before and after the cell (above the core count, other work competed)."]
     for size, check in result["logits_check"].items():
         lines += ["", f"Same model? {size} float32, last-position logits of {check['prompt']!r}: "
                   f"token ids equal {check['token_ids_equal']}, argmax equal "
@@ -320,42 +321,49 @@ def main(argv=None) -> int:
         published_config(size)  # an unknown size fails here, before anything is built
     cache = args.cache.expanduser()
     cache.mkdir(parents=True, exist_ok=True)
-    cells, checks = [], {}
+    machine = machine_info()
+    result = {
+        "machine": machine,
+        "llama_cpp_build": None,
+        "llama_cpp_cpu": None,
+        "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
+                     "reps": args.reps, "threads": args.threads, "seed": args.seed,
+                     "quantize": "llama-quantize --pure"},
+        "cells": [],
+        "logits_check": {},
+    }
+    stamp = machine["date"][:10]
     for size in args.sizes:
         if CHECK_TOOL in tools:
             print(f"[check] {size}: float32 logits, llama.cpp vs mlx-slm", file=sys.stderr)
-            checks[size] = check_logits(tools[CHECK_TOOL], gguf_at(size, "float32", args.seed,
-                                        cache, tools), size, args.seed, args.threads)
+            result["logits_check"][size] = check_logits(
+                tools[CHECK_TOOL], gguf_at(size, "float32", args.seed, cache, tools), size,
+                args.seed, args.threads)
         for precision in args.precisions:
             model = gguf_at(size, precision, args.seed, cache, tools)
+            # Other work on the machine skews both engines; the load average shows it.
+            load_before = os.getloadavg()[0]
             print(f"[bench] {size} {precision}: mlx-slm", file=sys.stderr)
             ours = run_ours(size, precision, args.prompt_tokens, args.gen_tokens, args.reps,
                             args.seed)
             print(f"[bench] {size} {precision}: llama.cpp {model.name}", file=sys.stderr)
             theirs = run_llama_bench(tools["llama-bench"], model, args.prompt_tokens,
                                      args.gen_tokens, args.reps, args.threads)
-            cells.append({"size": size, "precision": precision, "mlx_slm": ours,
-                          "llama_cpp": theirs,
-                          "gen_tps_ratio": ours["gen_tps"] / theirs["gen_tps"],
-                          "prompt_tps_ratio": ours["prompt_tps"] / theirs["prompt_tps"]})
-    machine = machine_info()
-    result = {
-        "machine": machine,
-        "llama_cpp_build": cells[0]["llama_cpp"]["build"],
-        "llama_cpp_cpu": cells[0]["llama_cpp"]["cpu_info"],
-        "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
-                     "reps": args.reps, "threads": args.threads, "seed": args.seed,
-                     "quantize": "llama-quantize --pure"},
-        "cells": cells,
-        "logits_check": checks,
-    }
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    RESULTS.mkdir(exist_ok=True)
-    table = markdown(result)
-    (RESULTS / f"llama_cpp-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"llama_cpp-{stamp}.md").write_text(table)
-    print(table)
+            result["llama_cpp_build"], result["llama_cpp_cpu"] = theirs["build"], theirs["cpu_info"]
+            result["cells"].append({
+                "size": size, "precision": precision, "mlx_slm": ours, "llama_cpp": theirs,
+                "load_average": [load_before, os.getloadavg()[0]],
+                "gen_tps_ratio": ours["gen_tps"] / theirs["gen_tps"],
+                "prompt_tps_ratio": ours["prompt_tps"] / theirs["prompt_tps"]})
+            write_results(result, stamp)  # after every cell, so a cut-short run keeps its cells
+    print(markdown(result))
     return 0
+
+
+def write_results(result: dict, stamp: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"llama_cpp-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"llama_cpp-{stamp}.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":
