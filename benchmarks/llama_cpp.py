@@ -271,6 +271,11 @@ def markdown(result: dict) -> str:
             f"| {ours['prompt_tps']:.0f} | {theirs['prompt_tps']:.0f} "
             f"| {ratio(ours['prompt_tps'], theirs['prompt_tps'])} "
             f"| {c['load_average'][0]:.1f}-{c['load_average'][1]:.1f} |")
+    busiest = max((max(c["load_average"]) for c in result["cells"]), default=0)
+    if busiest > m["cores"]:
+        lines += ["", f"**Measured under contention** (load average up to {busiest:.1f} on "
+                  f"{m['cores']} cores): other jobs shared the CPU, so these figures are not "
+                  "the engines' speeds; rerun on an idle machine."]
     lines += ["", "Ratio: mlx-slm / llama.cpp (above 1 means we are faster). llama-bench times "
               "decode from an empty context; ours after the prompt. Load avg: the 1-minute load "
               "average before and after the cell (above the core count, other work competed)."]
