@@ -1,0 +1,296 @@
+"""Speculative decoding: a small draft model proposes tokens, the target checks them at once.
+
+A round: the draft decodes K tokens after the last chosen one (its own cache, compiled
+steps); the target runs that token plus the K drafts as one forward pass of K+1 positions;
+the drafts it agrees with are kept, plus one token of its own (a correction, or a bonus when
+all K pass), and both caches forget the rest. Greedy output equals the target's own greedy
+output; with sampling, the acceptance rule of Leviathan et al. and Chen et al. (2023) keeps
+the target's output distribution exactly.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from mlx_slm.cache import make_cache
+from mlx_slm.generation import PREFILL_STEP, DecodeStep, prefill
+from mlx_slm.sample import LogitsProcessor, Sampler, greedy
+
+MAX_DRAFT_TOKENS = 8
+START_DRAFT_TOKENS = 4
+
+
+@dataclass
+class DraftStats:
+    """What the draft did in one generation."""
+
+    drafted: int = 0  # tokens the draft proposed
+    accepted: int = 0  # of those, tokens the target kept
+    rounds: int = 0  # verification passes of the target
+    plain_tokens: int = 0  # tokens the target decoded alone (adaptive fallback)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """Drafted tokens kept per verification pass (each pass adds one more of its own)."""
+        return self.accepted / self.rounds if self.rounds else 0.0
+
+    def as_dict(self) -> dict:
+        return {"drafted": self.drafted, "accepted": self.accepted, "rounds": self.rounds,
+                "plain_tokens": self.plain_tokens, "acceptance_rate": self.acceptance_rate,
+                "mean_accepted": self.mean_accepted}
+
+
+class AdaptiveK:
+    """How many tokens to draft next, from the running acceptance rate.
+
+    K grows while nearly every draft passes and shrinks when most fail. When acceptance is
+    near zero, drafting only costs time: the target decodes alone for a stretch (0 tokens
+    drafted), then probes with K=1; every failed probe doubles the stretch. A fixed K skips
+    all of this.
+    """
+
+    ALPHA = 0.5  # weight of the latest round in the running rate
+    GROW, SHRINK, GIVE_UP = 0.8, 0.5, 0.2
+    FIRST_PAUSE, LONGEST_PAUSE = 16, 256
+
+    def __init__(self, fixed: int | None = None, start: int = START_DRAFT_TOKENS,
+                 most: int = MAX_DRAFT_TOKENS):
+        self.fixed = fixed
+        self.k = fixed if fixed is not None else start
+        self.most = most
+        self.rate = 0.5
+        self.pause = 0  # plain tokens left before the next probe
+        self.next_pause = self.FIRST_PAUSE
+
+    def next(self) -> int:
+        """Tokens to draft in the next round; 0 means one plain decode step."""
+        if self.pause > 0:
+            self.pause -= 1
+            return 0
+        return self.k
+
+    def update(self, drafted: int, accepted: int) -> None:
+        if self.fixed is not None or drafted == 0:
+            return
+        self.rate = (1 - self.ALPHA) * self.rate + self.ALPHA * accepted / drafted
+        if self.rate < self.GIVE_UP:
+            self.k, self.rate = 1, 0.5  # the probe after the pause starts afresh
+            self.pause = self.next_pause
+            self.next_pause = min(2 * self.next_pause, self.LONGEST_PAUSE)
+            return
+        self.next_pause = self.FIRST_PAUSE
+        if self.rate >= self.GROW:
+            self.k = min(self.k + 1, self.most)
+        elif self.rate < self.SHRINK:
+            self.k = max(self.k - 1, 1)
+
+
+class Draft:
+    """A draft model for speculative decoding, with its compiled decode step.
+
+    `num_draft_tokens` fixes K; None adapts it (AdaptiveK). `stats` describe the last
+    generation. `generate_tokens` has the contract of generation.generate_tokens, so
+    text_pieces and stream_text take it as their token source.
+    """
+
+    def __init__(self, model, num_draft_tokens: int | None = None):
+        if num_draft_tokens is not None and not 1 <= num_draft_tokens <= 64:
+            raise ValueError(f"num_draft_tokens must be between 1 and 64, got {num_draft_tokens}")
+        self.model = model
+        self.num_draft_tokens = num_draft_tokens
+        self.step = DecodeStep(model)
+        self.stats = DraftStats()
+
+    def generate_tokens(
+        self,
+        model,
+        prompt: list[int],
+        *,
+        cache: list | None = None,
+        sampler: Sampler = greedy,
+        logits_processors: list[LogitsProcessor] = (),
+        max_tokens: int = 256,
+        stop_ids: tuple[int, ...] = (),
+        prefill_step: int = PREFILL_STEP,
+        step: DecodeStep | None = None,
+    ) -> Iterator[int]:
+        """Yield the target `model`'s tokens, drafted by this model and verified in rounds;
+        ends at a stop id (not yielded) or after `max_tokens`."""
+        if not prompt:
+            raise ValueError("the prompt must hold at least one token")
+        self.stats = DraftStats()
+        run = _Run(self, model, cache if cache is not None else make_cache(model),
+                   step or DecodeStep(model), sampler, list(logits_processors), prompt,
+                   prefill_step)
+        for value in run.tokens(max_tokens):
+            if value in stop_ids:
+                return
+            yield value
+
+
+class _Run:
+    """The state of one speculative generation: both caches, the history, the adaptive K.
+
+    Invariant between rounds: `last` is the newest chosen token, already yielded and fed to
+    neither model; the target's cache holds everything before it, and the draft's cache
+    holds everything before `pending` (which ends with `last`).
+    """
+
+    def __init__(self, draft: Draft, model, cache, step, sampler, processors, prompt,
+                 prefill_step):
+        if sampler is not greedy and not hasattr(sampler, "distribution"):
+            raise TypeError("speculative sampling needs a sampler with a distribution "
+                            "(sample.make_sampler makes one)")
+        self.draft, self.model, self.cache, self.step = draft, model, cache, step
+        self.sampler, self.processors = sampler, processors
+        self.draft_cache = make_cache(draft.model)
+        self.history = mx.array(prompt, dtype=mx.uint32)
+        self.prompt, self.prefill_step = prompt, prefill_step
+        self.adapt = AdaptiveK(draft.num_draft_tokens)
+        self.stats = draft.stats
+
+    def tokens(self, max_tokens: int) -> Iterator[int]:
+        if max_tokens <= 0:
+            return
+        first = self._pick(prefill(self.model, self.history, self.cache, self.prefill_step),
+                           self.history)[0]
+        # The draft reads the prompt while the first token is read back.
+        pending = [self.prompt[-1]]
+        if len(self.prompt) > 1:
+            prefill(self.draft.model, self.history[:-1], self.draft_cache, self.prefill_step)
+            mx.eval([c.state for c in self.draft_cache])
+        last = first.item()
+        yield last
+        self._extend([last])
+        pending.append(last)
+        produced = 1
+        while produced < max_tokens:
+            k = min(self.adapt.next(), max_tokens - produced - 1)
+            if k == 0:
+                new = [self._plain(last)]
+                self.stats.plain_tokens += 1
+                pending.append(new[0])
+            else:
+                new, kept_all = self._round(pending, k)
+                self.adapt.update(k, len(new) - 1)
+                # A kept last draft was never fed to the draft model.
+                pending = new[-2:] if kept_all else new[-1:]
+            for value in new:
+                yield value
+                produced += 1
+            last = new[-1]
+
+    def _plain(self, last: int) -> int:
+        """One target decode step after `last` (the draft does not see it yet)."""
+        token = mx.array([[last]], dtype=mx.uint32)
+        if self.sampler is greedy and not self.processors:
+            value = self.step(token, self.cache, greedy=True).item()
+        else:
+            value = self._pick(self.step(token, self.cache), self.history)[0].item()
+        self._extend([value])
+        return value
+
+    def _round(self, pending: list[int], k: int) -> tuple[list[int], bool]:
+        """Draft k tokens, verify them in one target pass; returns the tokens chosen (the
+        accepted drafts plus the target's own) and whether all k drafts were accepted."""
+        drafts, draft_probs = [], []
+        history = self.history
+        # Greedy without processors lets the compiled step take the argmax too.
+        argmax = self.sampler is greedy and not self.processors
+        if len(pending) == 1:
+            out = self.draft.step(mx.array([pending], dtype=mx.uint32), self.draft_cache,
+                                  greedy=argmax)
+        else:
+            out = prefill(self.draft.model, mx.array(pending, dtype=mx.uint32),
+                          self.draft_cache, self.prefill_step)
+            out = mx.argmax(out, axis=-1) if argmax else out
+        for i in range(k):
+            token, probs = (out, None) if argmax else self._pick(out, history)
+            drafts.append(token)
+            draft_probs.append(probs)
+            if self.processors:
+                history = mx.concatenate([history, token.astype(mx.uint32)])
+            if i + 1 < k:  # the last draft is fed to the draft model next round, if kept
+                out = self.draft.step(token[:, None], self.draft_cache, greedy=argmax)
+        drafted = mx.concatenate(drafts)
+        inputs = mx.concatenate([mx.array([pending[-1]], dtype=mx.uint32),
+                                 drafted.astype(mx.uint32)])
+        target_logits = self.model(inputs[None], self.cache)[0]  # [k+1, vocab]
+        if self.sampler is greedy:
+            chosen = self._greedy_rows(target_logits, drafted)
+            mx.eval(chosen, drafted)
+            choices, drafted_ids = chosen.tolist(), drafted.tolist()
+            n = next((i for i in range(k) if drafted_ids[i] != choices[i]), k)
+            new = drafted_ids[:n] + [choices[n]]
+        else:
+            new, n = self._sample_rows(target_logits, drafted, mx.concatenate(draft_probs))
+        for layer in self.cache:
+            layer.trim(k - n)
+        if n < k:
+            for layer in self.draft_cache:
+                layer.trim(k - 1 - n)
+        self.stats.drafted += k
+        self.stats.accepted += n
+        self.stats.rounds += 1
+        self._extend(new)
+        return new, n == k
+
+    def _greedy_rows(self, logits: mx.array, drafted: mx.array) -> mx.array:
+        """The target's greedy choice at each of the k+1 positions."""
+        if not self.processors:
+            return mx.argmax(logits, axis=-1)
+        rows, history = [], self.history
+        for i in range(logits.shape[0]):
+            rows.append(self._pick(logits[i : i + 1], history)[0])
+            if i < drafted.size:
+                history = mx.concatenate([history, drafted[i : i + 1].astype(mx.uint32)])
+        return mx.concatenate(rows)
+
+    def _sample_rows(self, logits: mx.array, drafted: mx.array,
+                     draft_probs: mx.array) -> tuple[list[int], int]:
+        """The speculative-sampling rule: keep draft i with probability min(1, p/q); at the
+        first rejection draw from normalize(max(0, p - q)); if all pass, draw from p."""
+        k = drafted.size
+        rows, history = [], self.history
+        for i in range(k + 1):
+            rows.append(self._distribution(logits[i : i + 1], history))
+            if i < k:
+                history = mx.concatenate([history, drafted[i : i + 1].astype(mx.uint32)])
+        target_probs = mx.concatenate(rows)  # [k+1, vocab]
+        index = drafted[:, None]
+        p = mx.take_along_axis(target_probs[:k], index, axis=-1)[:, 0]
+        q = mx.take_along_axis(draft_probs, index, axis=-1)[:, 0]
+        passed = (mx.random.uniform(shape=(k,)) * q < p).tolist()
+        n = next((i for i in range(k) if not passed[i]), k)
+        if n < k:
+            residual = mx.maximum(target_probs[n] - draft_probs[n], 0.0)
+            # p == q makes a rejection impossible in exact arithmetic; rounding may not.
+            residual = mx.where(residual.sum() > 0, residual, target_probs[n])
+        else:
+            residual = target_probs[k]
+        token = mx.random.categorical(mx.log(residual))
+        return drafted[:n].tolist() + [token.item()], n
+
+    def _distribution(self, logits: mx.array, history: mx.array) -> mx.array:
+        for process in self.processors:
+            logits = process(history, logits)
+        return self.sampler.distribution(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+    def _pick(self, logits: mx.array, history: mx.array) -> tuple[mx.array, mx.array | None]:
+        """A token [1] chosen from logits [1, vocab] as the sampler would, and (sampling) the
+        distribution it was drawn from."""
+        for process in self.processors:
+            logits = process(history, logits)
+        if self.sampler is greedy:
+            return mx.argmax(logits, axis=-1), None
+        probs = self.sampler.distribution(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        return mx.random.categorical(mx.log(probs)), probs
+
+    def _extend(self, tokens: list[int]) -> None:
+        if self.processors:
+            self.history = mx.concatenate([self.history, mx.array(tokens, dtype=mx.uint32)])
