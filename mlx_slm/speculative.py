@@ -8,6 +8,7 @@ output; with sampling, the acceptance rule of Leviathan et al. and Chen et al. (
 the target's output distribution exactly.
 """
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from mlx_slm.generation import PREFILL_STEP, DecodeStep, prefill
 from mlx_slm.sample import LogitsProcessor, Sampler, greedy
 
 MAX_DRAFT_TOKENS = 8
-START_DRAFT_TOKENS = 4
+START_DRAFT_TOKENS = 3
 
 
 @dataclass
@@ -46,17 +47,18 @@ class DraftStats:
 
 
 class AdaptiveK:
-    """How many tokens to draft next, from the running acceptance rate.
+    """How many tokens to draft next, from the running acceptance rate and measured speed.
 
-    K grows while nearly every draft passes and shrinks when most fail. When acceptance is
-    near zero, drafting only costs time: the target decodes alone for a stretch (0 tokens
-    drafted), then probes with K=1; every failed probe doubles the stretch. A fixed K skips
-    all of this.
+    K grows while nearly every draft passes and shrinks when most fail. Drafting stops for a
+    stretch of plain decode steps when acceptance is near zero, or when rounds have yielded
+    fewer tokens per second than plain steps (a draft too slow for its acceptance); then a
+    probe with K=1, and every failed probe doubles the stretch. The first few tokens are
+    plain, to measure the target's own speed. A fixed K skips all of this.
     """
 
-    ALPHA = 0.5  # weight of the latest round in the running rate
+    ALPHA = 0.5  # weight of the latest measurement in the running figures
     GROW, SHRINK, GIVE_UP = 0.8, 0.5, 0.2
-    FIRST_PAUSE, LONGEST_PAUSE = 16, 256
+    FIRST_PLAIN, FIRST_PAUSE, LONGEST_PAUSE = 3, 16, 256
 
     def __init__(self, fixed: int | None = None, start: int = START_DRAFT_TOKENS,
                  most: int = MAX_DRAFT_TOKENS):
@@ -64,7 +66,9 @@ class AdaptiveK:
         self.k = fixed if fixed is not None else start
         self.most = most
         self.rate = 0.5
-        self.pause = 0  # plain tokens left before the next probe
+        self.round_tps = None  # tokens per second of verification rounds
+        self.plain_tps = None  # and of plain decode steps
+        self.pause = 0 if fixed is not None else self.FIRST_PLAIN  # plain steps before a probe
         self.next_pause = self.FIRST_PAUSE
 
     def next(self) -> int:
@@ -74,12 +78,20 @@ class AdaptiveK:
             return 0
         return self.k
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def plain_step(self, seconds: float) -> None:
+        self.plain_tps = _running(self.plain_tps, 1 / max(seconds, 1e-9), self.ALPHA)
+
+    def update(self, drafted: int, accepted: int, seconds: float = 0.0) -> None:
+        """Record a round: `accepted` of `drafted` kept, `seconds` spent on it."""
         if self.fixed is not None or drafted == 0:
             return
         self.rate = (1 - self.ALPHA) * self.rate + self.ALPHA * accepted / drafted
-        if self.rate < self.GIVE_UP:
-            self.k, self.rate = 1, 0.5  # the probe after the pause starts afresh
+        if seconds > 0:
+            self.round_tps = _running(self.round_tps, (accepted + 1) / seconds, self.ALPHA)
+        slower = self.plain_tps is not None and self.round_tps is not None and (
+            self.round_tps < self.plain_tps)
+        if self.rate < self.GIVE_UP or slower:
+            self.k, self.rate, self.round_tps = 1, 0.5, None  # the probe starts afresh
             self.pause = self.next_pause
             self.next_pause = min(2 * self.next_pause, self.LONGEST_PAUSE)
             return
@@ -88,6 +100,10 @@ class AdaptiveK:
             self.k = min(self.k + 1, self.most)
         elif self.rate < self.SHRINK:
             self.k = max(self.k - 1, 1)
+
+
+def _running(average: float | None, value: float, alpha: float) -> float:
+    return value if average is None else (1 - alpha) * average + alpha * value
 
 
 class Draft:
@@ -171,13 +187,15 @@ class _Run:
         produced = 1
         while produced < max_tokens:
             k = min(self.adapt.next(), max_tokens - produced - 1)
+            start = time.perf_counter()
             if k == 0:
                 new = [self._plain(last)]
+                self.adapt.plain_step(time.perf_counter() - start)
                 self.stats.plain_tokens += 1
                 pending.append(new[0])
             else:
                 new, kept_all = self._round(pending, k)
-                self.adapt.update(k, len(new) - 1)
+                self.adapt.update(k, len(new) - 1, time.perf_counter() - start)
                 # A kept last draft was never fed to the draft model.
                 pending = new[-2:] if kept_all else new[-1:]
             for value in new:

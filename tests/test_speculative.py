@@ -127,6 +127,7 @@ def test_adaptive_k_falls_back_to_plain_decoding_when_drafts_fail(target, drafts
 
 def test_adaptive_k_grows_when_drafts_pass_and_shrinks_when_they_fail():
     adapt = AdaptiveK(start=4)
+    assert [adapt.next() for _ in range(AdaptiveK.FIRST_PLAIN)] == [0] * AdaptiveK.FIRST_PLAIN
     for _ in range(6):
         adapt.update(adapt.next(), adapt.k)
     assert adapt.k == 8
@@ -136,6 +137,18 @@ def test_adaptive_k_grows_when_drafts_pass_and_shrinks_when_they_fail():
     fixed = AdaptiveK(fixed=3)
     fixed.update(3, 0)
     assert fixed.next() == 3
+
+
+def test_adaptive_k_pauses_drafting_when_rounds_are_slower_than_plain_steps():
+    adapt = AdaptiveK(start=4)
+    for _ in range(AdaptiveK.FIRST_PLAIN):
+        adapt.next()
+        adapt.plain_step(0.1)  # 10 tok/s alone
+    adapt.update(adapt.next(), 2, seconds=0.5)  # 3 tokens in 0.5 s: 6 tok/s
+    assert [adapt.next() for _ in range(AdaptiveK.FIRST_PAUSE)] == [0] * AdaptiveK.FIRST_PAUSE
+    assert adapt.next() == 1  # the probe
+    adapt.update(1, 1, seconds=0.1)  # 2 tokens in 0.1 s: 20 tok/s
+    assert adapt.next() >= 1
 
 
 def chi_square(counts: list[int], probs: list[float]) -> tuple[float, int]:
