@@ -8,13 +8,15 @@ output; with sampling, the acceptance rule of Leviathan et al. and Chen et al. (
 the target's output distribution exactly.
 """
 
+import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 
 from mlx_slm.cache import make_cache
+from mlx_slm.errors import SlmError
 from mlx_slm.generation import PREFILL_STEP, DecodeStep, prefill
 from mlx_slm.sample import LogitsProcessor, Sampler, greedy
 
@@ -30,6 +32,15 @@ class DraftStats:
     accepted: int = 0  # of those, tokens the target kept
     rounds: int = 0  # verification passes of the target
     plain_tokens: int = 0  # tokens the target decoded alone (adaptive fallback)
+    plain_step_s: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def plain_tps(self) -> float | None:
+        """The target's own decode speed, measured on its plain steps in this generation
+        (the median step, so the first step's tracing does not count)."""
+        if not self.plain_step_s:
+            return None
+        return 1 / statistics.median(self.plain_step_s)
 
     @property
     def acceptance_rate(self) -> float:
@@ -43,7 +54,8 @@ class DraftStats:
     def as_dict(self) -> dict:
         return {"drafted": self.drafted, "accepted": self.accepted, "rounds": self.rounds,
                 "plain_tokens": self.plain_tokens, "acceptance_rate": self.acceptance_rate,
-                "mean_accepted": self.mean_accepted}
+                "mean_accepted": self.mean_accepted,
+                "plain_tps": self.plain_tps}
 
 
 class AdaptiveK:
@@ -159,6 +171,9 @@ class _Run:
 
     def __init__(self, draft: Draft, model, cache, step, sampler, processors, prompt,
                  prefill_step):
+        if draft.model.args.vocab_size != model.args.vocab_size:
+            raise SlmError(f"The draft's vocabulary ({draft.model.args.vocab_size} tokens) "
+                           f"differs from the target's ({model.args.vocab_size}).")
         if sampler is not greedy and not hasattr(sampler, "distribution"):
             raise TypeError("speculative sampling needs a sampler with a distribution "
                             "(sample.make_sampler makes one)")
@@ -190,7 +205,9 @@ class _Run:
             start = time.perf_counter()
             if k == 0:
                 new = [self._plain(last)]
-                self.adapt.plain_step(time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                self.adapt.plain_step(seconds)
+                self.stats.plain_step_s.append(seconds)
                 self.stats.plain_tokens += 1
                 pending.append(new[0])
             else:

@@ -4,6 +4,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+from mlx_slm.apps.drafting import DraftOptions
 from mlx_slm.chat_format import PromptFormat
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import LoadOptions
@@ -22,6 +23,7 @@ class GenerationRequest:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     load: LoadOptions = field(default_factory=LoadOptions)
     format: PromptFormat = field(default_factory=PromptFormat)
+    draft: DraftOptions = field(default_factory=DraftOptions)
     ignore_eos: bool = False
     stop_strings: tuple[str, ...] = ()
 
@@ -38,9 +40,10 @@ def fit_to_context(prompt_tokens: int, max_tokens: int, context: int) -> int:
 
 def run_generation(request: GenerationRequest, as_json: bool = False, out=None, err=None) -> int:
     """Generate for `request`, streaming text to `out` and stats to `err`; returns the exit code."""
+    from mlx_slm.apps.drafting import draft_report, open_draft
     from mlx_slm.apps.models import open_model
     from mlx_slm.chat_format import TURN_HEADERS, prompt_ids
-    from mlx_slm.generation import Generation, stream_text
+    from mlx_slm.generation import Generation, generate_tokens, stream_text
     from mlx_slm.loader import model_dtype
     from mlx_slm.memory import memory_report, reset_mlx_peak
     from mlx_slm.runtime import runtime_report
@@ -51,6 +54,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     processors = request.sampling.logits_processors()
     loaded = open_model(request.model, request.load)
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
+    drafting = open_draft(request.draft, loaded.path, request.load.force)
 
     chat = request.format.uses_chat(config)
     prompt = request.prompt if request.prompt else DEFAULT_PROMPT
@@ -78,6 +82,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
             stop_strings=request.stop_strings + (TURN_HEADERS if chat and not request.ignore_eos
                                                  else ()),
             ignore_eos=request.ignore_eos, on_text=None if as_json else show, result=result,
+            token_source=drafting.draft.generate_tokens if drafting else generate_tokens,
         )
     except KeyboardInterrupt:
         result.finish_reason = "interrupted"
@@ -100,6 +105,8 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
         "chat_format": chat,
         "finish_reason": result.finish_reason,
     }
+    if drafting:
+        report["draft"] = draft_report(drafting)
     if as_json:
         out.write(json.dumps(report) + "\n")
     else:
@@ -134,6 +141,10 @@ def format_stats(report: dict) -> str:
         parts.append(f"footprint {report['footprint_gb']:.2f} GB")
     blas = "" if report["backend"] != "cpu" else f", BLAS {report['blas'].split(' ')[0]}"
     parts.append(f"{report['backend']} backend{blas}, {report['dtype']}")
+    if "draft" in report:
+        from mlx_slm.apps.drafting import format_draft_stats
+
+        parts.append(format_draft_stats(report["draft"]))
     line = " | ".join(parts)
     if report["finish_reason"] == "interrupted":
         line = "[interrupted] " + line

@@ -5,6 +5,7 @@ import sys
 import click
 
 from mlx_slm.commands.options import (
+    draft_options,
     format_options,
     load_options,
     model_option,
@@ -23,9 +24,10 @@ from mlx_slm.commands.options import (
 @click.option("--stop", "stop_strings", multiple=True, help="Stop at this string (repeatable).")
 @load_options
 @format_options
+@draft_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, load, prompt_format,
-             as_json):
+             draft, as_json):
     """Generate text from a prompt, with speed and memory stats."""
     from mlx_slm.apps.generate_app import GenerationRequest, run_generation
 
@@ -33,6 +35,6 @@ def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, load
         prompt = sys.stdin.read()
     request = GenerationRequest(
         model=model, prompt=prompt, max_tokens=max_tokens, sampling=sampling, load=load,
-        format=prompt_format, ignore_eos=ignore_eos, stop_strings=tuple(stop_strings),
+        format=prompt_format, draft=draft, ignore_eos=ignore_eos, stop_strings=tuple(stop_strings),
     )
     sys.exit(run_generation(request, as_json=as_json))

@@ -1,5 +1,6 @@
 """Options shared by the commands, each group built once into the object the apps take:
-SamplingOptions, LoadOptions, PromptFormat. Values are validated by the CLI with ranges."""
+SamplingOptions, LoadOptions, PromptFormat, DraftOptions. Values are validated by the CLI
+with ranges."""
 
 import functools
 
@@ -99,6 +100,23 @@ format_options = _grouped([
     click.option("--system", default=None, help="System message for the chat format."),
 ], ("chat", "system"), "prompt_format", _format)
 format_options.__doc__ = "--chat/--no-chat and --system -> prompt_format (PromptFormat)."
+
+
+def _draft(draft_model, num_draft_tokens):
+    from mlx_slm.apps.drafting import DraftOptions
+
+    return DraftOptions(draft_model, num_draft_tokens)
+
+
+draft_options = _grouped([
+    click.option("--draft-model", default=None, metavar="DIR_OR_REPO",
+                 help="Speculative decoding: a smaller model sharing the tokenizer drafts "
+                      "tokens that this model verifies ('auto': the smallest converted one)."),
+    click.option("--num-draft-tokens", type=click.IntRange(1, 64),
+                 default=None, help="Tokens drafted per round (default: adapts to the "
+                                    "acceptance rate)."),
+], ("draft_model", "num_draft_tokens"), "draft", _draft)
+draft_options.__doc__ = "--draft-model and --num-draft-tokens -> draft (DraftOptions)."
 
 
 def model_option(fn):
