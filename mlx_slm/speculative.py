@@ -8,6 +8,7 @@ output; with sampling, the acceptance rule of Leviathan et al. and Chen et al. (
 the target's output distribution exactly.
 """
 
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -133,6 +134,10 @@ class Draft:
         self.num_draft_tokens = num_draft_tokens
         self.step = DecodeStep(model)
         self.stats = DraftStats()
+        # The draft's cache outlives a generation, like a chat's: `cached_ids` are the ids it
+        # holds, so the next generation only feeds what follows their common prefix.
+        self.cache = make_cache(model)
+        self.cached_ids: list[int] = []
 
     def generate_tokens(
         self,
@@ -146,19 +151,30 @@ class Draft:
         stop_ids: tuple[int, ...] = (),
         prefill_step: int = PREFILL_STEP,
         step: DecodeStep | None = None,
+        context: list[int] = (),
     ) -> Iterator[int]:
         """Yield the target `model`'s tokens, drafted by this model and verified in rounds;
-        ends at a stop id (not yielded) or after `max_tokens`."""
+        ends at a stop id (not yielded) or after `max_tokens`. `context` holds the ids that
+        precede `prompt` in the target's `cache` (a chat's earlier turns)."""
         if not prompt:
             raise ValueError("the prompt must hold at least one token")
         self.stats = DraftStats()
         run = _Run(self, model, cache if cache is not None else make_cache(model),
-                   step or DecodeStep(model), sampler, list(logits_processors), prompt,
-                   prefill_step)
-        for value in run.tokens(max_tokens):
-            if value in stop_ids:
-                return
-            yield value
+                   step or DecodeStep(model), sampler, list(logits_processors),
+                   list(context), prompt, prefill_step)
+        sound = True
+        try:
+            for value in run.tokens(max_tokens):
+                if value in stop_ids:
+                    return
+                yield value
+        except GeneratorExit:  # the caller stopped at a yield: the caches are consistent
+            raise
+        except BaseException:  # e.g. Ctrl-C mid-round: the draft's cache may be mid-update
+            sound = False
+            raise
+        finally:
+            run.settle(sound)
 
 
 class _Run:
@@ -169,7 +185,7 @@ class _Run:
     holds everything before `pending` (which ends with `last`).
     """
 
-    def __init__(self, draft: Draft, model, cache, step, sampler, processors, prompt,
+    def __init__(self, draft: Draft, model, cache, step, sampler, processors, context, prompt,
                  prefill_step):
         if draft.model.args.vocab_size != model.args.vocab_size:
             raise SlmError(f"The draft's vocabulary ({draft.model.args.vocab_size} tokens) "
@@ -179,9 +195,14 @@ class _Run:
                             "(sample.make_sampler makes one)")
         self.draft, self.model, self.cache, self.step = draft, model, cache, step
         self.sampler, self.processors = sampler, processors
-        self.draft_cache = make_cache(draft.model)
+        self.draft_cache = draft.cache
+        self.ids = context + prompt  # everything fed or chosen so far
+        keep = min(len(os.path.commonprefix([draft.cached_ids, self.ids])), len(self.ids) - 1)
+        for layer in self.draft_cache:
+            layer.trim(layer.offset - keep)
+        self.draft_feed = self.ids[keep:-1]  # the draft's part of the prompt, but the last id
         self.history = mx.array(prompt, dtype=mx.uint32)
-        self.prompt, self.prefill_step = prompt, prefill_step
+        self.prefill_step = prefill_step
         self.adapt = AdaptiveK(draft.num_draft_tokens)
         self.stats = draft.stats
 
@@ -191,13 +212,14 @@ class _Run:
         first = self._pick(prefill(self.model, self.history, self.cache, self.prefill_step),
                            self.history)[0]
         # The draft reads the prompt while the first token is read back.
-        pending = [self.prompt[-1]]
-        if len(self.prompt) > 1:
-            prefill(self.draft.model, self.history[:-1], self.draft_cache, self.prefill_step)
+        pending = [self.ids[-1]]
+        if self.draft_feed:
+            prefill(self.draft.model, mx.array(self.draft_feed, dtype=mx.uint32),
+                    self.draft_cache, self.prefill_step)
             mx.eval([c.state for c in self.draft_cache])
         last = first.item()
-        yield last
         self._extend([last])
+        yield last
         pending.append(last)
         produced = 1
         while produced < max_tokens:
@@ -326,6 +348,15 @@ class _Run:
         probs = self.sampler.distribution(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
         return mx.random.categorical(mx.log(probs)), probs
 
+    def settle(self, sound: bool) -> None:
+        """Record which ids the draft's cache holds for the next generation (none if the
+        generation was interrupted mid-round)."""
+        offset = self.draft_cache[0].offset if sound else 0
+        for layer in self.draft_cache:
+            layer.trim(layer.offset - offset)
+        self.draft.cached_ids = self.ids[:offset]
+
     def _extend(self, tokens: list[int]) -> None:
+        self.ids.extend(tokens)
         if self.processors:
             self.history = mx.concatenate([self.history, mx.array(tokens, dtype=mx.uint32)])

@@ -98,3 +98,33 @@ def test_auto_picks_the_smallest_cached_model_sharing_the_tokenizer(
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "empty"))
     result = invoke("generate", "-m", str(model_dir), "-n", "2", "--draft-model", "auto")
     assert result.exit_code != 0 and "--draft-model auto found no" in result.output
+
+
+def test_a_chat_with_a_draft_answers_as_a_fresh_greedy_run_every_turn(tmp_path):
+    from mlx_slm import quant
+    from mlx_slm.apps.chat import ChatSession, format_chat_stats
+    from mlx_slm.cpu.layers import prepare
+    from mlx_slm.generation import generate_tokens
+    from mlx_slm.loader import load, load_model
+    from mlx_slm.sample import make_logits_processors
+    from mlx_slm.speculative import Draft
+    from tests.instruct_fixtures import make_model_dir
+
+    model_dir = make_model_dir(tmp_path / "tiny-Instruct", instruct=True)
+    model, tokenizer = load(model_dir)
+    draft_model, _ = load_model(model_dir, prepare=False)
+    quant.quantize(draft_model, bits=4, group_size=32)
+    draft = Draft(prepare(draft_model), num_draft_tokens=3)
+    processors = make_logits_processors(1.2)
+    session = ChatSession(model, tokenizer, max_tokens=10, logits_processors=processors,
+                          draft=draft)
+    for text in ["Hello there", "What is the capital of Ohio?", "Thanks, and of Utah?"]:
+        result = session.send(text)
+        ids = session.ids(session.turns[:-1], open_answer=True)
+        expected = generate_tokens(model, ids, max_tokens=10, logits_processors=processors,
+                                   stop_ids=(tokenizer.eos_id,))
+        assert result.tokens == list(expected)
+        # The draft's cache holds a prefix of the conversation, like the target's.
+        assert draft.cached_ids == (ids + result.tokens)[: len(draft.cached_ids)]
+        assert draft.cache[0].offset == len(draft.cached_ids) > len(ids) // 2
+    assert "draft: acceptance" in format_chat_stats(session.stats())

@@ -4,7 +4,12 @@ import sys
 
 import click
 
-from mlx_slm.commands.options import load_options, model_option, sampling_options
+from mlx_slm.commands.options import (
+    draft_options,
+    load_options,
+    model_option,
+    sampling_options,
+)
 
 
 @click.command()
@@ -14,18 +19,21 @@ from mlx_slm.commands.options import load_options, model_option, sampling_option
               help="Most tokens per answer.")
 @sampling_options
 @load_options
-def chat(model, system, max_tokens, sampling, load):
+@draft_options
+def chat(model, system, max_tokens, sampling, load, draft):
     """Chat with a model in the terminal.
 
     Every model is prompted in the Instruct chat format; base models were not tuned for it.
     Commands: /reset, /system TEXT, /stats, /help, /exit. Ctrl-C stops an answer.
     """
     from mlx_slm.apps.chat import ChatSession, repl
+    from mlx_slm.apps.drafting import open_draft
     from mlx_slm.apps.generate_app import reference_blas_hint
     from mlx_slm.apps.models import open_model
     from mlx_slm.chat_format import is_instruct
 
     loaded = open_model(model, load)
+    drafting = open_draft(draft, loaded.path, load.force)
     sampling.seed_random()
 
     def note(text: str) -> None:
@@ -34,7 +42,7 @@ def chat(model, system, max_tokens, sampling, load):
     session = ChatSession(
         loaded.model, loaded.tokenizer, system=system, max_tokens=max_tokens,
         sampler=sampling.sampler(), logits_processors=sampling.logits_processors(),
-        notify=note,
+        notify=note, draft=drafting.draft if drafting else None,
     )
     hint = reference_blas_hint()
     if hint:
