@@ -128,3 +128,29 @@ def test_a_chat_with_a_draft_answers_as_a_fresh_greedy_run_every_turn(tmp_path):
         assert draft.cached_ids == (ids + result.tokens)[: len(draft.cached_ids)]
         assert draft.cache[0].offset == len(draft.cached_ids) > len(ids) // 2
     assert "draft: acceptance" in format_chat_stats(session.stats())
+
+
+def test_a_bench_row_shows_the_draft_next_to_the_plain_path(model_dir, quantized_copy):
+    from mlx_slm.bench import report
+    from mlx_slm.bench.machine import machine_info
+    from mlx_slm.bench.plan import directory_source, plan
+    from mlx_slm.bench.runner import DraftedEngine, OurEngine, Settings, run_sweep
+
+    groups = plan([directory_source(str(model_dir))], None, [16], 12)
+    engines = [OurEngine(), DraftedEngine(quantized_copy, num_draft_tokens=3)]
+    row = next(run_sweep(groups, Settings(reps=2, warmup=1), machine_info(), engines=engines))
+    assert row["status"] == "ok", row["reason"]
+    assert row["draft_model"] == str(quantized_copy) and row["num_draft_tokens"] == 3
+    assert row["draft_speedup"] == pytest.approx(row["draft_gen_tps"] / row["gen_tps"])
+    assert 0 <= row["accepted"] <= row["drafted"] > 0
+    assert row["acceptance_rate"] == pytest.approx(row["accepted"] / row["drafted"])
+    table = report.to_markdown([row])
+    assert "draft/plain" in table and "acceptance" in table
+
+
+def test_bench_refuses_a_missing_draft_in_one_line(model_dir, tmp_path):
+    result = invoke("bench", "-m", str(model_dir), "-p", "8", "-n", "2", "-r", "1",
+                    "--bandwidth", "10", "--draft-model", str(tmp_path / "nope"))
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: Draft model directory {tmp_path / 'nope'} does not exist.")

@@ -87,23 +87,35 @@ def auto_draft(target_dir: Path, models_root: Path | None = None) -> Path:
     return min(candidates)[1]
 
 
+def resolve_draft_dir(name: str, target_dir: Path | None) -> Path:
+    """The draft's model directory: `name` itself, a Hub id's conversion, or (auto) the
+    smallest cached model sharing the target's tokenizer."""
+    from mlx_slm.apps.models import resolve_model_dir
+    from mlx_slm.convert.hub import looks_like_repo_id
+
+    if name == AUTO:
+        if target_dir is None:
+            raise SlmError("--draft-model auto needs a target model directory (--model DIR).")
+        return auto_draft(target_dir)
+    if not Path(name).expanduser().exists() and not looks_like_repo_id(name):
+        raise SlmError(f"Draft model directory {name} does not exist.")
+    try:
+        return resolve_model_dir(name)
+    except SlmError as err:
+        raise SlmError(f"Draft model: {err}") from None
+
+
 def open_draft(options: DraftOptions, target_dir: Path, force: bool = False) -> OpenedDraft | None:
     """Resolve, check and load the draft `options` name (None without one)."""
-    from mlx_slm.apps.models import open_model, resolve_model_dir
-    from mlx_slm.convert.hub import looks_like_repo_id
+    from mlx_slm.apps.models import open_model
     from mlx_slm.loader import LoadOptions
     from mlx_slm.speculative import Draft
 
     if options.model is None:
         return None
-    name = str(auto_draft(target_dir)) if options.model == AUTO else options.model
-    if not Path(name).expanduser().exists() and not looks_like_repo_id(name):
-        raise SlmError(f"Draft model directory {name} does not exist.")
-    try:
-        path = resolve_model_dir(name)
-        problem = tokenizer_mismatch(target_dir, path)
-    except SlmError as err:
-        raise SlmError(f"Draft model: {err}") from None
+    path = resolve_draft_dir(options.model, target_dir)
+    name = str(path) if options.model == AUTO else options.model
+    problem = tokenizer_mismatch(target_dir, path)
     if problem:
         raise SlmError(f"Draft model {name} cannot draft for this model: {problem}.")
     loaded = open_model(str(path), LoadOptions(force=force))  # in its own dtype

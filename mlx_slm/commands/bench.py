@@ -2,6 +2,8 @@
 
 import click
 
+from mlx_slm.commands.options import draft_options
+
 
 @click.command()
 @click.option("--synthetic", "-s", multiple=True, metavar="SIZE",
@@ -35,8 +37,9 @@ import click
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop a cell (per engine) at its first token past this; completed runs "
                    "are kept.")
+@draft_options
 def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, warmup,
-          bandwidth, compare, json_path, csv_path, plot_path, seed, force, time_limit):
+          bandwidth, compare, json_path, csv_path, plot_path, seed, force, time_limit, draft):
     """Benchmark throughput and memory per model size and precision."""
     import signal
     import sys
@@ -60,7 +63,7 @@ def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, w
         synthetic=synthetic, model_dirs=model_dirs, precisions=precisions,
         prompt_lengths=prompt_lengths or DEFAULT_PROMPT_LENGTHS, gen_tokens=gen_tokens,
         reps=reps, warmup=warmup, bandwidth=bandwidth, compare=compare == "mlx-lm", seed=seed,
-        force=force, time_limit=time_limit,
+        force=force, time_limit=time_limit, draft=draft,
     )
     # A killed sweep (SIGTERM) still unwinds, so its temporary model copies are deleted.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
