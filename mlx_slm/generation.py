@@ -162,13 +162,14 @@ def text_pieces(
     step: DecodeStep | None = None,
     result: Generation | None = None,
     clock: Callable[[], float] = time.perf_counter,
-    token_source: Callable[..., Iterator[int]] = generate_tokens,
+    token_source: Callable[..., Iterator[int]] | None = None,
 ) -> Iterator[str]:
     """Generate, yielding each new piece of text; `result` (a Generation) is filled as it goes.
 
     Stop strings end generation and are not part of the text. A caller that is interrupted
-    still holds in `result` what was generated so far. `token_source` has the signature of
-    `generate_tokens` (a speculative.Draft's `generate_tokens` decodes with a draft).
+    still holds in `result` what was generated so far. `token_source` (default
+    `generate_tokens`) yields the ids; a speculative.Draft's `generate_tokens` decodes with
+    a draft.
     """
     result = result if result is not None else Generation()
     result.prompt_tokens = len(prompt)
@@ -178,7 +179,7 @@ def text_pieces(
     emitted = 0
     start = clock()
     first = None
-    tokens = token_source(
+    tokens = (token_source or generate_tokens)(
         model, prompt, cache=cache, sampler=sampler, logits_processors=logits_processors,
         max_tokens=max_tokens, stop_ids=stop_ids, step=step,
     )

@@ -211,7 +211,7 @@ class _Run:
             return
         first = self._pick(prefill(self.model, self.history, self.cache, self.prefill_step),
                            self.history)[0]
-        # The draft reads the prompt while the first token is read back.
+        mx.async_eval(first)  # the draft reads the prompt meanwhile
         pending = [self.ids[-1]]
         if self.draft_feed:
             prefill(self.draft.model, mx.array(self.draft_feed, dtype=mx.uint32),

@@ -15,7 +15,7 @@ import mlx.core as mx
 from mlx_slm.cache import make_cache
 from mlx_slm.chat_format import TURN_HEADERS, Turn, conversation_ids
 from mlx_slm.errors import SlmError
-from mlx_slm.generation import DecodeStep, Generation, generate_tokens, stream_text
+from mlx_slm.generation import DecodeStep, Generation, stream_text
 from mlx_slm.sample import LogitsProcessor, Sampler, greedy
 
 
@@ -54,7 +54,7 @@ class ChatSession:
         keep = min(len(os.path.commonprefix([self.cached_ids, ids])), len(ids) - 1)
         self._rewind(keep)
         result = Generation()
-        source = generate_tokens
+        source = None
         if self.draft is not None:  # the draft keeps its own cache of the conversation
             source = functools.partial(self.draft.generate_tokens, context=ids[:keep])
         try:

@@ -43,7 +43,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     from mlx_slm.apps.drafting import draft_report, open_draft
     from mlx_slm.apps.models import open_model
     from mlx_slm.chat_format import TURN_HEADERS, prompt_ids
-    from mlx_slm.generation import Generation, generate_tokens, stream_text
+    from mlx_slm.generation import Generation, stream_text
     from mlx_slm.loader import model_dtype
     from mlx_slm.memory import memory_report, reset_mlx_peak
     from mlx_slm.runtime import runtime_report
@@ -82,7 +82,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
             stop_strings=request.stop_strings + (TURN_HEADERS if chat and not request.ignore_eos
                                                  else ()),
             ignore_eos=request.ignore_eos, on_text=None if as_json else show, result=result,
-            token_source=drafting.draft.generate_tokens if drafting else generate_tokens,
+            token_source=drafting.draft.generate_tokens if drafting else None,
         )
     except KeyboardInterrupt:
         result.finish_reason = "interrupted"
