@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import mlx_slm  # noqa: F401  (before mlx.core: it puts the optimized BLAS under MLX)
+
 RESULTS = Path(__file__).parent / "results"
 
 WORKER = r"""

@@ -187,8 +187,8 @@ def test_apple_table_used_on_macos(monkeypatch):
 
 
 def test_measured_bandwidth_is_positive():
-    # GB/s: any real memory system is between these; a unit slip (bytes/s, MB/s) is not.
-    assert 0.5 < bandwidth.measure_bandwidth(buffer_bytes=4 * 2**20, repeats=2) < 5000
+    # GB/s: a real memory system, however busy, is between these; bytes/s or MB/s is not.
+    assert 0.01 < bandwidth.measure_bandwidth(buffer_bytes=4 * 2**20, repeats=2) < 5000
 
 
 def test_cells_that_do_not_fit_are_skipped_with_the_figures():
