@@ -66,12 +66,15 @@ class AdaptiveK:
     stretch of plain decode steps when acceptance is near zero, or when rounds have yielded
     fewer tokens per second than plain steps (a draft too slow for its acceptance); then a
     probe with K=1, and every failed probe doubles the stretch. The first few tokens are
-    plain, to measure the target's own speed. A fixed K skips all of this.
+    plain, to measure the target's own speed. A draft whose first step takes longer than a
+    plain target step can never pay: drafting stops for the longest stretch at once. A fixed
+    K skips all of this.
     """
 
     ALPHA = 0.5  # weight of the latest measurement in the running figures
     GROW, SHRINK, GIVE_UP = 0.8, 0.5, 0.2
     FIRST_PLAIN, FIRST_PAUSE, LONGEST_PAUSE = 3, 16, 256
+    SLOW_DRAFT = 1.5
 
     def __init__(self, fixed: int | None = None, start: int = START_DRAFT_TOKENS,
                  most: int = MAX_DRAFT_TOKENS):
@@ -83,6 +86,18 @@ class AdaptiveK:
         self.plain_tps = None  # and of plain decode steps
         self.pause = 0 if fixed is not None else self.FIRST_PLAIN  # plain steps before a probe
         self.next_pause = self.FIRST_PAUSE
+        self.time_draft = fixed is None  # time the first draft step once
+
+    def draft_too_slow(self, seconds: float) -> bool:
+        """After timing the draft's first (eager) step: True, and a long pause, if it took
+        over SLOW_DRAFT plain target steps (the margin is the eager call's host overhead)."""
+        self.time_draft = False
+        if self.plain_tps is None or seconds * self.plain_tps < self.SLOW_DRAFT:
+            return False
+        self.pause = self.LONGEST_PAUSE
+        self.next_pause = self.LONGEST_PAUSE
+        self.k = 1
+        return True
 
     def next(self) -> int:
         """Tokens to draft in the next round; 0 means one plain decode step."""
@@ -233,10 +248,16 @@ class _Run:
                 self.stats.plain_tokens += 1
                 pending.append(new[0])
             else:
-                new, kept_all = self._round(pending, k)
-                self.adapt.update(k, len(new) - 1, time.perf_counter() - start)
-                # A kept last draft was never fed to the draft model.
-                pending = new[-2:] if kept_all else new[-1:]
+                drafted = self._round(pending, k)
+                if drafted is None:  # the draft is too slow: it has read `pending`, no more
+                    new = [self._plain(last)]
+                    self.stats.plain_tokens += 1
+                    pending = new
+                else:
+                    new, kept_all = drafted
+                    self.adapt.update(k, len(new) - 1, time.perf_counter() - start)
+                    # A kept last draft was never fed to the draft model.
+                    pending = new[-2:] if kept_all else new[-1:]
             for value in new:
                 yield value
                 produced += 1
@@ -252,9 +273,10 @@ class _Run:
         self._extend([value])
         return value
 
-    def _round(self, pending: list[int], k: int) -> tuple[list[int], bool]:
+    def _round(self, pending: list[int], k: int) -> tuple[list[int], bool] | None:
         """Draft k tokens, verify them in one target pass; returns the tokens chosen (the
-        accepted drafts plus the target's own) and whether all k drafts were accepted."""
+        accepted drafts plus the target's own) and whether all k drafts were accepted, or
+        None if the draft's first step showed it too slow to pay."""
         drafts, draft_probs = [], []
         history = self.history
         # Greedy without processors lets the compiled step take the argmax too.
@@ -266,6 +288,11 @@ class _Run:
             out = prefill(self.draft.model, mx.array(pending, dtype=mx.uint32),
                           self.draft_cache, self.prefill_step)
             out = mx.argmax(out, axis=-1) if argmax else out
+        if self.adapt.time_draft and len(pending) <= 2:  # one or two ids: about one step
+            start = time.perf_counter()
+            mx.eval(out)
+            if self.adapt.draft_too_slow(time.perf_counter() - start):
+                return None
         for i in range(k):
             token, probs = (out, None) if argmax else self._pick(out, history)
             drafts.append(token)

@@ -151,6 +151,21 @@ def test_adaptive_k_pauses_drafting_when_rounds_are_slower_than_plain_steps():
     assert adapt.next() >= 1
 
 
+def test_a_draft_slower_than_the_target_stops_drafting_at_once():
+    adapt = AdaptiveK()
+    for _ in range(AdaptiveK.FIRST_PLAIN):
+        adapt.next()
+        adapt.plain_step(0.1)
+    assert adapt.time_draft and not adapt.draft_too_slow(0.05)  # twice as fast: keep going
+    adapt = AdaptiveK()
+    for _ in range(AdaptiveK.FIRST_PLAIN):
+        adapt.next()
+        adapt.plain_step(0.1)
+    assert adapt.draft_too_slow(0.3)
+    assert [adapt.next() for _ in range(AdaptiveK.LONGEST_PAUSE)] == [0] * AdaptiveK.LONGEST_PAUSE
+    assert not AdaptiveK(fixed=2).time_draft
+
+
 def chi_square(counts: list[int], probs: list[float]) -> tuple[float, int]:
     """Pearson's statistic over the cells with an expected count >= 5, and its dof."""
     n = sum(counts)
