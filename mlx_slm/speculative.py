@@ -177,19 +177,20 @@ class Draft:
         run = _Run(self, model, cache if cache is not None else make_cache(model),
                    step or DecodeStep(model), sampler, list(logits_processors),
                    list(context), prompt, prefill_step)
-        sound = True
+        sound, yielded = True, 0
         try:
             for value in run.tokens(max_tokens):
                 if value in stop_ids:
                     return
                 yield value
+                yielded += 1
         except GeneratorExit:  # the caller stopped at a yield: the caches are consistent
             raise
         except BaseException:  # e.g. Ctrl-C mid-round: the draft's cache may be mid-update
             sound = False
             raise
         finally:
-            run.settle(sound)
+            run.settle(sound, len(context) + len(prompt) + yielded)
 
 
 class _Run:
@@ -375,9 +376,12 @@ class _Run:
         probs = self.sampler.distribution(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
         return mx.random.categorical(mx.log(probs)), probs
 
-    def settle(self, sound: bool) -> None:
-        """Record which ids the draft's cache holds for the next generation (none if the
-        generation was interrupted mid-round)."""
+    def settle(self, sound: bool, seen: int) -> None:
+        """End a generation: the target's cache keeps at most the `seen` ids before and up to
+        the last token yielded, as plain decoding's would (a round may have kept more); the
+        draft records which ids its cache holds (none if interrupted mid-round)."""
+        for layer in self.cache:
+            layer.trim(layer.offset - min(layer.offset, seen))
         offset = self.draft_cache[0].offset if sound else 0
         for layer in self.draft_cache:
             layer.trim(layer.offset - offset)

@@ -241,3 +241,15 @@ def test_the_chi_square_check_detects_a_wrong_distribution():
     counts = [draws.count(t) for t in range(vocab)]
     statistic, dof = chi_square(counts, probs)
     assert statistic > CRITICAL_999[dof]
+
+
+def test_a_caller_that_stops_early_leaves_the_target_cache_at_what_it_saw(target, drafts):
+    from mlx_slm.cache import make_cache
+
+    cache = make_cache(target)
+    draft = Draft(drafts["itself"], num_draft_tokens=6)
+    tokens = draft.generate_tokens(target, PROMPT, cache=cache, max_tokens=30)
+    seen = [next(tokens) for _ in range(3)]  # the second round kept 6 drafts and a bonus
+    tokens.close()
+    assert cache[0].offset <= len(PROMPT) + len(seen)
+    assert draft.cached_ids == (PROMPT + plain(target, PROMPT, 30))[: len(draft.cached_ids)]
