@@ -241,28 +241,58 @@ class _Run:
         while produced < max_tokens:
             k = min(self.adapt.next(), max_tokens - produced - 1)
             start = time.perf_counter()
-            if k == 0:
-                new = [self._plain(last)]
-                seconds = time.perf_counter() - start
-                self.adapt.plain_step(seconds)
-                self.stats.plain_step_s.append(seconds)
-                self.stats.plain_tokens += 1
-                pending.append(new[0])
-            else:
-                drafted = self._round(pending, k)
-                if drafted is None:  # the draft is too slow: it has read `pending`, no more
-                    new = [self._plain(last)]
+            if k == 0:  # the rest of the pause runs as one pipelined stretch
+                n = min(1 + self.adapt.pause, max_tokens - produced)
+                self.adapt.pause -= n - 1
+                for value in self._plain_run(last, n):
                     self.stats.plain_tokens += 1
-                    pending = new
-                else:
-                    new, kept_all = drafted
-                    self.adapt.update(k, len(new) - 1, time.perf_counter() - start)
-                    # A kept last draft was never fed to the draft model.
-                    pending = new[-2:] if kept_all else new[-1:]
+                    pending.append(value)
+                    produced += 1
+                    last = value
+                    yield value
+                continue
+            drafted = self._round(pending, k)
+            if drafted is None:  # the draft is too slow: it has read `pending`, no more
+                new = [self._plain(last)]
+                self.stats.plain_tokens += 1
+                pending = new
+            else:
+                new, kept_all = drafted
+                self.adapt.update(k, len(new) - 1, time.perf_counter() - start)
+                # A kept last draft was never fed to the draft model.
+                pending = new[-2:] if kept_all else new[-1:]
             for value in new:
                 yield value
                 produced += 1
             last = new[-1]
+
+    def _plain_run(self, last: int, n: int) -> Iterator[int]:
+        """`n` target decode steps after `last`, pipelined as in generate_tokens (the draft
+        does not see them); each step's time goes to the adaptive K."""
+        def advance(token: mx.array) -> mx.array:
+            if self.sampler is greedy and not self.processors:
+                return self.step(token[:, None], self.cache, greedy=True)
+            chosen = self._pick(self.step(token[:, None], self.cache), self.history)[0]
+            if self.processors:
+                self.history = mx.concatenate([self.history, chosen.astype(mx.uint32)])
+            return chosen
+
+        token = advance(mx.array([last], dtype=mx.uint32))
+        mx.async_eval(token)
+        start = time.perf_counter()
+        for i in range(n):
+            following = None
+            if i + 1 < n:
+                following = advance(token)
+                mx.async_eval(following)
+            value = token.item()
+            now = time.perf_counter()
+            self.adapt.plain_step(now - start)
+            self.stats.plain_step_s.append(now - start)
+            start = now
+            self.ids.append(value)
+            yield value
+            token = following
 
     def _plain(self, last: int) -> int:
         """One target decode step after `last` (the draft does not see it yet)."""
