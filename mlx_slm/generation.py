@@ -199,13 +199,15 @@ def text_pieces(
     result: Generation | None = None,
     clock: Callable[[], float] = time.perf_counter,
     constraint=None,
+    token_source: Callable[..., Iterator[int]] | None = None,
 ) -> Iterator[str]:
     """Generate, yielding each new piece of text; `result` (a Generation) is filled as it goes.
 
     Stop strings end generation and are not part of the text. A caller that is interrupted
     still holds in `result` what was generated so far. With a `constraint`, a complete
     output ends as "eos" and `result.valid` says whether the text (after any stop string)
-    satisfies it.
+    satisfies it. `token_source` (default `generate_tokens`) yields the ids; a
+    speculative.Draft's `generate_tokens` decodes with a draft (not with a constraint).
     """
     result = result if result is not None else Generation()
     result.prompt_tokens = len(prompt)
@@ -215,9 +217,10 @@ def text_pieces(
     emitted = 0
     start = clock()
     first = None
-    tokens = generate_tokens(
+    options = {"constraint": constraint} if constraint is not None else {}
+    tokens = (token_source or generate_tokens)(
         model, prompt, cache=cache, sampler=sampler, logits_processors=logits_processors,
-        max_tokens=max_tokens, stop_ids=stop_ids, step=step, constraint=constraint,
+        max_tokens=max_tokens, stop_ids=stop_ids, step=step, **options,
     )
     result.finish_reason = "length"
     for token in tokens:

@@ -42,29 +42,44 @@ def greedy(logprobs: mx.array) -> mx.array:
 def make_sampler(
     temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0
 ) -> Sampler:
-    """A sampler over log-probs [B, V]. Temperature 0 is greedy (the filters are moot).
-    A sampling one takes an optional PRNG `key` (default: MLX's global generator).
-
-    Order: temperature scaling, then top-k, top-p (smallest set whose mass reaches p) and
-    min-p (tokens with at least min_p times the top token's probability); then a draw.
-    """
+    """A sampler over log-probs [B, V]. Temperature 0 is greedy (the filters are moot);
+    otherwise a `FilteredSampler`, which also gives the distribution it draws from. A
+    sampling one takes an optional PRNG `key` (default: MLX's global generator)."""
     for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
                         ("min_p", min_p)):
         check_range(name, value)
     if temperature == 0:
         return greedy
+    return FilteredSampler(temperature, top_p, top_k, min_p)
 
-    def sample(logprobs: mx.array, key: mx.array | None = None) -> mx.array:
-        logits = logprobs * (1.0 / temperature)
-        if top_k > 0:
-            logits = apply_top_k(logits, top_k)
-        if top_p < 1.0:
-            logits = apply_top_p(logits, top_p)
-        if min_p > 0.0:
-            logits = apply_min_p(logits, min_p)
-        return mx.random.categorical(logits, axis=-1, key=key)
 
-    return sample
+@dataclass(frozen=True)
+class FilteredSampler:
+    """Draws a token after temperature scaling, then top-k, top-p (smallest set whose mass
+    reaches p) and min-p (tokens with at least min_p times the top token's probability)."""
+
+    temperature: float
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+
+    def logits(self, logprobs: mx.array) -> mx.array:
+        """The scaled and filtered logits the draw is made from (-inf where filtered out)."""
+        logits = logprobs * (1.0 / self.temperature)
+        if self.top_k > 0:
+            logits = apply_top_k(logits, self.top_k)
+        if self.top_p < 1.0:
+            logits = apply_top_p(logits, self.top_p)
+        if self.min_p > 0.0:
+            logits = apply_min_p(logits, self.min_p)
+        return logits
+
+    def __call__(self, logprobs: mx.array, key: mx.array | None = None) -> mx.array:
+        return mx.random.categorical(self.logits(logprobs), axis=-1, key=key)
+
+    def distribution(self, logprobs: mx.array) -> mx.array:
+        """The probabilities [B, V] that a call draws from (speculative sampling needs them)."""
+        return mx.softmax(self.logits(logprobs), axis=-1, precise=True)
 
 
 def apply_top_k(logits: mx.array, k: int) -> mx.array:

@@ -38,8 +38,10 @@ EXPECTED_KEYS = {
     "roofline_fraction", "mlx_lm_version", "mlx_lm_load_s", "mlx_lm_ttft_s",
     "mlx_lm_prompt_tps", "mlx_lm_gen_tps", "mlx_lm_gen_tps_stdev", "mlx_lm_peak_memory_bytes",
     "mlx_lm_peak_rss_bytes", "prompt_tps_ratio",
-    "gen_tps_ratio", "backend", "blas", "kernels", "mlx_version", "mlx_slm_version",
-    "platform", "cpu", "cores", "ram_bytes", "date", "runs",
+    "gen_tps_ratio", "draft_model", "num_draft_tokens", "draft_gen_tps", "draft_gen_tps_stdev",
+    "draft_speedup", "acceptance_rate", "mean_accepted", "drafted", "accepted",
+    "backend", "blas", "kernels", "mlx_version", "mlx_slm_version", "platform", "cpu",
+    "cores", "ram_bytes", "date", "runs",
 }
 
 
@@ -296,7 +298,7 @@ def test_skipped_rows_keep_the_schema_and_outputs_are_stable():
     assert set(rows[0]) == EXPECTED_KEYS
     assert rows[0]["status"] == "skipped" and rows[0]["reason"].startswith("needs about")
     document = json.loads(report.to_json(rows))
-    assert document["schema_version"] == 2 and document["rows"] == rows
+    assert document["schema_version"] == 3 and document["rows"] == rows
     header = report.to_csv(rows).splitlines()[0].split(",")
     assert header == [k for k in report.ROW_KEYS if k != "runs"]
     assert set(header) == EXPECTED_KEYS - {"runs"}

@@ -5,6 +5,7 @@ history), so each turn runs only the tokens past that prefix: the previous answe
 it was never fed, the new user turn and the assistant header.
 """
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -24,7 +25,7 @@ class ChatSession:
     def __init__(self, model, tokenizer, *, system: str | None = None, max_tokens: int = 256,
                  sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
                  stop_strings: tuple[str, ...] = TURN_HEADERS,
-                 notify: Callable[[str], None] | None = None, constraint=None):
+                 notify: Callable[[str], None] | None = None, constraint=None, draft=None):
         self.model = model
         self.tokenizer = tokenizer
         self.system = system
@@ -37,6 +38,7 @@ class ChatSession:
         self.turns: list[Turn] = []
         self.cache = make_cache(model)
         self.step = DecodeStep(model)  # traced once, reused by every turn
+        self.draft = draft  # a speculative.Draft, or None
         self.cached_ids: list[int] = []
         self.last: Generation | None = None
         # Every answer obeys `constraint` (a mlx_slm.constrain.ConstraintSpec), if given.
@@ -64,12 +66,15 @@ class ChatSession:
             from mlx_slm.constrain import Constraint
 
             constraint = Constraint(self.constraint, self.vocab)
+        source = None
+        if self.draft is not None:  # the draft keeps its own cache of the conversation
+            source = functools.partial(self.draft.generate_tokens, context=ids[:keep])
         try:
             stream_text(
                 self.model, self.tokenizer, ids[keep:], max_tokens=max_tokens,
                 sampler=self.sampler, logits_processors=self._with_earlier(ids[:keep]),
                 stop_strings=self.stop_strings, cache=self.cache, step=self.step,
-                on_text=on_text, result=result, constraint=constraint,
+                on_text=on_text, result=result, constraint=constraint, token_source=source,
             )
         except KeyboardInterrupt:
             result.finish_reason = "interrupted"
@@ -118,6 +123,9 @@ class ChatSession:
                 last_generation_tps=self.last.generation_tps,
                 last_ttft_s=self.last.prompt_s,
             )
+            if self.draft is not None:
+                report["draft"] = {"num_draft_tokens": self.draft.num_draft_tokens or "adaptive",
+                                   **self.draft.stats.as_dict()}
         return report
 
     def _fit(self, turns: list[Turn]) -> tuple[list[Turn], int]:
@@ -189,6 +197,10 @@ def format_chat_stats(report: dict) -> str:
             f"{report['last_prompt_tps']:.1f} tok/s, {report['last_generation_tokens']} tokens "
             f"at {report['last_generation_tps']:.1f} tok/s, TTFT {report['last_ttft_s']:.2f} s"
         )
+    if "draft" in report:
+        from mlx_slm.apps.drafting import format_draft_stats
+
+        lines.append(format_draft_stats(report["draft"]))
     memory = (f"memory: peak MLX {report['peak_memory_gb']:.2f} GB, "
               f"peak RSS {report['peak_rss_gb']:.2f} GB")
     if "rss_gb" in report:

@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mlx_slm.apps.drafting import DraftOptions
 from mlx_slm.chat_format import PromptFormat
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import LoadOptions
@@ -27,6 +28,7 @@ class GenerationRequest:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     load: LoadOptions = field(default_factory=LoadOptions)
     format: PromptFormat = field(default_factory=PromptFormat)
+    draft: DraftOptions = field(default_factory=DraftOptions)
     ignore_eos: bool = False
     stop_strings: tuple[str, ...] = ()
     constraint: "ConstraintSpec | None" = None
@@ -85,6 +87,7 @@ def stdin_prompt(explicit: bool) -> str | None:
 
 def run_generation(request: GenerationRequest, as_json: bool = False, out=None, err=None) -> int:
     """Generate for `request`, streaming text to `out` and stats to `err`; returns the exit code."""
+    from mlx_slm.apps.drafting import check_combinable, draft_report, open_draft
     from mlx_slm.apps.models import open_model
     from mlx_slm.chat_format import TURN_HEADERS, prompt_ids
     from mlx_slm.generation import Generation, stream_text
@@ -94,11 +97,13 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
 
     out = out or sys.stdout
     err = err or sys.stderr
+    check_combinable(request.draft, request.constraint)
     prompt = checked_prompt(request.prompt)
     sampler = request.sampling.sampler()
     processors = request.sampling.logits_processors()
     loaded = open_model(request.model, request.load)
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
+    drafting = open_draft(request.draft, loaded.path, request.load.force)
 
     chat = request.format.uses_chat(config, loaded.source_name)
     note = request.format.note(config, loaded.source_name)
@@ -134,6 +139,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
                                                  else ()),
             ignore_eos=request.ignore_eos, on_text=None if as_json else show, result=result,
             constraint=constraint,
+            token_source=drafting.draft.generate_tokens if drafting else None,
         )
     except KeyboardInterrupt:
         result.finish_reason = "interrupted"
@@ -166,6 +172,8 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
         "constraint": None if constraint is None else {
             **request.constraint.describe(), "valid": result.valid},
     }
+    if drafting:
+        report["draft"] = draft_report(drafting)
     if as_json:
         out.write(json.dumps(report) + "\n")
     else:
@@ -201,6 +209,10 @@ def format_stats(report: dict) -> str:
     cpu = "" if report["backend"] != "cpu" else (
         f", BLAS {report['blas'].split(' ')[0]}, kernels {report['kernels']}")
     parts.append(f"{report['backend']} backend{cpu}, {report['dtype']}")
+    if "draft" in report:
+        from mlx_slm.apps.drafting import format_draft_stats
+
+        parts.append(format_draft_stats(report["draft"]))
     line = " | ".join(parts)
     if report["finish_reason"] == "interrupted":
         line = "[interrupted] " + line

@@ -13,7 +13,7 @@ from mlx_slm.apps.table import markdown_table
 from mlx_slm.errors import SlmError
 from mlx_slm.sizes import GB
 
-SCHEMA_VERSION = 2  # 2: mlx-lm's peak memory and RSS per row
+SCHEMA_VERSION = 3  # 2: mlx-lm's peak memory and RSS per row; 3: speculative decoding
 ROW_KEYS = (
     # what was measured
     "model", "source", "precision", "dtype", "parameters", "weight_bytes", "bits_per_weight",
@@ -29,6 +29,9 @@ ROW_KEYS = (
     "mlx_lm_version", "mlx_lm_load_s", "mlx_lm_ttft_s", "mlx_lm_prompt_tps", "mlx_lm_gen_tps",
     "mlx_lm_gen_tps_stdev", "mlx_lm_peak_memory_bytes", "mlx_lm_peak_rss_bytes",
     "prompt_tps_ratio", "gen_tps_ratio",
+    # the same cells decoded with a draft model (speculative decoding), and draft / plain
+    "draft_model", "num_draft_tokens", "draft_gen_tps", "draft_gen_tps_stdev", "draft_speedup",
+    "acceptance_rate", "mean_accepted", "drafted", "accepted",
     # where it ran
     "backend", "blas", "kernels", "mlx_version", "mlx_slm_version", "platform", "cpu", "cores",
     "ram_bytes", "date",
@@ -90,10 +93,13 @@ def to_markdown(rows: list[dict]) -> str:
     that were skipped or failed with their reasons."""
     ok = [r for r in rows if r["status"] == "ok"]
     compare = any(r["mlx_lm_gen_tps"] is not None for r in ok)
+    drafted = any(r["draft_gen_tps"] is not None for r in ok)
     columns = ["model", "precision", "prompt", "gen", "load s", "TTFT s", "prompt tok/s",
                "gen tok/s", "MLX peak GB", "RSS peak GB", "weights GB", "roofline"]
     if compare:
         columns += ["mlx-lm gen tok/s", "ours/mlx-lm gen", "ours/mlx-lm prompt"]
+    if drafted:
+        columns += ["draft gen tok/s", "draft/plain", "acceptance", "mean kept"]
     table = []
     for r in ok:
         cells = [r["model"], r["precision"], str(r["prompt_tokens"]), str(r["gen_tokens"]),
@@ -105,6 +111,11 @@ def to_markdown(rows: list[dict]) -> str:
         if compare:
             cells += [_with_spread(r["mlx_lm_gen_tps"], r["mlx_lm_gen_tps_stdev"]),
                       _ratio(r["gen_tps_ratio"]), _ratio(r["prompt_tps_ratio"])]
+        if drafted:
+            cells += [_with_spread(r["draft_gen_tps"], r["draft_gen_tps_stdev"]),
+                      _ratio(r["draft_speedup"]),
+                      "" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.0%}",
+                      "" if r["mean_accepted"] is None else f"{r['mean_accepted']:.2f}"]
         table.append(cells)
     lines = [header(rows), ""] if rows else []
     if table:

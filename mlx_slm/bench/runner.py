@@ -90,6 +90,51 @@ class OurEngine:
         pass
 
 
+class DraftedEngine(OurEngine):
+    """Our path with a draft model (speculative decoding), compared with the plain path on
+    the same cells: its row fields say whether the draft pays."""
+
+    name = "mlx-slm+draft"
+
+    def __init__(self, draft_dir: Path, num_draft_tokens: int | None = None):
+        super().__init__()
+        self.draft_dir = Path(draft_dir)
+        self.num_draft_tokens = num_draft_tokens
+        self.draft = None
+
+    def load(self, model_dir: Path):
+        from mlx_slm.loader import load_model
+        from mlx_slm.speculative import Draft
+
+        model = super().load(model_dir)
+        self.draft = Draft(load_model(self.draft_dir)[0], self.num_draft_tokens)
+        return model
+
+    def tokens(self, model, prompt: list[int], n: int) -> Iterable[int]:
+        from mlx_slm.cache import make_cache
+
+        self.cache = make_cache(model)
+        return self.draft.generate_tokens(model, prompt, cache=self.cache, max_tokens=n,
+                                          step=self.step)
+
+    def run_stats(self) -> dict:
+        """What the draft did in the last run (greedy runs of a cell all do the same)."""
+        return self.draft.stats.as_dict()
+
+    def row_fields(self, measured: dict, row: dict) -> dict:
+        summary = _summary(measured["timings"])
+        stats = measured["draft"]
+        return {
+            "draft_model": str(self.draft_dir),
+            "num_draft_tokens": self.num_draft_tokens,
+            "draft_gen_tps": summary["gen_tps"],
+            "draft_gen_tps_stdev": summary["gen_tps_stdev"],
+            "draft_speedup": summary["gen_tps"] / row["gen_tps"] if row["gen_tps"] else None,
+            **{key: stats[key] for key in ("acceptance_rate", "mean_accepted", "drafted",
+                                           "accepted")},
+        }
+
+
 def prompt_ids(length: int, config: dict, seed: int) -> list[int]:
     """A seeded prompt: BOS, then random ids (the ids do not change the work done)."""
     rng = random.Random(seed)
@@ -199,7 +244,8 @@ def _measure_cell(engine, model, cell: Cell, settings: Settings, clock: Clock) -
     timings = measure(run, cell.prompt_tokens, cell.gen_tokens, settings.reps,
                       settings.warmup, clock, limit)
     return {"timings": timings, **engine.peaks(), "peak_rss_scope": rss_scope,
-            **engine.sizes(model)}
+            **engine.sizes(model),
+            "draft": engine.run_stats() if isinstance(engine, DraftedEngine) else None}
 
 
 def reset_peak_rss() -> str:
@@ -241,12 +287,14 @@ def _row(group: Group, cell: Cell, result: dict, settings: Settings, machine: di
     row.update(status="ok", **_our_fields(ours, group, cell, settings))
     notes = [_cut_short(engines[0].name, ours, settings)]
     for engine in engines[1:]:
-        row["mlx_lm_version"] = engine.version
+        drafted = isinstance(engine, DraftedEngine)
+        if not drafted:
+            row["mlx_lm_version"] = engine.version
         theirs = result[engine.name]
         if "error" in theirs:
             notes.append(theirs["error"])
             continue
-        row.update(_peer_fields(theirs, row))
+        row.update(engine.row_fields(theirs, row) if drafted else _peer_fields(theirs, row))
         notes.append(_cut_short(engine.name, theirs, settings))
     row["reason"] = "; ".join(n for n in notes if n) or None
     return row

@@ -6,6 +6,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from mlx_slm.apps.drafting import DraftOptions
 from mlx_slm.errors import SlmError
 
 DEFAULT_PROMPT_LENGTHS = (128, 1024)
@@ -27,6 +28,7 @@ class BenchRequest:
     seed: int = 0
     force: bool = False  # run cells the memory check would skip
     time_limit: float | None = None  # seconds per engine and cell, checked at each token
+    draft: DraftOptions = DraftOptions()  # also decode every cell with this draft
 
 
 def run_bench(request: BenchRequest,
@@ -56,6 +58,14 @@ def iter_bench(request: BenchRequest,
         from mlx_slm.bench.mlx_lm_peer import MlxLmEngine
 
         engines.append(MlxLmEngine())
+    if request.draft.model is not None:
+        from mlx_slm.apps.drafting import resolve_draft_dir
+        from mlx_slm.apps.models import resolve_model_dir
+        from mlx_slm.bench.runner import DraftedEngine
+
+        target = resolve_model_dir(request.model_dirs[0]) if request.model_dirs else None
+        engines.append(DraftedEngine(resolve_draft_dir(request.draft.model, target),
+                                     request.draft.num_draft_tokens))
     sources = [s for spec in request.synthetic for s in synthetic_sources(spec)]
     sources += [directory_source(d) for d in request.model_dirs]
     if not sources:

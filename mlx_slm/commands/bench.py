@@ -2,7 +2,7 @@
 
 import click
 
-from mlx_slm.commands.options import SEED_RANGE
+from mlx_slm.commands.options import SEED_RANGE, draft_options
 
 
 @click.command()
@@ -37,8 +37,9 @@ from mlx_slm.commands.options import SEED_RANGE
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop a cell (per engine) at its first token past this; completed runs "
                    "are kept.")
+@draft_options
 def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, warmup,
-          bandwidth, compare, json_path, csv_path, plot_path, seed, force, time_limit):
+          bandwidth, compare, json_path, csv_path, plot_path, seed, force, time_limit, draft):
     """Benchmark throughput and memory per model size and precision.
 
     The plan (cells, and a floor on the time they take) is printed first. Ctrl-C or SIGTERM
@@ -66,7 +67,7 @@ def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, w
         synthetic=synthetic, model_dirs=model_dirs, precisions=precisions,
         prompt_lengths=prompt_lengths or DEFAULT_PROMPT_LENGTHS, gen_tokens=gen_tokens,
         reps=reps, warmup=warmup, bandwidth=bandwidth, compare=compare == "mlx-lm", seed=seed,
-        force=force, time_limit=time_limit,
+        force=force, time_limit=time_limit, draft=draft,
     )
     # A killed sweep (SIGTERM) unwinds like Ctrl-C: its temporary model copies are deleted
     # and the completed cells are kept.

@@ -6,6 +6,7 @@ import click
 
 from mlx_slm.commands.options import (
     constraint_options,
+    draft_options,
     load_options,
     model_option,
     sampling_options,
@@ -20,24 +21,28 @@ from mlx_slm.commands.options import (
 @sampling_options
 @constraint_options
 @load_options
-def chat(model, system, max_tokens, sampling, constraint, load):
+@draft_options
+def chat(model, system, max_tokens, sampling, constraint, load, draft):
     """Chat with a model in the terminal.
 
     Every model is prompted in the Instruct chat format; base models were not tuned for it.
     Commands: /reset, /system TEXT, /stats, /help, /exit. Ctrl-C stops an answer.
     """
     from mlx_slm.apps.chat import ChatSession, repl
+    from mlx_slm.apps.drafting import check_combinable, open_draft
     from mlx_slm.apps.generate_app import reference_blas_hint
     from mlx_slm.apps.models import open_model
     from mlx_slm.chat_format import is_instruct
     from mlx_slm.tokenizer import require_utf8
 
+    check_combinable(draft, constraint)
     if system:
         require_utf8(system)
     # A line that is not UTF-8 reaches the tokenizer, which refuses it in one line, and the
     # chat goes on (strict decoding would end it with a traceback).
     sys.stdin.reconfigure(errors="surrogateescape")
     loaded = open_model(model, load)
+    drafting = open_draft(draft, loaded.path, load.force)
     sampling.seed_random()
 
     def note(text: str) -> None:
@@ -46,7 +51,7 @@ def chat(model, system, max_tokens, sampling, constraint, load):
     session = ChatSession(
         loaded.model, loaded.tokenizer, system=system, max_tokens=max_tokens,
         sampler=sampling.sampler(), logits_processors=sampling.logits_processors(),
-        notify=note, constraint=constraint,
+        notify=note, constraint=constraint, draft=drafting.draft if drafting else None,
     )
     hint = reference_blas_hint()
     if hint:

@@ -6,6 +6,7 @@ import click
 
 from mlx_slm.commands.options import (
     constraint_options,
+    draft_options,
     format_options,
     load_options,
     model_option,
@@ -33,9 +34,10 @@ def _non_empty(ctx, param, values):
 @constraint_options
 @load_options
 @format_options
+@draft_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, constraint, load,
-             prompt_format, as_json):
+             prompt_format, draft, as_json):
     """Generate text from a prompt, with speed and memory stats."""
     from mlx_slm.apps.generate_app import GenerationRequest, run_generation, stdin_prompt
 
@@ -43,7 +45,7 @@ def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, cons
         prompt = stdin_prompt(explicit=prompt == "-")
     request = GenerationRequest(
         model=model, prompt=prompt, max_tokens=max_tokens, sampling=sampling, load=load,
-        format=prompt_format, ignore_eos=ignore_eos, stop_strings=tuple(stop_strings),
+        format=prompt_format, draft=draft, ignore_eos=ignore_eos, stop_strings=tuple(stop_strings),
         constraint=constraint,
     )
     sys.exit(run_generation(request, as_json=as_json))

@@ -1,5 +1,6 @@
 """Options shared by the commands, each group built once into the object the apps take:
-SamplingOptions, LoadOptions, PromptFormat, a constraint. Values are validated by the CLI."""
+SamplingOptions, LoadOptions, PromptFormat, DraftOptions, a constraint. Values are validated
+by the CLI."""
 
 import functools
 from pathlib import Path
@@ -106,6 +107,23 @@ format_options = _grouped([
                  help="System message; it turns the chat format on for a base model too."),
 ], ("chat", "system"), "prompt_format", _format)
 format_options.__doc__ = "--chat/--no-chat and --system -> prompt_format (PromptFormat)."
+
+
+def _draft(draft_model, num_draft_tokens):
+    from mlx_slm.apps.drafting import DraftOptions
+
+    return DraftOptions(draft_model, num_draft_tokens)
+
+
+draft_options = _grouped([
+    click.option("--draft-model", default=None, metavar="DIR_OR_REPO",
+                 help="Speculative decoding: a smaller model sharing the tokenizer drafts "
+                      "tokens that this model verifies ('auto': the smallest converted one)."),
+    click.option("--num-draft-tokens", type=click.IntRange(1, 64),
+                 default=None, help="Tokens drafted per round (default: adapts to the "
+                                    "acceptance rate)."),
+], ("draft_model", "num_draft_tokens"), "draft", _draft)
+draft_options.__doc__ = "--draft-model and --num-draft-tokens -> draft (DraftOptions)."
 
 
 def model_option(fn):

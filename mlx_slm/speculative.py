@@ -1,0 +1,423 @@
+"""Speculative decoding: a small draft model proposes tokens, the target checks them at once.
+
+A round: the draft decodes K tokens after the last chosen one (its own cache, compiled
+steps); the target runs that token plus the K drafts as one forward pass of K+1 positions;
+the drafts it agrees with are kept, plus one token of its own (a correction, or a bonus when
+all K pass), and both caches forget the rest. Greedy output equals the target's own greedy
+output; with sampling, the acceptance rule of Leviathan et al. and Chen et al. (2023) keeps
+the target's output distribution exactly.
+"""
+
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from mlx_slm.cache import make_cache
+from mlx_slm.errors import SlmError
+from mlx_slm.generation import PREFILL_STEP, DecodeStep, prefill
+from mlx_slm.sample import LogitsProcessor, Sampler, greedy
+
+MAX_DRAFT_TOKENS = 8
+START_DRAFT_TOKENS = 3
+
+
+@dataclass
+class DraftStats:
+    """What the draft did in one generation."""
+
+    drafted: int = 0  # tokens the draft proposed
+    accepted: int = 0  # of those, tokens the target kept
+    rounds: int = 0  # verification passes of the target
+    plain_tokens: int = 0  # tokens the target decoded alone (adaptive fallback)
+    plain_step_s: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def plain_tps(self) -> float | None:
+        """The target's own decode speed, measured on its plain steps in this generation
+        (the median step, so the first step's tracing does not count)."""
+        if not self.plain_step_s:
+            return None
+        return 1 / statistics.median(self.plain_step_s)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """Drafted tokens kept per verification pass (each pass adds one more of its own)."""
+        return self.accepted / self.rounds if self.rounds else 0.0
+
+    def as_dict(self) -> dict:
+        return {"drafted": self.drafted, "accepted": self.accepted, "rounds": self.rounds,
+                "plain_tokens": self.plain_tokens, "acceptance_rate": self.acceptance_rate,
+                "mean_accepted": self.mean_accepted,
+                "plain_tps": self.plain_tps}
+
+
+class AdaptiveK:
+    """How many tokens to draft next, from the running acceptance rate and measured speed.
+
+    K grows while nearly every draft passes and shrinks when most fail. Drafting stops for a
+    stretch of plain decode steps when acceptance is near zero, or when rounds have yielded
+    fewer tokens per second than plain steps (a draft too slow for its acceptance); then a
+    probe with K=1, and every failed probe doubles the stretch. The first few tokens are
+    plain, to measure the target's own speed. A draft whose first step takes longer than a
+    plain target step can never pay: drafting stops for the longest stretch at once. A fixed
+    K skips all of this.
+    """
+
+    ALPHA = 0.5  # weight of the latest measurement in the running figures
+    GROW, SHRINK, GIVE_UP = 0.8, 0.5, 0.2
+    FIRST_PLAIN, FIRST_PAUSE, LONGEST_PAUSE = 3, 16, 256
+    SLOW_DRAFT = 1.5
+
+    def __init__(self, fixed: int | None = None, start: int = START_DRAFT_TOKENS,
+                 most: int = MAX_DRAFT_TOKENS):
+        self.fixed = fixed
+        self.k = fixed if fixed is not None else start
+        self.most = most
+        self.rate = 0.5
+        self.round_tps = None  # tokens per second of verification rounds
+        self.plain_tps = None  # and of plain decode steps
+        self.pause = 0 if fixed is not None else self.FIRST_PLAIN  # plain steps before a probe
+        self.next_pause = self.FIRST_PAUSE
+        self.time_draft = fixed is None  # time the first draft step once
+
+    def draft_too_slow(self, seconds: float) -> bool:
+        """After timing the draft's first (eager) step: True, and a long pause, if it took
+        over SLOW_DRAFT plain target steps (the margin is the eager call's host overhead)."""
+        self.time_draft = False
+        if self.plain_tps is None or seconds * self.plain_tps < self.SLOW_DRAFT:
+            return False
+        self.pause = self.LONGEST_PAUSE
+        self.next_pause = self.LONGEST_PAUSE
+        self.k = 1
+        return True
+
+    def next(self) -> int:
+        """Tokens to draft in the next round; 0 means one plain decode step."""
+        if self.pause > 0:
+            self.pause -= 1
+            return 0
+        return self.k
+
+    def plain_step(self, seconds: float) -> None:
+        self.plain_tps = _running(self.plain_tps, 1 / max(seconds, 1e-9), self.ALPHA)
+
+    def update(self, drafted: int, accepted: int, seconds: float = 0.0) -> None:
+        """Record a round: `accepted` of `drafted` kept, `seconds` spent on it."""
+        if self.fixed is not None or drafted == 0:
+            return
+        self.rate = (1 - self.ALPHA) * self.rate + self.ALPHA * accepted / drafted
+        if seconds > 0:
+            self.round_tps = _running(self.round_tps, (accepted + 1) / seconds, self.ALPHA)
+        slower = self.plain_tps is not None and self.round_tps is not None and (
+            self.round_tps < self.plain_tps)
+        if self.rate < self.GIVE_UP or slower:
+            self.k, self.rate, self.round_tps = 1, 0.5, None  # the probe starts afresh
+            self.pause = self.next_pause
+            self.next_pause = min(2 * self.next_pause, self.LONGEST_PAUSE)
+            return
+        self.next_pause = self.FIRST_PAUSE
+        if self.rate >= self.GROW:
+            self.k = min(self.k + 1, self.most)
+        elif self.rate < self.SHRINK:
+            self.k = max(self.k - 1, 1)
+
+
+def _running(average: float | None, value: float, alpha: float) -> float:
+    return value if average is None else (1 - alpha) * average + alpha * value
+
+
+class Draft:
+    """A draft model for speculative decoding, with its compiled decode step.
+
+    `num_draft_tokens` fixes K; None adapts it (AdaptiveK). `stats` describe the last
+    generation. `generate_tokens` has the contract of generation.generate_tokens, so
+    text_pieces and stream_text take it as their token source.
+    """
+
+    def __init__(self, model, num_draft_tokens: int | None = None):
+        if num_draft_tokens is not None and not 1 <= num_draft_tokens <= 64:
+            raise ValueError(f"num_draft_tokens must be between 1 and 64, got {num_draft_tokens}")
+        self.model = model
+        self.num_draft_tokens = num_draft_tokens
+        self.step = DecodeStep(model)
+        self.stats = DraftStats()
+        # The draft's cache outlives a generation, like a chat's: `cached_ids` are the ids it
+        # holds, so the next generation only feeds what follows their common prefix.
+        self.cache = make_cache(model)
+        self.cached_ids: list[int] = []
+
+    def generate_tokens(
+        self,
+        model,
+        prompt: list[int],
+        *,
+        cache: list | None = None,
+        sampler: Sampler = greedy,
+        logits_processors: list[LogitsProcessor] = (),
+        max_tokens: int = 256,
+        stop_ids: tuple[int, ...] = (),
+        prefill_step: int = PREFILL_STEP,
+        step: DecodeStep | None = None,
+        context: list[int] = (),
+    ) -> Iterator[int]:
+        """Yield the target `model`'s tokens, drafted by this model and verified in rounds;
+        ends at a stop id (not yielded) or after `max_tokens`. `context` holds the ids that
+        precede `prompt` in the target's `cache` (a chat's earlier turns)."""
+        if not prompt:
+            raise ValueError("the prompt must hold at least one token")
+        self.stats = DraftStats()
+        run = _Run(self, model, cache if cache is not None else make_cache(model),
+                   step or DecodeStep(model), sampler, list(logits_processors),
+                   list(context), prompt, prefill_step)
+        sound, yielded = True, 0
+        try:
+            for value in run.tokens(max_tokens):
+                if value in stop_ids:
+                    return
+                yield value
+                yielded += 1
+        except GeneratorExit:  # the caller stopped at a yield: the caches are consistent
+            raise
+        except BaseException:  # e.g. Ctrl-C mid-round: the draft's cache may be mid-update
+            sound = False
+            raise
+        finally:
+            run.settle(sound, len(context) + len(prompt) + yielded)
+
+
+class _Run:
+    """The state of one speculative generation: both caches, the history, the adaptive K.
+
+    Invariant between rounds: `last` is the newest chosen token, already yielded and fed to
+    neither model; the target's cache holds everything before it, and the draft's cache
+    holds everything before `pending` (which ends with `last`).
+    """
+
+    def __init__(self, draft: Draft, model, cache, step, sampler, processors, context, prompt,
+                 prefill_step):
+        if draft.model.args.vocab_size != model.args.vocab_size:
+            raise SlmError(f"The draft's vocabulary ({draft.model.args.vocab_size} tokens) "
+                           f"differs from the target's ({model.args.vocab_size}).")
+        if sampler is not greedy and not hasattr(sampler, "distribution"):
+            raise TypeError("speculative sampling needs a sampler with a distribution "
+                            "(sample.make_sampler makes one)")
+        self.draft, self.model, self.cache, self.step = draft, model, cache, step
+        self.sampler, self.processors = sampler, processors
+        self.draft_cache = draft.cache
+        self.ids = context + prompt  # everything fed or chosen so far
+        keep = min(len(os.path.commonprefix([draft.cached_ids, self.ids])), len(self.ids) - 1)
+        for layer in self.draft_cache:
+            layer.trim(layer.offset - keep)
+        self.draft_feed = self.ids[keep:-1]  # the draft's part of the prompt, but the last id
+        self.history = mx.array(prompt, dtype=mx.uint32)
+        self.prefill_step = prefill_step
+        self.adapt = AdaptiveK(draft.num_draft_tokens)
+        self.stats = draft.stats
+
+    def tokens(self, max_tokens: int) -> Iterator[int]:
+        if max_tokens <= 0:
+            return
+        first = self._pick(prefill(self.model, self.history, self.cache, self.prefill_step),
+                           self.history)[0]
+        mx.async_eval(first)  # the draft reads the prompt meanwhile
+        pending = [self.ids[-1]]
+        if self.draft_feed:
+            prefill(self.draft.model, mx.array(self.draft_feed, dtype=mx.uint32),
+                    self.draft_cache, self.prefill_step)
+            mx.eval([c.state for c in self.draft_cache])
+        last = first.item()
+        self._extend([last])
+        yield last
+        pending.append(last)
+        produced = 1
+        while produced < max_tokens:
+            k = min(self.adapt.next(), max_tokens - produced - 1)
+            start = time.perf_counter()
+            if k == 0:  # the rest of the pause runs as one pipelined stretch
+                n = min(1 + self.adapt.pause, max_tokens - produced)
+                self.adapt.pause -= n - 1
+                for value in self._plain_run(last, n):
+                    self.stats.plain_tokens += 1
+                    pending.append(value)
+                    produced += 1
+                    last = value
+                    yield value
+                continue
+            drafted = self._round(pending, k)
+            if drafted is None:  # the draft is too slow: it has read `pending`, no more
+                new = [self._plain(last)]
+                self.stats.plain_tokens += 1
+                pending = new
+            else:
+                new, kept_all = drafted
+                self.adapt.update(k, len(new) - 1, time.perf_counter() - start)
+                # A kept last draft was never fed to the draft model.
+                pending = new[-2:] if kept_all else new[-1:]
+            for value in new:
+                yield value
+                produced += 1
+            last = new[-1]
+
+    def _plain_run(self, last: int, n: int) -> Iterator[int]:
+        """`n` target decode steps after `last`, pipelined as in generate_tokens (the draft
+        does not see them); each step's time goes to the adaptive K."""
+        def advance(token: mx.array) -> mx.array:
+            if self.sampler is greedy and not self.processors:
+                return self.step(token[:, None], self.cache, greedy=True)
+            chosen = self._pick(self.step(token[:, None], self.cache), self.history)[0]
+            if self.processors:
+                self.history = mx.concatenate([self.history, chosen.astype(mx.uint32)])
+            return chosen
+
+        token = advance(mx.array([last], dtype=mx.uint32))
+        mx.async_eval(token)
+        start = time.perf_counter()
+        for i in range(n):
+            following = None
+            if i + 1 < n:
+                following = advance(token)
+                mx.async_eval(following)
+            value = token.item()
+            now = time.perf_counter()
+            self.adapt.plain_step(now - start)
+            self.stats.plain_step_s.append(now - start)
+            start = now
+            self.ids.append(value)
+            yield value
+            token = following
+
+    def _plain(self, last: int) -> int:
+        """One target decode step after `last` (the draft does not see it yet)."""
+        token = mx.array([[last]], dtype=mx.uint32)
+        if self.sampler is greedy and not self.processors:
+            value = self.step(token, self.cache, greedy=True).item()
+        else:
+            value = self._pick(self.step(token, self.cache), self.history)[0].item()
+        self._extend([value])
+        return value
+
+    def _round(self, pending: list[int], k: int) -> tuple[list[int], bool] | None:
+        """Draft k tokens, verify them in one target pass; returns the tokens chosen (the
+        accepted drafts plus the target's own) and whether all k drafts were accepted, or
+        None if the draft's first step showed it too slow to pay."""
+        drafts, draft_probs = [], []
+        history = self.history
+        # Greedy without processors lets the compiled step take the argmax too.
+        argmax = self.sampler is greedy and not self.processors
+        if len(pending) == 1:
+            out = self.draft.step(mx.array([pending], dtype=mx.uint32), self.draft_cache,
+                                  greedy=argmax)
+        else:
+            out = prefill(self.draft.model, mx.array(pending, dtype=mx.uint32),
+                          self.draft_cache, self.prefill_step)
+            out = mx.argmax(out, axis=-1) if argmax else out
+        if self.adapt.time_draft and len(pending) <= 2:  # one or two ids: about one step
+            start = time.perf_counter()
+            mx.eval(out)
+            if self.adapt.draft_too_slow(time.perf_counter() - start):
+                return None
+        for i in range(k):
+            token, probs = (out, None) if argmax else self._pick(out, history)
+            drafts.append(token)
+            draft_probs.append(probs)
+            if self.processors:
+                history = mx.concatenate([history, token.astype(mx.uint32)])
+            if i + 1 < k:  # the last draft is fed to the draft model next round, if kept
+                out = self.draft.step(token[:, None], self.draft_cache, greedy=argmax)
+        drafted = mx.concatenate(drafts)
+        inputs = mx.concatenate([mx.array([pending[-1]], dtype=mx.uint32),
+                                 drafted.astype(mx.uint32)])
+        target_logits = self.model(inputs[None], self.cache)[0]  # [k+1, vocab]
+        if self.sampler is greedy:
+            chosen = self._greedy_rows(target_logits, drafted)
+            mx.eval(chosen, drafted)
+            choices, drafted_ids = chosen.tolist(), drafted.tolist()
+            n = next((i for i in range(k) if drafted_ids[i] != choices[i]), k)
+            new = drafted_ids[:n] + [choices[n]]
+        else:
+            new, n = self._sample_rows(target_logits, drafted, mx.concatenate(draft_probs))
+        for layer in self.cache:
+            layer.trim(k - n)
+        if n < k:
+            for layer in self.draft_cache:
+                layer.trim(k - 1 - n)
+        self.stats.drafted += k
+        self.stats.accepted += n
+        self.stats.rounds += 1
+        self._extend(new)
+        return new, n == k
+
+    def _greedy_rows(self, logits: mx.array, drafted: mx.array) -> mx.array:
+        """The target's greedy choice at each of the k+1 positions."""
+        if not self.processors:
+            return mx.argmax(logits, axis=-1)
+        rows, history = [], self.history
+        for i in range(logits.shape[0]):
+            rows.append(self._pick(logits[i : i + 1], history)[0])
+            if i < drafted.size:
+                history = mx.concatenate([history, drafted[i : i + 1].astype(mx.uint32)])
+        return mx.concatenate(rows)
+
+    def _sample_rows(self, logits: mx.array, drafted: mx.array,
+                     draft_probs: mx.array) -> tuple[list[int], int]:
+        """The speculative-sampling rule: keep draft i with probability min(1, p/q); at the
+        first rejection draw from normalize(max(0, p - q)); if all pass, draw from p."""
+        k = drafted.size
+        rows, history = [], self.history
+        for i in range(k + 1):
+            rows.append(self._distribution(logits[i : i + 1], history))
+            if i < k:
+                history = mx.concatenate([history, drafted[i : i + 1].astype(mx.uint32)])
+        target_probs = mx.concatenate(rows)  # [k+1, vocab]
+        index = drafted[:, None]
+        p = mx.take_along_axis(target_probs[:k], index, axis=-1)[:, 0]
+        q = mx.take_along_axis(draft_probs, index, axis=-1)[:, 0]
+        passed = (mx.random.uniform(shape=(k,)) * q < p).tolist()
+        n = next((i for i in range(k) if not passed[i]), k)
+        if n < k:
+            residual = mx.maximum(target_probs[n] - draft_probs[n], 0.0)
+            # p == q makes a rejection impossible in exact arithmetic; rounding may not.
+            residual = mx.where(residual.sum() > 0, residual, target_probs[n])
+        else:
+            residual = target_probs[k]
+        token = mx.random.categorical(mx.log(residual))
+        return drafted[:n].tolist() + [token.item()], n
+
+    def _distribution(self, logits: mx.array, history: mx.array) -> mx.array:
+        for process in self.processors:
+            logits = process(history, logits)
+        return self.sampler.distribution(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+    def _pick(self, logits: mx.array, history: mx.array) -> tuple[mx.array, mx.array | None]:
+        """A token [1] chosen from logits [1, vocab] as the sampler would, and (sampling) the
+        distribution it was drawn from."""
+        for process in self.processors:
+            logits = process(history, logits)
+        if self.sampler is greedy:
+            return mx.argmax(logits, axis=-1), None
+        probs = self.sampler.distribution(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        return mx.random.categorical(mx.log(probs)), probs
+
+    def settle(self, sound: bool, seen: int) -> None:
+        """End a generation: the target's cache keeps at most the `seen` ids before and up to
+        the last token yielded, as plain decoding's would (a round may have kept more); the
+        draft records which ids its cache holds (none if interrupted mid-round)."""
+        for layer in self.cache:
+            layer.trim(layer.offset - min(layer.offset, seen))
+        offset = self.draft_cache[0].offset if sound else 0
+        for layer in self.draft_cache:
+            layer.trim(layer.offset - offset)
+        self.draft.cached_ids = self.ids[:offset]
+
+    def _extend(self, tokens: list[int]) -> None:
+        self.ids.extend(tokens)
+        if self.processors:
+            self.history = mx.concatenate([self.history, mx.array(tokens, dtype=mx.uint32)])
