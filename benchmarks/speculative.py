@@ -29,7 +29,7 @@ def build(config: dict, weights: dict, dtype: str, bits: int | None = None):
     """The model on this backend's formulation, optionally quantized (group size 64)."""
     import mlx.core as mx
 
-    from mlx_slm import quant
+    import mlx_slm.quant as quant
     from mlx_slm.cpu.layers import prepare
     from mlx_slm.loader import model_from_weights
 
