@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from mlx_slm.apps.serve.protocol import Params
+from mlx_slm.constrain import Constraint
 from mlx_slm.sample import SamplingOptions, greedy
 
 
@@ -57,14 +58,16 @@ class Job:
 class Row:
     """A job's sampling state while it decodes: sampler, processors, history, random key."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, vocab=None):
         p = job.params
         options = SamplingOptions(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
                                   min_p=p.min_p, repetition_penalty=p.repetition_penalty)
         self.job = job
         self.sampler = options.sampler()
         self.processors = options.logits_processors()
-        self.plain = p.temperature == 0 and not self.processors
+        # A response_format's grammar (the vocabulary is the served model's, built once).
+        self.constraint = Constraint(p.constraint, vocab) if p.constraint is not None else None
+        self.plain = p.temperature == 0 and not self.processors and self.constraint is None
         self.history = mx.array(job.prompt, dtype=mx.uint32) if self.processors else None
         # Each row draws from its own key, so a seed gives the same text in any batch.
         seed = p.seed if p.seed is not None else random.getrandbits(63)
@@ -74,7 +77,9 @@ class Row:
 
     def choose(self, logits: mx.array) -> tuple[mx.array, mx.array]:
         """The next token [1] from logits [1, vocab], as `generation.generate_tokens` picks,
-        and the log-probs it was drawn from."""
+        and the log-probs it was drawn from (after the grammar's mask, if any)."""
+        if self.constraint is not None:
+            logits = mx.where(self.constraint.mask(logits.shape[-1]), logits, -mx.inf)
         for process in self.processors:
             logits = process(self.history, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)

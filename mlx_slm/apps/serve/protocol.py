@@ -44,6 +44,7 @@ class Params:
     top_logprobs: int = 0
     messages: list | None = None
     prompt: str | list[int] | None = None
+    constraint: object = None  # from response_format: a constrain.ConstraintSpec, or None
 
 
 MAX_STOP = 4
@@ -118,6 +119,32 @@ def _common(body: dict, params: Params) -> None:
     params.stream = _get(body, "stream", (bool,), False)
     options = _get(body, "stream_options", (dict,), {})
     params.include_usage = _get(options, "include_usage", (bool,), False)
+    params.constraint = _response_format(body)
+
+
+def _response_format(body: dict):
+    """OpenAI's response_format as a checked constraint: text (none), json_object, or
+    json_schema with {"json_schema": {"name", "schema", "strict"}}."""
+    fmt = _get(body, "response_format", (dict,))
+    kind = None if fmt is None else fmt.get("type")
+    if kind in (None, "text"):
+        return None
+    import mlx_slm.constrain as constrain
+
+    try:
+        if kind == "json_object":
+            return constrain.json_object()
+        if kind == "json_schema":
+            schema = fmt.get("json_schema")
+            schema = schema.get("schema") if isinstance(schema, dict) else None
+            if not isinstance(schema, dict):
+                raise ApiError(400, "response_format.json_schema.schema must be a JSON schema "
+                               "object.", param="response_format", code="invalid_value")
+            return constrain.json_schema(schema)
+    except SlmError as err:
+        raise ApiError(400, str(err), param="response_format", code="invalid_value") from None
+    raise ApiError(400, f"response_format.type must be text, json_object or json_schema, got "
+                   f"{kind!r:.40}.", param="response_format", code="invalid_value")
 
 
 def _top_logprobs(body: dict, name: str, most: int) -> int | None:

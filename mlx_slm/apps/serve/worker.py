@@ -2,6 +2,7 @@
 prefills each joining request alone and decodes all running requests of a model together
 (continuous batching: requests join and leave the batch between steps)."""
 
+import functools
 import queue
 import sys
 import threading
@@ -39,6 +40,13 @@ class Served:
         self.token_bytes = kv_cache_bytes(self.loaded.config, 1, 4)  # float32 keys and values
         # Which kernels produce the figures, reported with every response's timings.
         self.report = {**runtime_report(), "dtype": model_dtype(self.loaded.model)}
+
+    @functools.cached_property
+    def vocab(self):
+        """The tokenizer as the grammar engine sees it: made at the first response_format."""
+        from mlx_slm.constrain import GrammarVocabulary
+
+        return GrammarVocabulary(self.loaded.tokenizer)
 
 
 @dataclass
@@ -200,7 +208,7 @@ class Worker:
             rows, last = prefill_rows(model, [job.prompt for job in fresh])
             for i, job in enumerate(fresh):
                 caches[id(job)], logits[id(job)] = rows[i], last[i : i + 1]
-        rows = [Row(job) for job in jobs]
+        rows = [Row(job, served.vocab if job.params.constraint else None) for job in jobs]
         picks = self._pick(rows, mx.concatenate([logits[id(job)] for job in jobs]))
         for row, (value, info) in zip(rows, picks):
             cache = caches[id(row.job)]
@@ -263,6 +271,11 @@ class Worker:
         self.tokens_generated += 1
         row.token = value
         job.emit(("token", value, info))
+        if row.constraint is not None:
+            row.constraint.accept(value)
+            if row.constraint.is_done():  # the structure is complete: nothing may follow
+                job.emit(("end", "stop"))
+                return False
         if job.generated >= job.max_tokens:
             job.emit(("end", "length"))
             return False
