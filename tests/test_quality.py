@@ -215,9 +215,9 @@ def test_one_tokenizer_is_enough(tmp_path, float_dir):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, r"Text file .*missing\.txt does not exist\."),
+    [(None, r".*missing\.txt does not exist; --text takes a UTF-8 text file\."),
      ("  \n", r"Text file .*t\.txt is empty"),
-     (b"\xff\xfe\x00bad", r"Text file .*t\.txt is not UTF-8 text\.")],
+     (b"\xff\xfe\x00bad", r".*t\.txt is not UTF-8 text; --text takes a UTF-8 text file\.")],
 )
 def test_bad_text_files_are_refused(tmp_path, content, message):
     path = tmp_path / ("missing.txt" if content is None else "t.txt")

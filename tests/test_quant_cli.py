@@ -162,4 +162,5 @@ def test_perplexity_command(tmp_path, src):
     assert as_json["perplexity"] > 1 and as_json["model"]["precision"] == "float16"
     missing = run("perplexity", src, "--text", tmp_path / "none.txt")
     assert missing.exit_code == 1
-    assert missing.output == f"Error: Text file {tmp_path / 'none.txt'} does not exist.\n"
+    assert missing.output == (f"Error: {tmp_path / 'none.txt'} does not exist; --text takes a "
+                              "UTF-8 text file.\n")

@@ -106,7 +106,7 @@ def test_question_files_parse_and_missing_ones_are_errors(tmp_path):
     assert parse_questions(text, "x") == [Question("Q?", ["A", "Ay"], ["B"], "It is")]
     with pytest.raises(SlmError, match="holds no questions"):
         parse_questions("\n\n", "empty.jsonl")
-    with pytest.raises(SlmError, match="does not exist; --questions takes a JSONL file"):
+    with pytest.raises(SlmError, match="does not exist; --questions takes a UTF-8 JSONL file"):
         load_questions(tmp_path / "missing.jsonl")
 
 

@@ -31,15 +31,10 @@ def read_text(path: str | Path | None) -> tuple[str, str]:
     """The text to score and its label: the file at `path`, or the built-in sample."""
     if path is None:
         return sample_text(), SAMPLE_LABEL
+    from mlx_slm.store.files import read_utf8
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SlmError(f"Text file {path} does not exist.") from None
-    except UnicodeDecodeError:
-        raise SlmError(f"Text file {path} is not UTF-8 text.") from None
-    except OSError as err:
-        raise SlmError(f"Cannot read text file {path}: {err.strerror}.") from None
+    text = read_utf8(path, "--text takes a UTF-8 text file")
     if not text.strip():
         raise SlmError(f"Text file {path} is empty; give a file with some text to score.")
     return text, str(path)

@@ -41,15 +41,9 @@ def builtin_questions() -> list[Question]:
 
 def load_questions(path: str | Path) -> list[Question]:
     """The questions of a JSONL file; a bad line is an error naming it."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SlmError(f"{path} does not exist; --questions takes a JSONL file.") from None
-    except UnicodeDecodeError:
-        raise SlmError(f"{path} is not UTF-8 text; --questions takes a UTF-8 JSONL file.") from None
-    except OSError as err:
-        raise SlmError(f"Cannot read {path}: {err.strerror or err}.") from None
+    from mlx_slm.store.files import read_utf8
+
+    text = read_utf8(path, "--questions takes a UTF-8 JSONL file")
     return parse_questions(text, str(path))
 
 
