@@ -7,10 +7,11 @@ import pytest
 
 from mlx_slm import quant
 from mlx_slm.cpu.layers import prepare
+from mlx_slm.draft_policy import AdaptiveK
 from mlx_slm.generation import DecodeStep, generate_tokens
 from mlx_slm.loader import model_from_weights
 from mlx_slm.sample import make_repetition_penalty, make_sampler
-from mlx_slm.speculative import AdaptiveK, Draft
+from mlx_slm.speculative import Draft
 from mlx_slm.store.synthetic import random_weights, tiny_config
 
 # Wider weights than the default make peaked distributions, so greedy choices have clear
