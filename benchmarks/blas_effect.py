@@ -26,7 +26,7 @@ import json, sys, time
 import mlx_slm  # preloads the BLAS unless MLX_SLM_BLAS=off
 from mlx_slm.cpu.blas import blas_in_use
 from mlx_slm.bench.mlx_lm_peer import MlxLmEngine
-from mlx_slm.bench.runner import OurEngine
+from mlx_slm.bench.engines import OurEngine
 engine = OurEngine() if sys.argv[1] == "ours" else MlxLmEngine()
 model = engine.load(sys.argv[2])
 prompt_len, tokens = int(sys.argv[3]), int(sys.argv[4])

@@ -26,7 +26,7 @@ WORKER = r"""
 import sys, time
 import mlx_slm
 from mlx_slm.bench.mlx_lm_peer import MlxLmEngine
-from mlx_slm.bench.runner import OurEngine
+from mlx_slm.bench.engines import OurEngine
 engine = OurEngine() if sys.argv[1] == "ours" else MlxLmEngine()
 model = engine.load(sys.argv[2])
 tokens = int(sys.argv[3])

@@ -9,9 +9,10 @@ import mlx.core as mx
 import pytest
 
 from mlx_slm.bench import bandwidth, report
+from mlx_slm.bench.engines import OurEngine
 from mlx_slm.bench.plan import Source, directory_source, needed_bytes, plan
 from mlx_slm.bench.precisions import Precision, model_at, parameter_bytes, write_model_dir
-from mlx_slm.bench.runner import OurEngine, Settings, run_sweep
+from mlx_slm.bench.runner import Settings, run_sweep
 from mlx_slm.bench.timing import (
     WARMUP_TOKENS,
     TimeLimitExceeded,

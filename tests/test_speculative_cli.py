@@ -132,9 +132,10 @@ def test_a_chat_with_a_draft_answers_as_a_fresh_greedy_run_every_turn(tmp_path):
 
 def test_a_bench_row_shows_the_draft_next_to_the_plain_path(model_dir, quantized_copy):
     from mlx_slm.bench import report
+    from mlx_slm.bench.engines import DraftedEngine, OurEngine
     from mlx_slm.bench.machine import machine_info
     from mlx_slm.bench.plan import directory_source, plan
-    from mlx_slm.bench.runner import DraftedEngine, OurEngine, Settings, run_sweep
+    from mlx_slm.bench.runner import Settings, run_sweep
 
     groups = plan([directory_source(str(model_dir))], None, [16], 12)
     engines = [OurEngine(), DraftedEngine(quantized_copy, num_draft_tokens=3)]

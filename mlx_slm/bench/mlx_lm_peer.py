@@ -177,8 +177,7 @@ def serve() -> None:
     from mlx_lm.generate import generate_step
     from mlx_lm.utils import load_model
 
-    from mlx_slm.bench.runner import reset_peak_rss
-    from mlx_slm.memory import mlx_peak_bytes, peak_rss_bytes, reset_mlx_peak
+    from mlx_slm.memory import mlx_peak_bytes, peak_rss_bytes, reset_mlx_peak, restart_peak_rss
 
     # The parent stops this process by killing it; Ctrl-C at a terminal ends it at once.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -210,7 +209,7 @@ def serve() -> None:
                     reply({"done": True})
             elif op == "reset_peaks":
                 reset_mlx_peak()
-                reply({"scope": reset_peak_rss()})
+                reply({"scope": restart_peak_rss()})
             elif op == "peaks":
                 reply({"peak_memory_bytes": mlx_peak_bytes(),
                        "peak_rss_bytes": peak_rss_bytes()})

@@ -9,15 +9,16 @@ import gc
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlx_slm.bench.bandwidth import kv_bytes_read, roofline_fraction, weight_bytes_read
+from mlx_slm.bench.bandwidth import kv_bytes_read, roofline_fraction
+from mlx_slm.bench.engines import DraftedEngine, OurEngine
 from mlx_slm.bench.plan import Cell, Group
-from mlx_slm.bench.precisions import parameter_bytes, write_model_dir
+from mlx_slm.bench.precisions import write_model_dir
 from mlx_slm.bench.report import new_row
-from mlx_slm.bench.timing import Clock, RunTiming, measure, spread
+from mlx_slm.bench.timing import Clock, measure, summarize
 from mlx_slm.errors import SlmError
 
 # Failures worth a row instead of a crash: a broken model or MLX running out of memory.
@@ -34,105 +35,6 @@ class Settings:
     bandwidth_gbs: float | None = None
     bandwidth_source: str | None = None
     time_limit_s: float | None = None  # per engine and cell, checked at each token
-
-
-class OurEngine:
-    """mlx-slm's real path: the loader and `generate_tokens` with no stop ids (EOS ignored)."""
-
-    name = "mlx-slm"
-
-    def __init__(self):
-        self.cache = None
-        self.step = None
-
-    def load(self, model_dir: Path):
-        """The model, by the loader `mlx-slm generate` uses, and its compiled decode step."""
-        from mlx_slm.generation import DecodeStep
-        from mlx_slm.loader import load_model
-
-        model = load_model(model_dir)[0]
-        self.step = DecodeStep(model)  # traced in the warm-up run, reused by the timed ones
-        return model
-
-    def tokens(self, model, prompt: list[int], n: int) -> Iterable[int]:
-        """A lazy generator of `n` greedy token ids after `prompt`, EOS included."""
-        from mlx_slm.cache import make_cache
-        from mlx_slm.generation import generate_tokens
-
-        # Our own cache, so the bytes attention reads can be taken from its real dtype.
-        self.cache = make_cache(model)
-        return generate_tokens(model, prompt, cache=self.cache, max_tokens=n, stop_ids=(),
-                               step=self.step)
-
-    def reset_peaks(self) -> str:
-        """Restart MLX's and the process's peaks; the scope the next RSS reading covers."""
-        from mlx_slm.memory import reset_mlx_peak
-
-        reset_mlx_peak()
-        return reset_peak_rss()
-
-    def peaks(self) -> dict:
-        from mlx_slm.memory import mlx_peak_bytes, peak_rss_bytes
-
-        return {"peak_memory_bytes": mlx_peak_bytes(), "peak_rss_bytes": peak_rss_bytes()}
-
-    def sizes(self, model) -> dict:
-        """The bytes a token reads: the weights as loaded, and the KV cache's element size."""
-        return {"weight_bytes": parameter_bytes(model),
-                "weight_bytes_read": weight_bytes_read(model),
-                "kv_itemsize": self.cache[0].keys.dtype.size}
-
-    def release(self) -> None:
-        """Drop the references to the last model's cache and compiled step."""
-        self.cache = self.step = None
-
-    def close(self) -> None:
-        pass
-
-
-class DraftedEngine(OurEngine):
-    """Our path with a draft model (speculative decoding), compared with the plain path on
-    the same cells: its row fields say whether the draft pays."""
-
-    name = "mlx-slm+draft"
-
-    def __init__(self, draft_dir: Path, num_draft_tokens: int | None = None):
-        super().__init__()
-        self.draft_dir = Path(draft_dir)
-        self.num_draft_tokens = num_draft_tokens
-        self.draft = None
-
-    def load(self, model_dir: Path):
-        from mlx_slm.loader import load_model
-        from mlx_slm.speculative import Draft
-
-        model = super().load(model_dir)
-        self.draft = Draft(load_model(self.draft_dir)[0], self.num_draft_tokens)
-        return model
-
-    def tokens(self, model, prompt: list[int], n: int) -> Iterable[int]:
-        from mlx_slm.cache import make_cache
-
-        self.cache = make_cache(model)
-        return self.draft.generate_tokens(model, prompt, cache=self.cache, max_tokens=n,
-                                          step=self.step)
-
-    def run_stats(self) -> dict:
-        """What the draft did in the last run (greedy runs of a cell all do the same)."""
-        return self.draft.stats.as_dict()
-
-    def row_fields(self, measured: dict, row: dict) -> dict:
-        summary = _summary(measured["timings"])
-        stats = measured["draft"]
-        return {
-            "draft_model": str(self.draft_dir),
-            "num_draft_tokens": self.num_draft_tokens,
-            "draft_gen_tps": summary["gen_tps"],
-            "draft_gen_tps_stdev": summary["gen_tps_stdev"],
-            "draft_speedup": summary["gen_tps"] / row["gen_tps"] if row["gen_tps"] else None,
-            **{key: stats[key] for key in ("acceptance_rate", "mean_accepted", "drafted",
-                                           "accepted")},
-        }
 
 
 def prompt_ids(length: int, config: dict, seed: int) -> list[int]:
@@ -248,17 +150,6 @@ def _measure_cell(engine, model, cell: Cell, settings: Settings, clock: Clock) -
             "draft": engine.run_stats() if isinstance(engine, DraftedEngine) else None}
 
 
-def reset_peak_rss() -> str:
-    """Restart the process's peak-RSS count where the OS allows it (Linux); returns the scope
-    the next reading covers: 'cell', or 'process' (the peak since the process began)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return "cell"
-    except OSError:
-        return "process"
-
-
 def _row(group: Group, cell: Cell, result: dict, settings: Settings, machine: dict,
          engines: list) -> dict:
     row = new_row(
@@ -307,23 +198,13 @@ def _cut_short(name: str, measured: dict, settings: Settings) -> str | None:
     return f"{name}: {done} of {settings.reps} runs within the {settings.time_limit_s:g} s limit"
 
 
-def _summary(timings: list[RunTiming]) -> dict:
-    ttft = spread(t.ttft_s for t in timings)
-    prompt = spread(t.prompt_tps for t in timings)
-    gen = spread(t.generation_tps for t in timings)
-    return {"ttft_s": ttft.median, "ttft_s_stdev": ttft.stdev,
-            "prompt_tps": prompt.median, "prompt_tps_stdev": prompt.stdev,
-            "gen_tps": gen.median, "gen_tps_stdev": gen.stdev,
-            "gen_tps_min": gen.min, "gen_tps_max": gen.max}
-
-
 def _our_fields(ours: dict, group: Group, cell: Cell, settings: Settings) -> dict:
     fields = {
         # As loaded (the loader may lay weights out differently from the files).
         "weight_bytes": ours["weight_bytes"],
         "bits_per_weight": 8 * ours["weight_bytes"] / group.parameters,
         "load_s": ours["load_s"],
-        **_summary(ours["timings"]),
+        **summarize(ours["timings"]),
         "peak_memory_bytes": ours["peak_memory_bytes"],
         "peak_rss_bytes": ours["peak_rss_bytes"],
         "peak_rss_scope": ours["peak_rss_scope"],
@@ -342,7 +223,7 @@ def _our_fields(ours: dict, group: Group, cell: Cell, settings: Settings) -> dic
 
 
 def _peer_fields(theirs: dict, row: dict) -> dict:
-    summary = _summary(theirs["timings"])
+    summary = summarize(theirs["timings"])
 
     def ratio(ours, other):
         return ours / other if other else None

@@ -46,9 +46,10 @@ def iter_bench(request: BenchRequest,
     """The rows as each model's cells complete, so an interrupted sweep keeps the finished
     ones; `on_plan` first receives what will run and a time estimate."""
     from mlx_slm.bench.bandwidth import resolve_bandwidth
+    from mlx_slm.bench.engines import OurEngine
     from mlx_slm.bench.machine import machine_info
     from mlx_slm.bench.plan import describe_plan, directory_source, plan, synthetic_sources
-    from mlx_slm.bench.runner import OurEngine, Settings, run_sweep
+    from mlx_slm.bench.runner import Settings, run_sweep
     from mlx_slm.memory_guard import available_bytes
 
     if request.gen_tokens < 2:
@@ -61,7 +62,7 @@ def iter_bench(request: BenchRequest,
     if request.draft.model is not None:
         from mlx_slm.apps.drafting import resolve_draft_dir
         from mlx_slm.apps.models import resolve_model_dir
-        from mlx_slm.bench.runner import DraftedEngine
+        from mlx_slm.bench.engines import DraftedEngine
 
         target = resolve_model_dir(request.model_dirs[0]) if request.model_dirs else None
         engines.append(DraftedEngine(resolve_draft_dir(request.draft.model, target),

@@ -101,3 +101,14 @@ def measure(run: Callable[[int], Iterable[int]], prompt_tokens: int, gen_tokens:
         if not timings:
             raise TimeLimitExceeded(f"stopped after {time_limit:g} s (--time-limit)") from None
     return timings
+
+
+def summarize(timings: list[RunTiming]) -> dict:
+    """Median and spread of TTFT, prompt and generation tok/s over the timed runs."""
+    ttft = spread(t.ttft_s for t in timings)
+    prompt = spread(t.prompt_tps for t in timings)
+    gen = spread(t.generation_tps for t in timings)
+    return {"ttft_s": ttft.median, "ttft_s_stdev": ttft.stdev,
+            "prompt_tps": prompt.median, "prompt_tps_stdev": prompt.stdev,
+            "gen_tps": gen.median, "gen_tps_stdev": gen.stdev,
+            "gen_tps_min": gen.min, "gen_tps_max": gen.max}
