@@ -14,7 +14,7 @@ import mlx.core as mx
 
 from mlx_slm.apps.serve.protocol import Params
 from mlx_slm.constrain import Constraint
-from mlx_slm.sample import SamplingOptions, greedy
+from mlx_slm.sample import greedy
 
 
 @dataclass
@@ -60,17 +60,16 @@ class Row:
 
     def __init__(self, job: Job, vocab=None):
         p = job.params
-        options = SamplingOptions(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
-                                  min_p=p.min_p, repetition_penalty=p.repetition_penalty)
+        options = p.sampling
         self.job = job
         self.sampler = options.sampler()
         self.processors = options.logits_processors()
         # A response_format's grammar (the vocabulary is the served model's, built once).
         self.constraint = Constraint(p.constraint, vocab) if p.constraint is not None else None
-        self.plain = p.temperature == 0 and not self.processors and self.constraint is None
+        self.plain = options.temperature == 0 and not self.processors and self.constraint is None
         self.history = mx.array(job.prompt, dtype=mx.uint32) if self.processors else None
         # Each row draws from its own key, so a seed gives the same text in any batch.
-        seed = p.seed if p.seed is not None else random.getrandbits(63)
+        seed = options.seed if options.seed is not None else random.getrandbits(63)
         self.key = mx.random.key(seed)
         self.sequence = list(job.prompt)  # the ids whose keys and values are cached
         self.token: int | None = None  # the last chosen id, fed at the next step

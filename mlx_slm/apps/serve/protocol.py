@@ -5,10 +5,10 @@ that names the field and never touches the model.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mlx_slm.errors import SlmError
-from mlx_slm.sample import check_range
+from mlx_slm.sample import SamplingOptions, check_range
 
 
 class ApiError(Exception):
@@ -24,6 +24,9 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param,
                           "code": self.code}}
 
+# OpenAI's defaults: temperature 1 and no repetition penalty (the CLI's are 0 and 1.2).
+OPENAI_SAMPLING = SamplingOptions(temperature=1.0, repetition_penalty=1.0)
+
 
 @dataclass
 class Params:
@@ -31,12 +34,7 @@ class Params:
 
     model: str | None = None
     max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
+    sampling: SamplingOptions = OPENAI_SAMPLING
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
@@ -79,23 +77,24 @@ def _get(body: dict, name: str, kinds, default=None, nullable: bool = True):
 
 
 def _sampling(body: dict, params: Params) -> None:
+    values = {}
     for name, kinds in (("temperature", (float,)), ("top_p", (float,)), ("top_k", (int,)),
                         ("min_p", (float,)), ("repetition_penalty", (float,))):
-        value = _get(body, name, kinds, getattr(params, name))
+        value = _get(body, name, kinds, getattr(params.sampling, name))
         try:
             check_range(name, value)
         except SlmError as err:
             raise ApiError(400, str(err).replace(name.replace("_", "-"), name), param=name,
                            code="invalid_value") from None
-        setattr(params, name, value)
-    if "temperature" in body and params.temperature > 2.0:
-        raise ApiError(400, f"temperature must be between 0 and 2, got {params.temperature}.",
+        values[name] = value
+    if "temperature" in body and values["temperature"] > 2.0:
+        raise ApiError(400, f"temperature must be between 0 and 2, got {values['temperature']}.",
                        param="temperature", code="invalid_value")
     seed = _get(body, "seed", (int,))
     if seed is not None and not 0 <= seed < 2**64:
         raise ApiError(400, "seed must be between 0 and 2^64-1.", param="seed",
                        code="invalid_value")
-    params.seed = seed
+    params.sampling = replace(params.sampling, **values, seed=seed)
 
 
 def _common(body: dict, params: Params) -> None:
