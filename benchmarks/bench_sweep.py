@@ -19,9 +19,9 @@ import mlx_slm  # noqa: F401  (puts the optimized BLAS under MLX before it loads
 from mlx_slm.bench import report
 from mlx_slm.bench.plot import plot
 from mlx_slm.bench.precisions import precision_names
-from mlx_slm.bench.progress import ProgressLine
 from mlx_slm.bench.sweep import BenchRequest, run_bench
 from mlx_slm.errors import SlmError
+from mlx_slm.progress import ProgressLine
 
 RESULTS = Path(__file__).parent / "results"
 STANDARD = {"gen_tokens": 64, "reps": 3, "time_limit": 150.0}

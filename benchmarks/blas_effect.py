@@ -63,7 +63,7 @@ def main() -> None:
 
     import mlx.core as mx
 
-    from mlx_slm.store.synthetic import published_config, write_hub_checkpoint
+    from mlx_slm.synthetic import published_config, write_hub_checkpoint
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,9 +28,10 @@ import mlx.core as mx
 
 import mlx_slm.constrain as constrain
 from mlx_slm.bench.machine import machine_info
+from mlx_slm.chooser import TokenChooser
 from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load, model_dtype
-from mlx_slm.store.synthetic import published_config, write_hub_checkpoint
+from mlx_slm.synthetic import published_config, write_hub_checkpoint
 
 RESULTS = Path(__file__).parent / "results"
 TOKENIZER = Path(__file__).parent.parent / "tests" / "data" / "llama2-tokenizer.model"
@@ -62,10 +63,11 @@ SCHEMA = {
 }
 
 
-def timed_decode(model, prompt, **kwargs) -> tuple[list[int], float]:
+def timed_decode(model, prompt, constraint=None, **kwargs) -> tuple[list[int], float]:
     """Tokens, and the seconds from the first token to the last (the generation clock)."""
     tokens, first = [], None
-    for token in generate_tokens(model, prompt, **kwargs):
+    chooser = TokenChooser(history=prompt, constraint=constraint)
+    for token in generate_tokens(model, prompt, chooser=chooser, **kwargs):
         now = time.perf_counter()
         first = first or now
         tokens.append(token)

@@ -89,7 +89,7 @@ def decode_step_nodes() -> dict:
     from mlx_slm.cache import BufferView, make_cache
     from mlx_slm.generation import prefill
     from mlx_slm.loader import load_model
-    from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
+    from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
 
     config = tiny_config(num_layers=16, model_dim=64, head_dim=16, query_heads=(4,) * 16,
                          kv_heads=(1,) * 16, ffn_multipliers=(1.0,) * 16)

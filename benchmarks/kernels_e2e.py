@@ -33,7 +33,7 @@ def child(size: str, precision_name: str, prompt_tokens: int, gen_tokens: int) -
     from mlx_slm.bench.precisions import model_at, precision
     from mlx_slm.cpu.layers import prepare
     from mlx_slm.generation import generate_tokens
-    from mlx_slm.store.synthetic import published_config, random_weights
+    from mlx_slm.synthetic import published_config, random_weights
 
     config = published_config(size)
     model, _ = model_at(config, random_weights(config, 0), precision(precision_name, config),

@@ -152,7 +152,7 @@ def check_logits(tool: Path, model: Path, size: str, seed: int, threads: int) ->
     import numpy as np
 
     from mlx_slm.bench.precisions import model_at, precision
-    from mlx_slm.store.synthetic import published_config, random_weights
+    from mlx_slm.synthetic import published_config, random_weights
     from mlx_slm.tokenizer import Tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,7 +183,7 @@ def gguf_at(size: str, precision: str, seed: int, cache: Path, tools: dict) -> P
     name = f"openelm-{size}-seed{seed}"
     f32 = cache / f"{name}-F32.gguf"
     if not f32.exists():
-        from mlx_slm.store.synthetic import published_config, write_hub_checkpoint
+        from mlx_slm.synthetic import published_config, write_hub_checkpoint
         from mlx_slm.weights import load_weights, read_config
 
         print(f"[gguf] converting synthetic {size} (seed {seed})", file=sys.stderr)
@@ -320,7 +320,7 @@ def main(argv=None) -> int:
         print(BUILD_HINT, file=sys.stderr)
         return 2
     from mlx_slm.bench.machine import machine_info
-    from mlx_slm.store.synthetic import published_config
+    from mlx_slm.synthetic import published_config
 
     for size in args.sizes:
         published_config(size)  # an unknown size fails here, before anything is built

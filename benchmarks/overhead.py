@@ -54,8 +54,8 @@ def main() -> None:
 
     import mlx.core as mx
 
-    from mlx_slm.runtime import runtime_report
-    from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
+    from mlx_slm.cpu.report import runtime_report
+    from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
 
     config = tiny_config(num_layers=16, model_dim=64, head_dim=16, query_heads=(4,) * 16,
                          kv_heads=(1,) * 16, ffn_multipliers=(1.0,) * 16)

@@ -30,10 +30,10 @@ from mlx.utils import tree_flatten
 import mlx_slm.quant as quant
 import mlx_slm.recipes as recipes
 from mlx_slm.apps.quality import chunked_logits, position_metrics, sample_text
+from mlx_slm.backend import active_backend
 from mlx_slm.model import Model, ModelArgs
-from mlx_slm.runtime import active_backend
 from mlx_slm.sizes import config_weight_bytes
-from mlx_slm.store.synthetic import published_config, random_weights
+from mlx_slm.synthetic import published_config, random_weights
 from mlx_slm.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,12 +29,13 @@ import mlx.core as mx
 
 from mlx_slm.apps.quality import sample_text
 from mlx_slm.apps.quality_report import compare
-from mlx_slm.apps.quantize_app import quantize_directory
+from mlx_slm.apps.quantize import quantize_directory
+from mlx_slm.backend import active_backend
 from mlx_slm.cpu.blas import blas_in_use
+from mlx_slm.cpu.report import runtime_report
 from mlx_slm.generation import DecodeStep, generate_tokens
 from mlx_slm.loader import load_model
-from mlx_slm.runtime import active_backend, runtime_report
-from mlx_slm.store.synthetic import published_config, write_hub_checkpoint
+from mlx_slm.synthetic import published_config, write_hub_checkpoint
 from mlx_slm.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -205,7 +205,7 @@ def main() -> None:
     import mlx_slm  # noqa: F401  (the optimized BLAS before mlx, as the servers get it)
     from mlx_slm.bench.machine import machine_info
     from mlx_slm.convert.pipeline import convert
-    from mlx_slm.store.synthetic import published_config, tiny_config, write_hub_checkpoint
+    from mlx_slm.synthetic import published_config, tiny_config, write_hub_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

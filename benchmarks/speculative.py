@@ -135,7 +135,7 @@ def main() -> None:
     import random
 
     from mlx_slm.bench.machine import machine_info
-    from mlx_slm.store.synthetic import published_config, random_weights
+    from mlx_slm.synthetic import published_config, random_weights
 
     machine = machine_info()
     config = published_config(args.size)

@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
 
-    from mlx_slm.runtime import active_backend
-    from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
+    from mlx_slm.backend import active_backend
+    from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_hub_checkpoint(Path(tmp) / "model", tiny_config())

@@ -16,10 +16,11 @@ from pathlib import Path
 from mlx_slm.chat_format import METADATA_KEY
 from mlx_slm.errors import SlmError
 from mlx_slm.sizes import default_dtype
+from mlx_slm.store.files import write_json
 from mlx_slm.store.manifest import write_manifest
 from mlx_slm.store.staging import check_destination, check_disk_space, staged_directory
 from mlx_slm.tokenizer import TOKENIZER_FILE
-from mlx_slm.weights import CONFIG_FILE, DEFAULT_SHARD_BYTES, write_json
+from mlx_slm.weights import CONFIG_FILE, DEFAULT_SHARD_BYTES
 
 from .hub import first_line
 from .llama_tokenizer import TokenizerFile

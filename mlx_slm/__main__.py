@@ -1,3 +1,3 @@
-from mlx_slm.cli import main
+from mlx_slm.commands.cli import main
 
 main()

@@ -11,6 +11,8 @@ answer with EOS (id 2).
 
 from dataclasses import dataclass
 
+from mlx_slm.errors import InvalidPrompt, PromptTooLong
+
 METADATA_KEY = "mlx_slm"
 ROLES = ("system", "user", "assistant")
 # The turn headers are plain text to the tokenizer, so a model that misses its EOS may write
@@ -35,6 +37,35 @@ class PromptFormat:
     chat: bool | None = None
     system: str | None = None
 
+    def prepare(self, tokenizer, model_args, prompt: "str | list[int] | list[Turn]", *,
+                max_tokens: int | None = None, stop: tuple[str, ...] = (),
+                name: str | None = None, turn_stops: bool = True) -> "PreparedPrompt":
+        """The one way a prompt becomes ids: text in the format the model suits (or the one
+        forced), a conversation (a list of Turns) in the chat format, or ids as given; fitted
+        to the model's context (`max_tokens` None: all the room left); the stop strings are
+        `stop` plus, for the chat format, the turn headers (unless `turn_stops` is off)."""
+        config = model_args.extra
+        if isinstance(prompt, str):
+            chat = self.uses_chat(config, name)
+            ids = prompt_ids(tokenizer, prompt, chat, self.system)
+        elif prompt and isinstance(prompt[0], Turn):
+            chat, ids = True, conversation_ids(tokenizer, list(prompt), self.system)
+        else:
+            chat, ids = False, [int(i) for i in prompt]
+            if not all(0 <= i < tokenizer.vocab_size for i in ids):
+                raise InvalidPrompt(
+                    f"Token ids must be between 0 and {tokenizer.vocab_size - 1}.")
+        if not ids:
+            raise InvalidPrompt("The prompt holds no tokens; give some text or ids.")
+        context = model_args.max_context_length
+        if len(ids) >= context:
+            raise PromptTooLong(f"The prompt has {len(ids)} tokens but the model's context is "
+                                f"{context}; shorten the prompt.")
+        room = context - len(ids)
+        stops = tuple(stop) + (TURN_HEADERS if chat and turn_stops else ())
+        return PreparedPrompt(ids, chat, stops, room if max_tokens is None else
+                              min(max_tokens, room), max_tokens)
+
     def uses_chat(self, config: dict, name: str | None = None) -> bool:
         """`name`: the model's repo or directory name, read when its metadata says nothing."""
         if self.chat is not None:
@@ -53,6 +84,22 @@ class PromptFormat:
         if self.system is not None and not is_instruct(config, name):
             return "[--system given: chat format on, although this is a base model]"
         return None
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt ready to generate from: its ids, whether it is in the chat format, the stop
+    strings that end its answer, and how many tokens may follow in the context."""
+
+    ids: list[int]
+    chat: bool
+    stop_strings: tuple[str, ...]
+    max_tokens: int
+    requested: int | None = None  # the max_tokens asked for, before the context capped it
+
+    @property
+    def capped(self) -> bool:
+        return self.requested is not None and self.max_tokens < self.requested
 
 
 def is_instruct(config: dict, name: str | None = None) -> bool:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from mlx_slm.cache import BufferView, make_cache
-from mlx_slm.sample import LogitsProcessor, Sampler, greedy
+from mlx_slm.chooser import TokenChooser
+from mlx_slm.tokenizer import TextStream
 
 PREFILL_STEP = 512
 
@@ -66,94 +67,60 @@ def generate_tokens(
     prompt: list[int],
     *,
     cache: list | None = None,
-    sampler: Sampler = greedy,
-    logits_processors: list[LogitsProcessor] = (),
+    chooser: TokenChooser | None = None,
     max_tokens: int = 256,
     stop_ids: tuple[int, ...] = (),
     prefill_step: int = PREFILL_STEP,
     compiled: bool = True,
     step: DecodeStep | None = None,
-    constraint=None,
 ) -> Iterator[int]:
-    """Yield generated token ids; ends at a stop id (not yielded) or after `max_tokens`.
+    """Yield generated token ids; ends at a stop id (not yielded), once the chooser's
+    grammar is complete, or after `max_tokens`.
 
-    `step` is the model's compiled decode step, to reuse across calls (one is made if
-    None); `compiled=False` runs the model eagerly instead.
+    `chooser` picks each token (default: greedy over `prompt`). `step` is the model's
+    compiled decode step, to reuse across calls (one is made if None); `compiled=False`
+    runs the model eagerly instead.
 
     Decoding is pipelined: the graph for token n+1 is built and queued with
-    `mx.async_eval` before token n is read back to the host. A `constraint`
-    (mlx_slm.constrain.Constraint) masks the logits before sampling, and ends generation
-    once its output is complete.
+    `mx.async_eval` before token n is read back to the host. A grammar's mask needs token
+    n on the host, so with one the forward for n+1 is queued and the host computes the
+    mask while it runs.
     """
     if not prompt:
         raise ValueError("the prompt must hold at least one token")
     cache = make_cache(model) if cache is None else cache
-    history = mx.array(prompt, dtype=mx.uint32)
-
-    def choose(logits: mx.array) -> mx.array:
-        nonlocal history
-        for process in logits_processors:
-            logits = process(history, logits)
-        token = sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-        if logits_processors:
-            history = mx.concatenate([history, token.astype(mx.uint32)])
-        return token
-
-    if constraint is not None:
-        if compiled:
-            step = step or DecodeStep(model)
-
-            def forward(t):
-                return step(t, cache)
-        else:
-            def forward(t):
-                return model(t, cache)[:, -1, :]
-        yield from _constrained(forward, prefill(model, history, cache, prefill_step), choose,
-                                constraint, max_tokens, stop_ids)
-        return
+    chooser = chooser or TokenChooser(history=prompt)
     if compiled:
         step = step or DecodeStep(model)
-        if sampler is greedy and not logits_processors:
-            def advance(t):
-                return step(t, cache, greedy=True)
-        else:
-            def advance(t):
-                return choose(step(t, cache))
-    else:
-        def advance(t):
-            return choose(model(t, cache)[:, -1, :])
-    token = choose(prefill(model, history, cache, prefill_step))
-    mx.async_eval(token)
-    for n in range(max_tokens):
-        next_token = None
-        if n + 1 < max_tokens:
-            next_token = advance(token[:, None])
-            mx.async_eval(next_token)
-        value = token.item()
-        if value in stop_ids:
-            return
-        yield value
-        token = next_token
+    fused = compiled and chooser.plain  # the compiled step takes the argmax too
+    masked = chooser.constraint is not None
 
+    def forward(token: mx.array) -> mx.array:
+        if compiled:
+            return step(token[:, None], cache, greedy=fused)
+        return model(token[:, None], cache)[:, -1, :]
 
-def _constrained(forward, logits, choose, constraint, max_tokens, stop_ids) -> Iterator[int]:
-    """The decode loop with a grammar mask: the host computes the mask for token n+1 while
-    the model's forward for it runs, then the sampling is queued on the masked logits."""
-    mx.async_eval(logits)
-    width = logits.shape[-1]
-    for n in range(max_tokens):
-        token = choose(mx.where(constraint.mask(width), logits, -mx.inf))
+    def choose(logits: mx.array) -> mx.array:
+        token = chooser.choose(logits)[0]
         mx.async_eval(token)  # its own evaluation, so reading it waits for it alone
+        return token
+
+    token = choose(prefill(model, mx.array(prompt, dtype=mx.uint32), cache, prefill_step))
+    for n in range(max_tokens):
+        following = None
         if n + 1 < max_tokens:
-            logits = forward(token[:, None])
-            mx.async_eval(logits)
+            following = forward(token)
+            if not (fused or masked):
+                following = chooser.choose(following)[0]
+            mx.async_eval(following)
         value = token.item()
         if value in stop_ids:
             return
-        constraint.accept(value)
+        done = chooser.accept(value)
         yield value
-        if constraint.is_done():
+        if done:
             return
+        token = choose(following) if masked and following is not None else following
 
 
 @dataclass
@@ -175,13 +142,21 @@ class Generation:
 
     @property
     def prompt_tps(self) -> float:
-        return self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
+        return tokens_per_second(self.prompt_tokens, self.prompt_s)
 
     @property
     def generation_tps(self) -> float:
-        # The clock starts at the first token, so it times the tokens after it.
-        n = self.generation_tokens - 1
-        return n / self.generation_s if n > 0 and self.generation_s > 0 else 0.0
+        return generation_tps(self.generation_tokens, self.generation_s)
+
+
+def tokens_per_second(tokens: int, seconds: float) -> float:
+    """The one rate formula every figure uses; 0.0 when nothing was timed."""
+    return tokens / seconds if tokens > 0 and seconds > 0 else 0.0
+
+
+def generation_tps(generated: int, seconds: float) -> float:
+    """Generation speed: the clock starts at the first token, so it times those after it."""
+    return tokens_per_second(generated - 1, seconds)
 
 
 def text_pieces(
@@ -190,37 +165,32 @@ def text_pieces(
     prompt: list[int],
     *,
     max_tokens: int = 256,
-    sampler: Sampler = greedy,
-    logits_processors: list[LogitsProcessor] = (),
+    chooser: TokenChooser | None = None,
     stop_strings: tuple[str, ...] = (),
     ignore_eos: bool = False,
     cache: list | None = None,
     step: DecodeStep | None = None,
     result: Generation | None = None,
     clock: Callable[[], float] = time.perf_counter,
-    constraint=None,
     token_source: Callable[..., Iterator[int]] | None = None,
 ) -> Iterator[str]:
     """Generate, yielding each new piece of text; `result` (a Generation) is filled as it goes.
 
     Stop strings end generation and are not part of the text. A caller that is interrupted
-    still holds in `result` what was generated so far. With a `constraint`, a complete
-    output ends as "eos" and `result.valid` says whether the text (after any stop string)
-    satisfies it. `token_source` (default `generate_tokens`) yields the ids; a
-    speculative.Draft's `generate_tokens` decodes with a draft (not with a constraint).
+    still holds in `result` what was generated so far. With a grammar in the `chooser`, a
+    complete output ends as "eos" and `result.valid` says whether the text (after any stop
+    string) satisfies it. `token_source` (default `generate_tokens`) yields the ids; a
+    speculative.Draft's `generate_tokens` decodes with a draft (not with a grammar).
     """
     result = result if result is not None else Generation()
     result.prompt_tokens = len(prompt)
-    detokenizer = tokenizer.detokenizer()
-    stop_ids = () if ignore_eos else (tokenizer.eos_id,)
-    holdback = max((len(s) for s in stop_strings), default=1) - 1
-    emitted = 0
+    chooser = chooser or TokenChooser(history=prompt)
+    stream = TextStream(tokenizer, stop_strings)
     start = clock()
     first = None
-    options = {"constraint": constraint} if constraint is not None else {}
     tokens = (token_source or generate_tokens)(
-        model, prompt, cache=cache, sampler=sampler, logits_processors=logits_processors,
-        max_tokens=max_tokens, stop_ids=stop_ids, step=step, **options,
+        model, prompt, cache=cache, chooser=chooser, max_tokens=max_tokens,
+        stop_ids=() if ignore_eos else (tokenizer.eos_id,), step=step,
     )
     result.finish_reason = "length"
     for token in tokens:
@@ -230,39 +200,30 @@ def text_pieces(
             result.prompt_s = now - start
         result.generation_s = now - first
         result.tokens.append(token)
-        detokenizer.add(token)
-        text = detokenizer.text
-        cut = _find_stop(text, stop_strings)
-        if cut is not None:
-            result.text = text[:cut]
+        piece = stream.add(token)
+        result.text = stream.text
+        if stream.stopped:
             result.finish_reason = "stop"
-            _judge(result, constraint)
-            if cut > emitted:
-                yield result.text[emitted:]
+            _judge(result, chooser)
+        if piece:
+            yield piece
+        if stream.stopped:
             return
-        # Hold back a possible stop string's beginning until it is decided.
-        safe = len(text) - holdback if stop_strings else len(text)
-        if safe > emitted:
-            yield text[emitted:safe]
-            emitted = safe
-        result.text = text
-    else:
-        if len(result.tokens) < max_tokens or (constraint is not None and constraint.is_done()):
-            result.finish_reason = "eos"
-    detokenizer.finish()
-    result.text = detokenizer.text
-    cut = _find_stop(result.text, stop_strings)
-    if cut is not None:
-        result.text = result.text[:cut]
+    if len(result.tokens) < max_tokens or (
+            chooser.constraint is not None and chooser.constraint.is_done()):
+        result.finish_reason = "eos"
+    piece = stream.finish()
+    result.text = stream.text
+    if stream.stopped:
         result.finish_reason = "stop"
-    _judge(result, constraint)
-    if len(result.text) > emitted:
-        yield result.text[emitted:]
+    _judge(result, chooser)
+    if piece:
+        yield piece
 
 
-def _judge(result: Generation, constraint) -> None:
-    if constraint is not None:
-        result.valid = constraint.matches(result.text)
+def _judge(result: Generation, chooser: TokenChooser) -> None:
+    if chooser.constraint is not None:
+        result.valid = chooser.constraint.matches(result.text)
 
 
 def stream_text(model, tokenizer, prompt: list[int], *,
@@ -274,8 +235,3 @@ def stream_text(model, tokenizer, prompt: list[int], *,
         if on_text is not None:
             on_text(piece)
     return result
-
-
-def _find_stop(text: str, stop_strings: tuple[str, ...]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
-    return min(hits) if hits else None

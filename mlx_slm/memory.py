@@ -6,7 +6,8 @@ import sys
 
 import mlx.core as mx
 
-from mlx_slm.sizes import GB
+GB = 1e9  # every GB this package prints is 10^9 bytes
+
 
 
 def mlx_peak_bytes() -> int:
@@ -114,3 +115,20 @@ def restart_peak_rss() -> str:
         return "cell"
     except OSError:
         return "process"
+
+
+def available_bytes() -> int | None:
+    """Memory available to a new allocation: MemAvailable on Linux, physical RAM on macOS."""
+    if sys.platform.startswith("linux"):
+        return proc_kib("/proc/meminfo", "MemAvailable")
+    return total_ram_bytes()
+
+
+def total_ram_bytes() -> int | None:
+    """Physical memory in bytes, or None where the OS will not say."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

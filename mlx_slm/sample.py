@@ -149,10 +149,5 @@ class SamplingOptions:
     def logits_processors(self) -> list[LogitsProcessor]:
         return make_logits_processors(self.repetition_penalty, self.repetition_context)
 
-    def seed_random(self) -> None:
-        """Seed MLX's generator if a seed was given (before each model's generation)."""
-        if self.seed is not None:
-            mx.random.seed(self.seed)
-
     def as_dict(self) -> dict:
         return asdict(self)

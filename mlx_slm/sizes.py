@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlx_slm.memory import GB
 from mlx_slm.model import ModelArgs
 from mlx_slm.weights import (
     DTYPE_BYTES,
@@ -17,7 +18,6 @@ from mlx_slm.weights import (
     weight_files,
 )
 
-GB = 1e9  # every GB this package prints is 10^9 bytes
 # Apple: 3B overflows in float16, use bfloat16. Decided by size, not by name.
 BFLOAT16_ABOVE_PARAMETERS = 2_000_000_000
 

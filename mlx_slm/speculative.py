@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import mlx.core as mx
 
 from mlx_slm.cache import make_cache
+from mlx_slm.chooser import TokenChooser
 from mlx_slm.draft_policy import AdaptiveK, DraftStats
 from mlx_slm.errors import SlmError
 from mlx_slm.generation import PREFILL_STEP, DecodeStep, prefill
-from mlx_slm.sample import LogitsProcessor, Sampler, greedy
 
 
 class Draft:
@@ -47,8 +47,7 @@ class Draft:
         prompt: list[int],
         *,
         cache: list | None = None,
-        sampler: Sampler = greedy,
-        logits_processors: list[LogitsProcessor] = (),
+        chooser: TokenChooser | None = None,
         max_tokens: int = 256,
         stop_ids: tuple[int, ...] = (),
         prefill_step: int = PREFILL_STEP,
@@ -57,12 +56,15 @@ class Draft:
     ) -> Iterator[int]:
         """Yield the target `model`'s tokens, drafted by this model and verified in rounds;
         ends at a stop id (not yielded) or after `max_tokens`. `context` holds the ids that
-        precede `prompt` in the target's `cache` (a chat's earlier turns)."""
+        precede `prompt` in the target's `cache` (a chat's earlier turns); `chooser` (default
+        greedy) chooses for the target and the draft alike."""
         if not prompt:
             raise ValueError("the prompt must hold at least one token")
+        if chooser is not None and chooser.constraint is not None:
+            raise ValueError("speculative decoding takes no grammar constraint")
         self.stats = DraftStats()
         run = _Run(self, model, cache if cache is not None else make_cache(model),
-                   step or DecodeStep(model), sampler, list(logits_processors),
+                   step or DecodeStep(model), chooser or TokenChooser(history=prompt),
                    list(context), prompt, prefill_step)
         sound, yielded = True, 0
         try:
@@ -88,23 +90,19 @@ class _Run:
     holds everything before `pending` (which ends with `last`).
     """
 
-    def __init__(self, draft: Draft, model, cache, step, sampler, processors, context, prompt,
-                 prefill_step):
+    def __init__(self, draft: Draft, model, cache, step, chooser, context, prompt, prefill_step):
         if draft.model.args.vocab_size != model.args.vocab_size:
             raise SlmError(f"The draft's vocabulary ({draft.model.args.vocab_size} tokens) "
                            f"differs from the target's ({model.args.vocab_size}).")
-        if sampler is not greedy and not hasattr(sampler, "distribution"):
-            raise TypeError("speculative sampling needs a sampler with a distribution "
-                            "(sample.make_sampler makes one)")
         self.draft, self.model, self.cache, self.step = draft, model, cache, step
-        self.sampler, self.processors = sampler, processors
+        self.chooser = chooser
         self.draft_cache = draft.cache
         self.ids = context + prompt  # everything fed or chosen so far
         keep = min(len(os.path.commonprefix([draft.cached_ids, self.ids])), len(self.ids) - 1)
         for layer in self.draft_cache:
             layer.trim(layer.offset - keep)
         self.draft_feed = self.ids[keep:-1]  # the draft's part of the prompt, but the last id
-        self.history = mx.array(prompt, dtype=mx.uint32)
+        self.prompt = mx.array(prompt, dtype=mx.uint32)
         self.prefill_step = prefill_step
         self.adapt = AdaptiveK(draft.num_draft_tokens)
         self.stats = draft.stats
@@ -112,8 +110,8 @@ class _Run:
     def tokens(self, max_tokens: int) -> Iterator[int]:
         if max_tokens <= 0:
             return
-        first = self._pick(prefill(self.model, self.history, self.cache, self.prefill_step),
-                           self.history)[0]
+        first = self.chooser.choose(
+            prefill(self.model, self.prompt, self.cache, self.prefill_step))[0]
         mx.async_eval(first)  # the draft reads the prompt meanwhile
         pending = [self.ids[-1]]
         if self.draft_feed:
@@ -121,7 +119,7 @@ class _Run:
                     self.draft_cache, self.prefill_step)
             mx.eval([c.state for c in self.draft_cache])
         last = first.item()
-        self._extend([last])
+        self.ids.append(last)
         yield last
         pending.append(last)
         produced = 1
@@ -157,12 +155,9 @@ class _Run:
         """`n` target decode steps after `last`, pipelined as in generate_tokens (the draft
         does not see them); each step's time goes to the adaptive K."""
         def advance(token: mx.array) -> mx.array:
-            if self.sampler is greedy and not self.processors:
+            if self.chooser.plain:
                 return self.step(token[:, None], self.cache, greedy=True)
-            chosen = self._pick(self.step(token[:, None], self.cache), self.history)[0]
-            if self.processors:
-                self.history = mx.concatenate([self.history, chosen.astype(mx.uint32)])
-            return chosen
+            return self.chooser.choose(self.step(token[:, None], self.cache))[0]
 
         token = advance(mx.array([last], dtype=mx.uint32))
         mx.async_eval(token)
@@ -184,11 +179,11 @@ class _Run:
     def _plain(self, last: int) -> int:
         """One target decode step after `last` (the draft does not see it yet)."""
         token = mx.array([[last]], dtype=mx.uint32)
-        if self.sampler is greedy and not self.processors:
+        if self.chooser.plain:
             value = self.step(token, self.cache, greedy=True).item()
         else:
-            value = self._pick(self.step(token, self.cache), self.history)[0].item()
-        self._extend([value])
+            value = self.chooser.choose(self.step(token, self.cache))[0].item()
+        self.ids.append(value)
         return value
 
     def _round(self, pending: list[int], k: int) -> tuple[list[int], bool] | None:
@@ -196,9 +191,8 @@ class _Run:
         accepted drafts plus the target's own) and whether all k drafts were accepted, or
         None if the draft's first step showed it too slow to pay."""
         drafts, draft_probs = [], []
-        history = self.history
         # Greedy without processors lets the compiled step take the argmax too.
-        argmax = self.sampler is greedy and not self.processors
+        argmax = self.chooser.plain
         if len(pending) == 1:
             out = self.draft.step(mx.array([pending], dtype=mx.uint32), self.draft_cache,
                                   greedy=argmax)
@@ -212,18 +206,17 @@ class _Run:
             if self.adapt.draft_too_slow(time.perf_counter() - start):
                 return None
         for i in range(k):
-            token, probs = (out, None) if argmax else self._pick(out, history)
+            ahead = mx.concatenate(drafts) if drafts else None
+            token, probs = (out, None) if argmax else self._pick(out, ahead)
             drafts.append(token)
             draft_probs.append(probs)
-            if self.processors:
-                history = mx.concatenate([history, token.astype(mx.uint32)])
             if i + 1 < k:  # the last draft is fed to the draft model next round, if kept
                 out = self.draft.step(token[:, None], self.draft_cache, greedy=argmax)
         drafted = mx.concatenate(drafts)
         inputs = mx.concatenate([mx.array([pending[-1]], dtype=mx.uint32),
                                  drafted.astype(mx.uint32)])
         target_logits = self.model(inputs[None], self.cache)[0]  # [k+1, vocab]
-        if self.sampler is greedy:
+        if self.chooser.greedy:
             chosen = self._greedy_rows(target_logits, drafted)
             mx.eval(chosen, drafted)
             choices, drafted_ids = chosen.tolist(), drafted.tolist()
@@ -239,35 +232,33 @@ class _Run:
         self.stats.drafted += k
         self.stats.accepted += n
         self.stats.rounds += 1
-        self._extend(new)
+        self.ids.extend(new)
+        self.chooser.extend(new)
         return new, n == k
 
     def _greedy_rows(self, logits: mx.array, drafted: mx.array) -> mx.array:
-        """The target's greedy choice at each of the k+1 positions."""
-        if not self.processors:
+        """The target's greedy choice at each of the k+1 positions, each row's penalty over
+        the history plus the drafts before it (as plain decoding would have it)."""
+        if self.chooser.plain:
             return mx.argmax(logits, axis=-1)
-        rows, history = [], self.history
-        for i in range(logits.shape[0]):
-            rows.append(self._pick(logits[i : i + 1], history)[0])
-            if i < drafted.size:
-                history = mx.concatenate([history, drafted[i : i + 1].astype(mx.uint32)])
-        return mx.concatenate(rows)
+        return mx.concatenate([
+            mx.argmax(self.chooser.logprobs(logits[i : i + 1], drafted[:i] if i else None),
+                      axis=-1)
+            for i in range(logits.shape[0])])
 
     def _sample_rows(self, logits: mx.array, drafted: mx.array,
                      draft_probs: mx.array) -> tuple[list[int], int]:
         """The speculative-sampling rule: keep draft i with probability min(1, p/q); at the
         first rejection draw from normalize(max(0, p - q)); if all pass, draw from p."""
         k = drafted.size
-        rows, history = [], self.history
-        for i in range(k + 1):
-            rows.append(self._distribution(logits[i : i + 1], history))
-            if i < k:
-                history = mx.concatenate([history, drafted[i : i + 1].astype(mx.uint32)])
-        target_probs = mx.concatenate(rows)  # [k+1, vocab]
+        target_probs = mx.concatenate([
+            self.chooser.distribution(
+                self.chooser.logprobs(logits[i : i + 1], drafted[:i] if i else None))
+            for i in range(k + 1)])  # [k+1, vocab]
         index = drafted[:, None]
         p = mx.take_along_axis(target_probs[:k], index, axis=-1)[:, 0]
         q = mx.take_along_axis(draft_probs, index, axis=-1)[:, 0]
-        passed = (mx.random.uniform(shape=(k,)) * q < p).tolist()
+        passed = (mx.random.uniform(shape=(k,), key=self.chooser.next_key()) * q < p).tolist()
         n = next((i for i in range(k) if not passed[i]), k)
         if n < k:
             residual = mx.maximum(target_probs[n] - draft_probs[n], 0.0)
@@ -275,23 +266,17 @@ class _Run:
             residual = mx.where(residual.sum() > 0, residual, target_probs[n])
         else:
             residual = target_probs[k]
-        token = mx.random.categorical(mx.log(residual))
+        token = mx.random.categorical(mx.log(residual), key=self.chooser.next_key())
         return drafted[:n].tolist() + [token.item()], n
 
-    def _distribution(self, logits: mx.array, history: mx.array) -> mx.array:
-        for process in self.processors:
-            logits = process(history, logits)
-        return self.sampler.distribution(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-
-    def _pick(self, logits: mx.array, history: mx.array) -> tuple[mx.array, mx.array | None]:
-        """A token [1] chosen from logits [1, vocab] as the sampler would, and (sampling) the
-        distribution it was drawn from."""
-        for process in self.processors:
-            logits = process(history, logits)
-        if self.sampler is greedy:
-            return mx.argmax(logits, axis=-1), None
-        probs = self.sampler.distribution(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-        return mx.random.categorical(mx.log(probs)), probs
+    def _pick(self, logits: mx.array, ahead: mx.array | None) -> tuple[mx.array, mx.array]:
+        """A draft token [1] chosen from logits [1, vocab] as the target's chooser would
+        (the drafts `ahead` in its history), and the distribution it was drawn from."""
+        logprobs = self.chooser.logprobs(logits, ahead)
+        if self.chooser.greedy:
+            return mx.argmax(logprobs, axis=-1), None
+        probs = self.chooser.distribution(logprobs)
+        return mx.random.categorical(mx.log(probs), key=self.chooser.next_key()), probs
 
     def settle(self, sound: bool, seen: int) -> None:
         """End a generation: the target's cache keeps at most the `seen` ids before and up to
@@ -303,8 +288,3 @@ class _Run:
         for layer in self.draft_cache:
             layer.trim(layer.offset - offset)
         self.draft.cached_ids = self.ids[:offset]
-
-    def _extend(self, tokens: list[int]) -> None:
-        self.ids.extend(tokens)
-        if self.processors:
-            self.history = mx.concatenate([self.history, mx.array(tokens, dtype=mx.uint32)])

@@ -129,3 +129,57 @@ class StreamingDetokenizer:
         if out:
             self.started = True
         return out
+
+
+class TextStream:
+    """Token ids -> text pieces, ending at the first stop string (which is never emitted).
+
+    The one place a stop string is found: whoever decodes a sequence feeds it each token
+    and sees `stopped` in the same step. The beginning of a possible stop string is held
+    back until it is decided.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...] = ()):
+        self.tokenizer = tokenizer
+        self.detokenizer = tokenizer.detokenizer()
+        self.stop = tuple(s for s in stop if s)
+        self.holdback = max((len(s) for s in self.stop), default=1) - 1
+        self.emitted = 0
+        self.stopped = False
+
+    def token_text(self, token: int) -> str:
+        """One token's own piece as text (log-prob listings show it)."""
+        return self.tokenizer.sp.id_to_piece(token).replace(SPACE, " ")
+
+    @property
+    def text(self) -> str:
+        """The text so far, up to a stop string (held-back characters included)."""
+        return self.detokenizer.text[: self.emitted] if self.stopped else self.detokenizer.text
+
+    def add(self, token: int) -> str:
+        """The text that `token` releases ("" after a stop string)."""
+        if self.stopped:
+            return ""
+        self.detokenizer.add(token)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """What was held back, once no token follows."""
+        if self.stopped:
+            return ""
+        self.detokenizer.finish()
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        text = self.detokenizer.text
+        hits = [i for i in (text.find(s, max(0, self.emitted - self.holdback))
+                            for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped = True
+            end = min(hits)
+        else:
+            end = len(text) if final or not self.stop else len(text) - self.holdback
+        if end <= self.emitted:
+            return ""
+        piece, self.emitted = text[self.emitted : end], end
+        return piece

@@ -14,6 +14,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlx_slm.errors import SlmError
+from mlx_slm.store.files import write_json
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -179,9 +180,3 @@ def save_weights(out_dir: Path, weights: dict[str, mx.array],
         }
         write_json(out_dir / INDEX_FILE, index)
     return files
-
-
-def write_json(path: Path, data: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 import mlx_slm  # noqa: F401  (puts the optimized BLAS under mlx before any test imports it)
-from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
+from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
 
 DATA = Path(__file__).parent / "data"
 LLAMA2_TOKENIZER = DATA / "llama2-tokenizer.model"

@@ -111,7 +111,7 @@ def run(command: list[str]) -> None:
         except KeyboardInterrupt:
             sys.exit(130)
         return
-    from mlx_slm.cli import main
+    from mlx_slm.commands.cli import main
 
     main(command, prog_name="mlx-slm")
 

@@ -8,8 +8,9 @@ import shutil
 from pathlib import Path
 
 from mlx_slm.sample import greedy
-from mlx_slm.store.synthetic import random_weights, tiny_config
-from mlx_slm.weights import save_weights, write_json
+from mlx_slm.store.files import write_json
+from mlx_slm.synthetic import random_weights, tiny_config
+from mlx_slm.weights import save_weights
 from tests.conftest import LLAMA2_TOKENIZER
 
 
@@ -31,7 +32,7 @@ def scripted_sampler(script: dict[int, int | BaseException]):
 
     calls = []
 
-    def sample(logprobs):
+    def sample(logprobs, key=None):
         n = len(calls)
         calls.append(n)
         action = script.get(n)

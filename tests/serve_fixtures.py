@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlx_slm.chat_format import TURN_HEADERS, Turn, conversation_ids
+from mlx_slm.chooser import TokenChooser
 from mlx_slm.generation import stream_text
 from mlx_slm.loader import load
 from tests.instruct_fixtures import make_model_dir
@@ -53,8 +54,9 @@ class Reference:
         ids = conversation_ids(self.tokenizer, turns, system)
         return self._run(ids, max_tokens, TURN_HEADERS, **options)
 
-    def _run(self, ids, max_tokens, stop, **options):
+    def _run(self, ids, max_tokens, stop, sampling=None):
+        chooser = TokenChooser(sampling, ids) if sampling else None
         result = stream_text(self.model, self.tokenizer, ids, max_tokens=max_tokens,
-                             stop_strings=stop, **options)
+                             stop_strings=stop, chooser=chooser)
         result.prompt_tokens = len(ids)
         return result

@@ -8,6 +8,7 @@ import statistics
 import mlx.core as mx
 import pytest
 
+from mlx_slm.backend import active_backend
 from mlx_slm.bench import bandwidth, report
 from mlx_slm.bench.engines import OurEngine
 from mlx_slm.bench.plan import Source, directory_source, needed_bytes, plan
@@ -22,9 +23,8 @@ from mlx_slm.bench.timing import (
 )
 from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load_model
-from mlx_slm.runtime import active_backend
 from mlx_slm.sizes import kv_cache_bytes
-from mlx_slm.store.synthetic import published_config, random_weights, tiny_config
+from mlx_slm.synthetic import published_config, random_weights, tiny_config
 
 MACHINE = {"backend": "cpu", "blas": "openblas (x)", "kernels": "native avx2 2 threads",
            "mlx_version": "0.0", "mlx_slm_version": "0",

@@ -7,10 +7,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from mlx_slm.cli import main
-from mlx_slm.runtime import active_backend
-from mlx_slm.store.synthetic import tiny_config
-from mlx_slm.weights import write_json
+from mlx_slm.backend import active_backend
+from mlx_slm.commands.cli import main
+from mlx_slm.store.files import write_json
+from mlx_slm.synthetic import tiny_config
 
 # Widths divisible by the quantization group (64), so the quantized precisions apply.
 QUANTIZABLE = dict(model_dim=128, head_dim=32, ffn_dim_divisor=64, vocab_size=1000)

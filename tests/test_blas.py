@@ -96,7 +96,7 @@ def test_mlx_imported_first_is_reported_not_raised(tmp_path):
 
 def test_generate_json_reports_blas(model_dir):
     done = run(
-        "import sys; from mlx_slm.cli import main; "
+        "import sys; from mlx_slm.commands.cli import main; "
         f"sys.argv = ['mlx-slm', 'generate', '-m', '{model_dir}', '-n', '2', '--json']; main()"
     )
     assert done.returncode == 0, done.stderr

@@ -5,11 +5,12 @@ from click.testing import CliRunner
 
 from mlx_slm.apps.chat import ChatSession, repl
 from mlx_slm.cache import cache_offset
-from mlx_slm.cli import main
+from mlx_slm.chooser import TokenChooser
+from mlx_slm.commands.cli import main
 from mlx_slm.errors import SlmError
 from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load
-from mlx_slm.sample import make_logits_processors
+from mlx_slm.sample import SamplingOptions
 from tests.instruct_fixtures import make_model_dir, scripted_sampler
 
 EOS = 2
@@ -26,23 +27,23 @@ def loaded(instruct_dir):
     return load(instruct_dir)
 
 
-def fresh_run(session, max_tokens, processors=()):
+def fresh_run(session, max_tokens, sampling=None):
     """The last answer recomputed greedily with a fresh cache from the whole conversation
     up to it, as kept by the session (after any dropped turns)."""
     model, tokenizer = session.model, session.tokenizer
     ids = session.ids(session.turns[:-1], open_answer=True)
-    tokens = generate_tokens(model, ids, max_tokens=max_tokens, logits_processors=processors,
+    chooser = TokenChooser(sampling, ids) if sampling else None
+    tokens = generate_tokens(model, ids, max_tokens=max_tokens, chooser=chooser,
                              stop_ids=(tokenizer.eos_id,))
     return list(tokens), len(ids)
 
 
 def test_cache_reuse_gives_the_tokens_of_a_fresh_run(loaded):
     model, tokenizer = loaded
-    processors = make_logits_processors(1.2)
-    session = ChatSession(model, tokenizer, max_tokens=10, logits_processors=processors)
+    session = ChatSession(model, tokenizer, max_tokens=10, sampling=SamplingOptions())
     for i, text in enumerate(MESSAGES):
         result = session.send(text)
-        expected, prompt_length = fresh_run(session, 10, processors)
+        expected, prompt_length = fresh_run(session, 10, SamplingOptions())
         assert result.tokens == expected
         if i:
             assert result.prompt_tokens < prompt_length / 2  # only the new tokens ran
@@ -174,7 +175,7 @@ def test_chat_cli_over_stdin(instruct_dir):
     assert "context: " in result.stderr and "1 exchange(s)" in result.stderr
     model, tokenizer = load(instruct_dir)
     session = ChatSession(model, tokenizer, max_tokens=4,
-                          logits_processors=make_logits_processors(1.2))
+                          sampling=SamplingOptions())
     answers = [session.send(text).text for text in ("Hello", "How are you?")]
     assert result.stdout == "".join(f"{a}\n" for a in answers)
 

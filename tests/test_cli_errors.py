@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mlx_slm.cli import COMMANDS, main
+from mlx_slm.commands.cli import COMMANDS, main
 
 
 def invoke(*args, input=None):
@@ -137,7 +137,7 @@ def test_an_instruct_name_without_metadata_gets_the_chat_format_as_convert_guess
 
 
 def test_quantization_options_are_the_same_in_convert_and_quantize(tmp_path):
-    from mlx_slm.cli import main as group
+    from mlx_slm.commands.cli import main as group
 
     def options(command):
         ctx = group.make_context("mlx-slm", [command, "--help"], resilient_parsing=True)

@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_slm.apps.table import render_table
-from mlx_slm.cli import main
-from mlx_slm.runtime import active_backend
+from mlx_slm.backend import active_backend
+from mlx_slm.commands.cli import main
 from tests.instruct_fixtures import instruct_and_base
 
 PROMPT = "What is the capital of California?"

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 import mlx_slm.constrain as constrain
+from mlx_slm.chooser import TokenChooser
 from mlx_slm.errors import SlmError
 from mlx_slm.generation import generate_tokens, stream_text
 from mlx_slm.loader import load
-from mlx_slm.sample import make_sampler
+from mlx_slm.sample import SamplingOptions
 
 SEEDS = (0, 1, 2)
 TEMPERATURES = (0.0, 0.7, 1.5)
@@ -72,12 +73,13 @@ def loaded(model_dir):
 
 
 def run(loaded, spec, *, temperature=0.0, seed=0, max_tokens=200, prompt="Answer:",
-        **kwargs):
+        processors=(), **kwargs):
     model, tokenizer, vocab = loaded
-    mx.random.seed(seed)
-    return stream_text(model, tokenizer, tokenizer.encode(prompt), max_tokens=max_tokens,
-                       sampler=make_sampler(temperature),
-                       constraint=constrain.Constraint(spec, vocab), **kwargs)
+    ids = tokenizer.encode(prompt)
+    sampling = SamplingOptions(temperature=temperature, seed=seed, repetition_penalty=1.0)
+    chooser = TokenChooser(sampling, ids, constrain.Constraint(spec, vocab),
+                           processors=processors)
+    return stream_text(model, tokenizer, ids, max_tokens=max_tokens, chooser=chooser, **kwargs)
 
 
 def runs(loaded, spec, **kwargs):
@@ -128,7 +130,7 @@ def closing_bias(tokenizer):
 def test_any_json_object(loaded):
     _, tokenizer, _ = loaded
     for result in runs(loaded, constrain.json_object(),
-                       logits_processors=[closing_bias(tokenizer)]):
+                       processors=[closing_bias(tokenizer)]):
         assert result.finish_reason == "eos", result.text
         assert isinstance(json.loads(result.text), dict)
 
@@ -145,7 +147,9 @@ def test_compiled_and_uncompiled_steps_agree(loaded):
     prompt = tokenizer.encode("Name and age:")
     compiled, plain = (
         list(generate_tokens(model, prompt, max_tokens=40, stop_ids=(tokenizer.eos_id,),
-                             constraint=constrain.Constraint(spec, vocab), compiled=c))
+                             chooser=TokenChooser(history=prompt,
+                                                  constraint=constrain.Constraint(spec, vocab)),
+                             compiled=c))
         for c in (True, False)
     )
     assert compiled == plain
@@ -191,7 +195,7 @@ def test_eos_only_once_the_grammar_accepts(loaded):
     _, tokenizer, _ = loaded
     # Llama-2 splits numbers into single digits, so EOS is first allowed after three tokens.
     result = run(loaded, constrain.regex("[0-9]{3,8}"),
-                 logits_processors=[boost(tokenizer.eos_id)])
+                 processors=[boost(tokenizer.eos_id)])
     assert result.finish_reason == "eos" and len(result.text) == 3 and result.valid
     assert tokenizer.eos_id not in result.tokens
 
@@ -256,21 +260,21 @@ def test_matches_checks_whole_texts(loaded):
 
 def test_batched_rows_equal_one_at_a_time(loaded):
     """Each row of a batch has its own grammar and gets what it would get alone."""
-    from mlx_slm.batch import generate_batch
+    from mlx_slm.batch_generation import BatchGenerator, Row
 
     model, tokenizer, vocab = loaded
     specs = [constrain.regex(REGEXES[0]), constrain.choice(CHOICES),
              constrain.json_schema(PERSON)]
     prompts = [tokenizer.encode(p) for p in ("Name:", "The capital is", "A person as JSON:")]
     stops = (tokenizer.eos_id,)
-    alone = [list(generate_tokens(model, p, max_tokens=120, stop_ids=stops,
-                                  constraint=constrain.Constraint(s, vocab)))
-             for p, s in zip(prompts, specs)]
-    rows = [[] for _ in prompts]
-    for step in generate_batch(model, prompts, max_tokens=120, stop_ids=stops,
-                               constraints=[constrain.Constraint(s, vocab) for s in specs]):
-        for row, token in zip(rows, step):
-            if token is not None:
-                row.append(token)
+    alone = [list(generate_tokens(model, p, max_tokens=120, stop_ids=stops, chooser=TokenChooser(
+        history=p, constraint=constrain.Constraint(s, vocab)))) for p, s in zip(prompts, specs)]
+    batch = [Row(p, TokenChooser(history=p, constraint=constrain.Constraint(s, vocab)), 120,
+                 stops) for p, s in zip(prompts, specs)]
+    generator = BatchGenerator(model)
+    generator.join(batch)
+    while len(generator):
+        generator.step()
+    rows = [r.tokens for r in batch]
     assert rows == alone
     jsonschema.validate(json.loads(tokenizer.decode(rows[2])), PERSON)

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_slm.apps.quiz import builtin_questions, candidates
-from mlx_slm.cli import main
+from mlx_slm.commands.cli import main
 from tests.instruct_fixtures import make_model_dir
 
 SCHEMA = {

@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_slm.chat_format import METADATA_KEY
-from mlx_slm.cli import main
+from mlx_slm.commands.cli import main
 from mlx_slm.convert.pipeline import convert
 from mlx_slm.loader import load, load_model
 from mlx_slm.sizes import default_dtype
 from mlx_slm.store.manifest import MANIFEST_FILE, manifest_problem
-from mlx_slm.store.synthetic import published_config, tiny_config, write_hub_checkpoint
+from mlx_slm.synthetic import published_config, tiny_config, write_hub_checkpoint
 from mlx_slm.weights import INDEX_FILE, read_config
 from tests.conftest import LLAMA2_TOKENIZER
 
@@ -227,7 +227,7 @@ def test_sigterm_leaves_nothing(tmp_path, hub_checkpoint):
         "    (out_dir / 'model.safetensors').write_bytes(b'half')\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "w.save_weights = stop\n"
-        "from mlx_slm.cli import main\n"
+        "from mlx_slm.commands.cli import main\n"
         "main(['convert', sys.argv[1], sys.argv[2], '--tokenizer', sys.argv[3]])\n"
     )
     out = tmp_path / "out"

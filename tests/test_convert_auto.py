@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 import mlx_slm.convert.auto as auto
 from mlx_slm.chat_format import METADATA_KEY
-from mlx_slm.cli import main
+from mlx_slm.commands.cli import main
 from mlx_slm.store.manifest import MANIFEST_FILE, manifest_problem
 from mlx_slm.weights import read_config
 from tests.test_convert_hub import (

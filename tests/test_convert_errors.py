@@ -6,8 +6,8 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from mlx_slm.cli import main
-from mlx_slm.store.synthetic import random_weights, tiny_config, write_hub_checkpoint
+from mlx_slm.commands.cli import main
+from mlx_slm.synthetic import random_weights, tiny_config, write_hub_checkpoint
 from mlx_slm.weights import save_weights
 from tests.conftest import LLAMA2_TOKENIZER
 from tests.test_convert import error_of, leftovers

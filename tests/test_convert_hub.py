@@ -22,12 +22,12 @@ from huggingface_hub.utils import (
 )
 
 from mlx_slm.chat_format import METADATA_KEY
-from mlx_slm.cli import main
+from mlx_slm.commands.cli import main
 from mlx_slm.convert.llama_tokenizer import LLAMA2_SHA256
 from mlx_slm.convert.pipeline import convert
 from mlx_slm.loader import load
 from mlx_slm.store.manifest import MANIFEST_FILE, file_sha256
-from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
+from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
 from mlx_slm.weights import read_config
 from tests.conftest import LLAMA2_TOKENIZER
 from tests.test_convert import error_of, leftovers

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import mlx_slm.convert.pipeline as pipeline
-from mlx_slm.cli import main
+from mlx_slm.commands.cli import main
 from mlx_slm.convert import auto
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import load

@@ -10,9 +10,10 @@ import mlx.core as mx
 import pytest
 from click.testing import CliRunner
 
-import mlx_slm.memory_guard as memory_guard
+import mlx_slm.apps.model_loading as model_loading
+import mlx_slm.memory as memory
 from mlx_slm.cache import make_cache
-from mlx_slm.cli import main
+from mlx_slm.commands.cli import main
 from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load_model
 from mlx_slm.sizes import human_bytes
@@ -23,9 +24,9 @@ def generate_cmd(model_dir, *args):
 
 
 def test_memory_guard_refuses_with_figures_unless_forced(model_dir, monkeypatch):
-    needed = memory_guard.estimate_bytes(model_dir, json.loads(
+    needed = model_loading.estimate_bytes(model_dir, json.loads(
         (model_dir / "config.json").read_text()))
-    monkeypatch.setattr(memory_guard, "available_bytes", lambda: needed // 2)
+    monkeypatch.setattr(memory, "available_bytes", lambda: needed // 2)
     result = CliRunner().invoke(main, ["generate", "-m", str(model_dir), "-n", "2"])
     assert result.exit_code == 1
     message = result.stderr.strip()
@@ -41,7 +42,7 @@ def test_estimate_counts_weights_and_cache(model_dir):
     config = json.loads((model_dir / "config.json").read_text())
     weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     cache = 2 * sum(config["num_kv_heads"]) * config["head_dim"] * 2048 * 4
-    estimate = memory_guard.estimate_bytes(model_dir, config)
+    estimate = model_loading.estimate_bytes(model_dir, config)
     assert weights + cache < estimate <= (weights + cache) * 1.1 + 1
 
 
@@ -77,7 +78,7 @@ def test_closed_stdout_ends_quietly(model_dir):
 @pytest.fixture(scope="module")
 def one_layer_checkpoint(tmp_path_factory):
     """The smallest model with a 2048-token context: the long runs below stay quick."""
-    from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
+    from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
 
     config = tiny_config(num_layers=1, model_dim=32, head_dim=16, query_heads=(2,),
                          kv_heads=(1,), ffn_multipliers=(1.0,), vocab_size=1000)
@@ -123,7 +124,7 @@ def test_hundred_turn_chat_keeps_memory_flat(model_dir, tmp_path):
 
     from mlx_slm.apps.chat import ChatSession
     from mlx_slm.loader import load
-    from mlx_slm.weights import write_json
+    from mlx_slm.store.files import write_json
 
     short = tmp_path / "short"
     shutil.copytree(model_dir, short)

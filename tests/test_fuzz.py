@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlx_slm.cli import main
+from mlx_slm.commands.cli import main
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import load
 from mlx_slm.model import ModelArgs
@@ -55,7 +55,7 @@ def test_config_bytes(tmp_path, data):
     "num_kv_heads", "ffn_multipliers", "ffn_dim_divisor", "vocab_size", "rope_freq_constant",
     "max_context_length"]), JSON, max_size=11))
 def test_config_values(overrides):
-    from mlx_slm.store.synthetic import tiny_config
+    from mlx_slm.synthetic import tiny_config
 
     only_our_error(ModelArgs.from_config, {**tiny_config(), **overrides})
 

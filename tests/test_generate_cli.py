@@ -8,12 +8,15 @@ import mlx.core as mx
 import pytest
 from click.testing import CliRunner
 
-from mlx_slm.cli import main
+from mlx_slm.backend import active_backend
+from mlx_slm.chooser import TokenChooser
+from mlx_slm.commands.cli import main
 from mlx_slm.generation import Generation, generate_tokens, stream_text
 from mlx_slm.loader import load
-from mlx_slm.runtime import active_backend
-from mlx_slm.store.synthetic import random_weights, tiny_config
-from mlx_slm.weights import save_weights, write_json
+from mlx_slm.sample import SamplingOptions
+from mlx_slm.store.files import write_json
+from mlx_slm.synthetic import random_weights, tiny_config
+from mlx_slm.weights import save_weights
 from tests.conftest import LLAMA2_TOKENIZER
 
 
@@ -44,19 +47,14 @@ def test_text_streams_to_stdout_and_stats_to_stderr(model_dir):
     result = invoke("generate", "-m", str(model_dir), "-p", "Hi", "-n", "5")
     assert result.exit_code == 0
     model, tokenizer = load(model_dir)
-    tokens = list(generate_tokens(model, tokenizer.encode("Hi"), max_tokens=5, stop_ids=(2,),
-                                  logits_processors=_penalty()))
+    ids = tokenizer.encode("Hi")
+    tokens = list(generate_tokens(model, ids, max_tokens=5, stop_ids=(2,),
+                                  chooser=TokenChooser(SamplingOptions(), ids)))
     assert result.stdout == tokenizer.decode(tokens) + "\n"
     stats = result.stderr.strip().splitlines()[-1]
     for part in ("prompt: 2 tokens", "generation: 5 tokens", "tok/s", "TTFT", "load",
                  "peak MLX", "peak RSS", f"{active_backend()} backend", "float32"):
         assert part in stats
-
-
-def _penalty():
-    from mlx_slm.sample import make_logits_processors
-
-    return make_logits_processors(1.2, 64)
 
 
 def test_prompt_from_stdin(model_dir):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, TokenType
 
-from mlx_slm.store.synthetic import random_weights, tiny_config
+from mlx_slm.synthetic import random_weights, tiny_config
 
 ROOT = Path(__file__).parent.parent
 TOKENIZER = ROOT / "tests" / "data" / "llama2-tokenizer.model"

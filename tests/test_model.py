@@ -9,7 +9,7 @@ from mlx_slm.errors import SlmError
 from mlx_slm.generation import generate_tokens
 from mlx_slm.loader import load_model
 from mlx_slm.model import ModelArgs, make_divisible
-from mlx_slm.store.synthetic import (
+from mlx_slm.synthetic import (
     published_config,
     random_weights,
     tiny_config,

@@ -10,7 +10,7 @@ import pytest
 
 from mlx_slm.apps.quality import position_metrics, read_text, sample_text, score, windows
 from mlx_slm.apps.quality_report import compare, measure_perplexity
-from mlx_slm.apps.quantize_app import quantize_directory
+from mlx_slm.apps.quantize import quantize_directory
 from mlx_slm.cache import make_cache
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import load_model

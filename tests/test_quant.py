@@ -11,14 +11,14 @@ import pytest
 from mlx.utils import tree_flatten
 
 import mlx_slm.quant as quant
-from mlx_slm.apps.quantize_app import quantize_directory
+from mlx_slm.apps.quantize import quantize_directory
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import build_model, load_model
 from mlx_slm.model import Model, ModelArgs
 from mlx_slm.recipes import HIGHER_BITS
 from mlx_slm.sizes import config_weight_bytes, tensor_shapes
 from mlx_slm.sizes import weight_bytes as header_bytes
-from mlx_slm.store.synthetic import (
+from mlx_slm.synthetic import (
     published_config,
     tiny_config,
     write_hub_checkpoint,

@@ -6,9 +6,9 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from mlx_slm.cli import main
+from mlx_slm.commands.cli import main
 from mlx_slm.loader import load_model
-from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
+from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
 from tests.test_quant import make_model_dir, quantizable_config
 
 

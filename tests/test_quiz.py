@@ -14,7 +14,7 @@ from mlx_slm.apps.quiz import (
     load_questions,
     parse_questions,
 )
-from mlx_slm.cli import main
+from mlx_slm.commands.cli import main
 from mlx_slm.errors import SlmError
 from tests.instruct_fixtures import instruct_and_base
 

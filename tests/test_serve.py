@@ -4,12 +4,11 @@ alone and in a batch of 8 concurrent requests."""
 
 from concurrent.futures import ThreadPoolExecutor
 
-import mlx.core as mx
 import pytest
 
 from mlx_slm.apps.serve.run import BackgroundServer
-from mlx_slm.sample import make_sampler
-from tests.serve_fixtures import Reference, free_port, tiny_models
+from mlx_slm.sample import SamplingOptions
+from tests.serve_fixtures import Reference, free_port, settle, tiny_models
 
 openai = pytest.importorskip("openai")
 
@@ -102,6 +101,26 @@ def test_stop_strings_end_the_text_before_them(client, models, reference):
     assert "".join(c.choices[0].text for c in streamed) == full[: full.index(stop)]
 
 
+def test_completion_tokens_are_exact_with_a_stop_string(client, models, reference, server):
+    """The row ends at its stop string in the step that completes it: usage counts the
+    tokens chosen up to that one, no token decoded past it, streamed or not."""
+    base = models[1]
+    full = reference[base].completion("Stop here", 16)
+    stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 3]
+    until = reference[base].completion("Stop here", 16, stop=(stop,))
+    assert until.finish_reason == "stop" and len(until.tokens) < len(full.tokens)
+    before = server.worker.tokens_generated
+    answer = client.completions.create(model=base, prompt="Stop here", max_tokens=16,
+                                       temperature=0, stop=[stop])
+    assert answer.usage.completion_tokens == len(until.tokens)
+    settle(server.worker)
+    assert server.worker.tokens_generated - before == len(until.tokens)
+    chunks = list(client.completions.create(
+        model=base, prompt="Stop here", max_tokens=16, temperature=0, stop=[stop], stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens == len(until.tokens)
+
+
 def test_a_seed_reproduces_its_sample_and_matches_generate(client, models, reference):
     base = models[1]
 
@@ -112,9 +131,8 @@ def test_a_seed_reproduces_its_sample_and_matches_generate(client, models, refer
 
     first, again, other = sample(7), sample(7), sample(8)
     assert first == again and first != other
-    mx.random.seed(7)
-    expected = reference[base].completion("Tell me", 10,
-                                          sampler=make_sampler(temperature=1.0, top_k=50))
+    sampling = SamplingOptions(temperature=1.0, top_k=50, repetition_penalty=1.0, seed=7)
+    expected = reference[base].completion("Tell me", 10, sampling=sampling)
     assert first == expected.text
 
 

@@ -93,7 +93,8 @@ def test_an_internal_error_is_a_500_and_the_server_keeps_serving(http, server, m
     def broken(tokens):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(type(served.batch), "__call__", lambda self, tokens: broken(tokens))
+    monkeypatch.setattr(type(served.generator.cache), "__call__",
+                        lambda self, tokens: broken(tokens))
     error = error_of(http.post(CHAT, json={"messages": MESSAGES, "max_tokens": 4}), 500)
     assert error["type"] == "server_error" and "injected fault" in error["message"]
     monkeypatch.undo()

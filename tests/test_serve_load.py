@@ -152,3 +152,39 @@ def test_sigterm_drains_in_flight_requests_then_exits(model):
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert sum(1 for c in chunks if c["choices"][0]["text"]) >= 50
+
+
+def test_a_running_stream_keeps_its_pace_while_a_long_prompt_is_admitted(server, client, model):
+    """Chunked prefill: a 2,000-token prompt is read a chunk per step, between the running
+    stream's decode steps, so that stream goes on producing tokens all the while."""
+    reference = Reference(model)
+    n = 120
+    assert len(reference.completion("Hi", n).tokens) == n  # no EOS: the stream runs on
+    arrivals, long_window = [], {}
+    started = threading.Event()
+
+    def stream():
+        for chunk in client.completions.create(model=model, prompt="Hi", max_tokens=n,
+                                               temperature=0, stream=True):
+            if chunk.choices and chunk.choices[0].text:
+                arrivals.append(time.perf_counter())
+                if len(arrivals) == 5:
+                    started.set()
+
+    def long_request():
+        started.wait(30)
+        prompt = " ".join(f"w{i % 97}" for i in range(690))  # about 2,000 tokens
+        long_window["sent"] = time.perf_counter()
+        answer = client.completions.create(model=model, prompt=prompt, max_tokens=2,
+                                           temperature=0)
+        long_window["done"] = time.perf_counter()
+        long_window["prompt_tokens"] = answer.usage.prompt_tokens
+
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(stream), pool.submit(long_request)]:
+            future.result(timeout=120)
+    assert 1800 < long_window["prompt_tokens"] < 2040
+    during = [t for t in arrivals if long_window["sent"] < t < long_window["done"]]
+    # 2,000 tokens in chunks of 256: the stream gets a token between every two chunks.
+    assert len(during) >= 6, (len(during), long_window)
+    settle(server.worker)

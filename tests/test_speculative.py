@@ -1,18 +1,20 @@
 """Speculative decoding: greedy output equals the target's own, sampling keeps its distribution."""
 
+from dataclasses import replace
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from mlx_slm import quant
+from mlx_slm.chooser import TokenChooser
 from mlx_slm.cpu.layers import prepare
 from mlx_slm.draft_policy import AdaptiveK
 from mlx_slm.generation import DecodeStep, generate_tokens
 from mlx_slm.loader import model_from_weights
-from mlx_slm.sample import make_repetition_penalty, make_sampler
+from mlx_slm.sample import SamplingOptions
 from mlx_slm.speculative import Draft
-from mlx_slm.store.synthetic import random_weights, tiny_config
+from mlx_slm.synthetic import random_weights, tiny_config
 
 # Wider weights than the default make peaked distributions, so greedy choices have clear
 # margins and the drafts of a quantized copy disagree now and then.
@@ -41,8 +43,15 @@ def drafts(target):
 PROMPT = [1, 17, 300, 42, 5, 99, 250]
 
 
-def plain(model, prompt, max_tokens, **options):
-    return list(generate_tokens(model, prompt, max_tokens=max_tokens, **options))
+def plain(model, prompt, max_tokens, penalty=1.0, **options):
+    return list(generate_tokens(model, prompt, max_tokens=max_tokens,
+                                chooser=penalized(prompt, penalty), **options))
+
+
+def penalized(prompt, penalty: float, context: int = 64) -> TokenChooser:
+    """A greedy chooser with a repetition penalty (1.0: none)."""
+    sampling = SamplingOptions(repetition_penalty=penalty, repetition_context=context)
+    return TokenChooser(sampling, prompt)
 
 
 @pytest.mark.parametrize("name", ["itself", "other seed", "4-bit copy"])
@@ -73,12 +82,12 @@ def test_the_drafts_span_the_acceptance_range(target, drafts):
 
 
 def test_greedy_equality_with_a_repetition_penalty(target, drafts):
-    penalty = [make_repetition_penalty(1.5, 16)]
-    expected = plain(target, PROMPT, 40, logits_processors=penalty)
+    expected = list(generate_tokens(target, PROMPT, max_tokens=40,
+                                    chooser=penalized(PROMPT, 1.5, 16)))
     for name in ("itself", "4-bit copy"):
         draft = Draft(drafts[name], num_draft_tokens=3)
         got = list(draft.generate_tokens(target, PROMPT, max_tokens=40,
-                                         logits_processors=penalty))
+                                         chooser=penalized(PROMPT, 1.5, 16)))
         assert got == expected, name
     assert len(set(expected)) > 10  # the penalty made the text vary
 
@@ -93,10 +102,10 @@ def test_cache_trimming_across_the_256_position_boundary(target, drafts, prompt_
 
 
 def test_a_long_generation_crosses_several_boundaries(target, drafts):
-    expected = plain(target, PROMPT, 300, logits_processors=[make_repetition_penalty(1.3)])
+    expected = plain(target, PROMPT, 300, penalty=1.3)
     draft = Draft(drafts["4-bit copy"])
     got = list(draft.generate_tokens(target, PROMPT, max_tokens=300,
-                                     logits_processors=[make_repetition_penalty(1.3)]))
+                                     chooser=penalized(PROMPT, 1.3)))
     assert got == expected
 
 
@@ -196,7 +205,7 @@ def test_speculative_sampling_keeps_the_targets_distribution():
     vocab, temperature, top_k = 16, 1.0, 8
     target = tiny_model(0, vocab_size=vocab, std=0.15)
     draft = Draft(tiny_model(5, vocab_size=vocab, std=0.15), num_draft_tokens=1)
-    sampler = make_sampler(temperature=temperature, top_k=top_k)
+    sampling = SamplingOptions(temperature=temperature, top_k=top_k, repetition_penalty=1.0)
     prompt = [3, 9, 4]
     # The target's exact marginals of the 2nd and 3rd generated tokens, summed over the
     # tokens before them (all 16 x 16 continuations in one batch).
@@ -211,12 +220,12 @@ def test_speculative_sampling_keeps_the_targets_distribution():
     third = (joint_ab[:, :, None] * third_given).sum((0, 1))
 
     step = DecodeStep(target)
-    mx.random.seed(1234)
     samples = 800
     counts = np.zeros((2, vocab), int)
     drafted = accepted = 0
-    for _ in range(samples):
-        _, b, c = draft.generate_tokens(target, prompt, sampler=sampler, max_tokens=3,
+    for i in range(samples):
+        chooser = TokenChooser(replace(sampling, seed=1234 + i), prompt)
+        _, b, c = draft.generate_tokens(target, prompt, chooser=chooser, max_tokens=3,
                                         step=step)
         counts[0, b] += 1
         counts[1, c] += 1
@@ -254,3 +263,33 @@ def test_a_caller_that_stops_early_leaves_the_target_cache_at_what_it_saw(target
     tokens.close()
     assert cache[0].offset <= len(PROMPT) + len(seen)
     assert draft.cached_ids == (PROMPT + plain(target, PROMPT, 30))[: len(draft.cached_ids)]
+
+
+def cast_copy(seed: int, dtype, bits: int | None = None):
+    """A tiny model in `dtype` (quantized to `bits` after the cast, if given)."""
+    config = tiny_config(vocab_size=512)
+    model = model_from_weights(config, random_weights(config, seed, std=STD), "synthetic")
+    model.set_dtype(dtype)
+    if bits is not None:
+        quant.quantize(model, bits=bits, group_size=32)
+    mx.eval(model.parameters())
+    return prepare(model)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16],
+                         ids=["float32", "bfloat16", "float16"])
+def test_greedy_with_the_default_penalty_equals_plain_at_every_precision(dtype):
+    """The CLI's defaults (greedy, repetition penalty 1.2): a draft never changes the text,
+    whatever the dtype and whichever draft (itself, an unrelated model, a 4-bit copy)."""
+    target = cast_copy(0, dtype)
+    drafts = {"itself": target, "unrelated": cast_copy(7, dtype),
+              "4-bit copy": cast_copy(0, dtype, bits=4)}
+    prompts = [PROMPT, [1, 400, 401, 402], [1] + list(range(30, 60))]
+    for prompt in prompts:
+        expected = list(generate_tokens(target, prompt, max_tokens=32,
+                                        chooser=TokenChooser(SamplingOptions(), prompt)))
+        for name, model in drafts.items():
+            draft = Draft(model, num_draft_tokens=4)
+            got = list(draft.generate_tokens(target, prompt, max_tokens=32,
+                                             chooser=TokenChooser(SamplingOptions(), prompt)))
+            assert got == expected, (name, prompt)

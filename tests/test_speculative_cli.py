@@ -7,10 +7,10 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_slm.apps.drafting import auto_draft
-from mlx_slm.apps.quantize_app import quantize_directory
-from mlx_slm.cli import main
+from mlx_slm.apps.quantize import quantize_directory
+from mlx_slm.commands.cli import main
 from mlx_slm.store.home import HOME_ENV
-from mlx_slm.store.synthetic import tiny_config, write_hub_checkpoint
+from mlx_slm.synthetic import tiny_config, write_hub_checkpoint
 
 
 def invoke(*args):
@@ -103,10 +103,11 @@ def test_auto_picks_the_smallest_cached_model_sharing_the_tokenizer(
 def test_a_chat_with_a_draft_answers_as_a_fresh_greedy_run_every_turn(tmp_path):
     from mlx_slm import quant
     from mlx_slm.apps.chat import ChatSession, format_chat_stats
+    from mlx_slm.chooser import TokenChooser
     from mlx_slm.cpu.layers import prepare
     from mlx_slm.generation import generate_tokens
     from mlx_slm.loader import load, load_model
-    from mlx_slm.sample import make_logits_processors
+    from mlx_slm.sample import SamplingOptions
     from mlx_slm.speculative import Draft
     from tests.instruct_fixtures import make_model_dir
 
@@ -115,13 +116,13 @@ def test_a_chat_with_a_draft_answers_as_a_fresh_greedy_run_every_turn(tmp_path):
     draft_model, _ = load_model(model_dir, prepare=False)
     quant.quantize(draft_model, bits=4, group_size=32)
     draft = Draft(prepare(draft_model), num_draft_tokens=3)
-    processors = make_logits_processors(1.2)
-    session = ChatSession(model, tokenizer, max_tokens=10, logits_processors=processors,
+    session = ChatSession(model, tokenizer, max_tokens=10, sampling=SamplingOptions(),
                           draft=draft)
     for text in ["Hello there", "What is the capital of Ohio?", "Thanks, and of Utah?"]:
         result = session.send(text)
         ids = session.ids(session.turns[:-1], open_answer=True)
-        expected = generate_tokens(model, ids, max_tokens=10, logits_processors=processors,
+        expected = generate_tokens(model, ids, max_tokens=10,
+                                   chooser=TokenChooser(SamplingOptions(), ids),
                                    stop_ids=(tokenizer.eos_id,))
         assert result.tokens == list(expected)
         # The draft's cache holds a prefix of the conversation, like the target's.

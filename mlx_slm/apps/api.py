@@ -11,7 +11,8 @@ Instruct models get their chat format by default, as in the CLI.
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlx_slm.chat_format import TURN_HEADERS, PromptFormat, prompt_ids
+from mlx_slm.chat_format import PromptFormat
+from mlx_slm.chooser import TokenChooser
 from mlx_slm.generation import Generation, text_pieces
 from mlx_slm.loader import LoadOptions
 from mlx_slm.sample import SamplingOptions
@@ -20,7 +21,7 @@ from mlx_slm.sample import SamplingOptions
 def load(model: str | Path, *, dtype: str | None = None, force: bool = False):
     """(model, tokenizer) for a converted directory or a Hub repo id (converted once and
     cached under ~/.cache/mlx-slm). Refuses a model that will not fit unless `force`."""
-    from mlx_slm.apps.models import open_model
+    from mlx_slm.apps.model_loading import open_model
 
     loaded = open_model(str(model), LoadOptions(dtype, force))
     return loaded.model, loaded.tokenizer
@@ -34,18 +35,12 @@ def stream_generate(model, tokenizer, prompt: str | list[int], *, max_tokens: in
     """Yield the answer's text piece by piece. A string prompt is encoded (in the chat
     format for an Instruct model, unless `prompt_format` says otherwise); a list of ids is
     used as is. Pass a `Generation` as `result` to read the timings afterwards."""
-    from mlx_slm.apps.generate_app import fit_to_context
-
-    chat = False
-    if isinstance(prompt, str):
-        chat = prompt_format.uses_chat(model.args.extra)
-        prompt = prompt_ids(tokenizer, prompt, chat, prompt_format.system)
-    max_tokens = fit_to_context(len(prompt), max_tokens, model.args.max_context_length)
-    sampling.seed_random()
+    prepared = prompt_format.prepare(tokenizer, model.args, prompt, max_tokens=max_tokens,
+                                     stop=tuple(stop))
     yield from text_pieces(
-        model, tokenizer, list(prompt), max_tokens=max_tokens, sampler=sampling.sampler(),
-        logits_processors=sampling.logits_processors(),
-        stop_strings=tuple(stop) + (TURN_HEADERS if chat else ()), result=result,
+        model, tokenizer, prepared.ids, max_tokens=prepared.max_tokens,
+        chooser=TokenChooser(sampling, prepared.ids), stop_strings=prepared.stop_strings,
+        result=result,
     )
 
 

@@ -10,29 +10,27 @@ import os
 import sys
 from collections.abc import Callable
 
-import mlx.core as mx
-
 from mlx_slm.cache import make_cache
-from mlx_slm.chat_format import TURN_HEADERS, Turn, conversation_ids
-from mlx_slm.errors import SlmError
+from mlx_slm.chat_format import PreparedPrompt, PromptFormat, Turn, conversation_ids
+from mlx_slm.chooser import GREEDY, TokenChooser
+from mlx_slm.errors import PromptTooLong, SlmError
 from mlx_slm.generation import DecodeStep, Generation, stream_text
-from mlx_slm.sample import LogitsProcessor, Sampler, greedy
+from mlx_slm.sample import SamplingOptions
 
 
 class ChatSession:
     """Turns, the KV cache and the ids it holds; `send` answers one user message."""
 
     def __init__(self, model, tokenizer, *, system: str | None = None, max_tokens: int = 256,
-                 sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
-                 stop_strings: tuple[str, ...] = TURN_HEADERS,
+                 sampling: SamplingOptions = GREEDY, sampler=None,
                  notify: Callable[[str], None] | None = None, constraint=None, draft=None):
         self.model = model
         self.tokenizer = tokenizer
         self.system = system
         self.max_tokens = max_tokens
-        self.sampler = sampler
-        self.logits_processors = list(logits_processors)
-        self.stop_strings = stop_strings
+        self.sampling = sampling
+        self.sampler = sampler  # a custom draw (see TokenChooser), or None
+        self.key = None  # the random key where the last turn's draws left it
         self.notify = notify or (lambda note: None)
         self.context = model.args.max_context_length
         self.turns: list[Turn] = []
@@ -56,8 +54,8 @@ class ChatSession:
 
     def send(self, text: str, on_text: Callable[[str], None] | None = None) -> Generation:
         """Answer `text`, streaming pieces to `on_text`; Ctrl-C ends the answer early."""
-        turns, max_tokens = self._fit([*self.turns, Turn("user", text)])
-        ids = self.ids(turns, open_answer=True)
+        turns, prepared = self._fit([*self.turns, Turn("user", text)])
+        ids = prepared.ids
         keep = min(len(os.path.commonprefix([self.cached_ids, ids])), len(ids) - 1)
         self._rewind(keep)
         result = Generation()
@@ -66,19 +64,23 @@ class ChatSession:
             from mlx_slm.constrain import Constraint
 
             constraint = Constraint(self.constraint, self.vocab)
+        chooser = TokenChooser(self.sampling, ids, constraint, self.sampler)
+        if self.key is not None:  # a seed's random stream goes on across turns
+            chooser.key = self.key
         source = None
         if self.draft is not None:  # the draft keeps its own cache of the conversation
             source = functools.partial(self.draft.generate_tokens, context=ids[:keep])
         try:
             stream_text(
-                self.model, self.tokenizer, ids[keep:], max_tokens=max_tokens,
-                sampler=self.sampler, logits_processors=self._with_earlier(ids[:keep]),
-                stop_strings=self.stop_strings, cache=self.cache, step=self.step,
-                on_text=on_text, result=result, constraint=constraint, token_source=source,
+                self.model, self.tokenizer, ids[keep:], max_tokens=prepared.max_tokens,
+                chooser=chooser,
+                stop_strings=prepared.stop_strings, cache=self.cache, step=self.step,
+                on_text=on_text, result=result, token_source=source,
             )
         except KeyboardInterrupt:
             result.finish_reason = "interrupted"
         self.last = result
+        self.key = chooser.key
         answer = self._answer_ids(result)
         if result.finish_reason == "interrupted":
             # The cache may be mid-update; what it held before this turn is sound.
@@ -102,8 +104,7 @@ class ChatSession:
 
     def stats(self) -> dict:
         """Tokens in context, the last answer's speed and the memory in use."""
-        from mlx_slm.memory import current_rss_bytes, memory_report
-        from mlx_slm.sizes import GB
+        from mlx_slm.memory import GB, current_rss_bytes, memory_report
 
         report = {
             "context_tokens": len(self.ids()),
@@ -128,42 +129,33 @@ class ChatSession:
                                    **self.draft.stats.as_dict()}
         return report
 
-    def _fit(self, turns: list[Turn]) -> tuple[list[Turn], int]:
-        """Drop the oldest exchanges until the prompt and an answer fit in the context."""
+    def _fit(self, turns: list[Turn]) -> tuple[list[Turn], PreparedPrompt]:
+        """Drop the oldest exchanges until the prompt and an answer fit in the context,
+        then prepare the prompt as every app does."""
         dropped = 0
         while len(turns) > 1 and len(self.ids(turns, True)) + self.max_tokens > self.context:
             turns = turns[2:]  # one user turn and its answer
             dropped += 1
-        length = len(self.ids(turns, True))
-        if length >= self.context:
+        try:
+            prepared = PromptFormat(chat=True, system=self.system).prepare(
+                self.tokenizer, self.model.args, turns, max_tokens=self.max_tokens)
+        except PromptTooLong:
             raise SlmError(
-                f"This message makes a {length}-token prompt but the context is {self.context} "
-                "tokens; send a shorter one (or a shorter /system message)."
-            )
+                f"This message makes a {len(self.ids(turns, True))}-token prompt but the "
+                f"context is {self.context} tokens; send a shorter one (or a shorter /system "
+                "message).") from None
         if dropped:
             self.notify(f"[dropped the {dropped} oldest exchange(s) to fit the "
                         f"{self.context}-token context]")
-        max_tokens = min(self.max_tokens, self.context - length)
-        if max_tokens < self.max_tokens:
-            self.notify(f"[answer capped at {max_tokens} tokens by the context]")
-        return turns, max_tokens
+        if prepared.capped:
+            self.notify(f"[answer capped at {prepared.max_tokens} tokens by the context]")
+        return turns, prepared
 
     def _rewind(self, keep: int) -> None:
         """Make the cache hold exactly the first `keep` ids of `cached_ids`."""
         for layer in self.cache:
             layer.trim(layer.offset - keep)
         self.cached_ids = self.cached_ids[:keep]
-
-    def _with_earlier(self, earlier: list[int]) -> list[LogitsProcessor]:
-        """Processors that also see the cached part of the prompt, as a fresh run would."""
-        if not self.logits_processors or not earlier:
-            return self.logits_processors
-        prefix = mx.array(earlier, dtype=mx.uint32)
-
-        def with_prefix(process):
-            return lambda tokens, logits: process(mx.concatenate([prefix, tokens]), logits)
-
-        return [with_prefix(p) for p in self.logits_processors]
 
     def _answer_ids(self, result: Generation) -> list[int]:
         """The generated ids that belong in the history: those before any stop string."""

@@ -3,10 +3,10 @@
 from collections.abc import Callable
 from pathlib import Path
 
-from mlx_slm.chat_format import TURN_HEADERS, PromptFormat, prompt_ids
+from mlx_slm.chat_format import PromptFormat
 from mlx_slm.loader import LoadOptions
+from mlx_slm.memory import GB
 from mlx_slm.sample import SamplingOptions
-from mlx_slm.sizes import GB
 
 
 def display_name(name: str) -> str:
@@ -30,29 +30,27 @@ def compare_models(prompt: str, names: list[str], *,
                    load: LoadOptions = LoadOptions(),
                    on_model: Callable[[str], None] | None = None) -> list[dict]:
     """Ask each model `prompt` in the form that suits it (or the one the format forces)."""
-    from mlx_slm.apps.generate_app import fit_to_context
-    from mlx_slm.apps.models import load_each
+    from mlx_slm.apps.model_loading import load_each
+    from mlx_slm.chooser import TokenChooser
     from mlx_slm.generation import stream_text
     from mlx_slm.loader import model_dtype
 
     rows = []
-    sampler, processors = sampling.sampler(), sampling.logits_processors()
+    sampling.sampler()  # bad sampling values fail before any model loads
     for loaded in load_each(names, load):
         if on_model is not None:
             on_model(loaded.name)
         model, tokenizer = loaded.model, loaded.tokenizer
-        as_chat = prompt_format.uses_chat(loaded.config, loaded.source_name)
-        ids = prompt_ids(tokenizer, prompt, as_chat, prompt_format.system)
-        sampling.seed_random()  # the same random stream for every model
+        prepared = prompt_format.prepare(tokenizer, model.args, prompt, max_tokens=max_tokens,
+                                         name=loaded.source_name)
+        # A seed gives every model the same random stream.
         result = stream_text(
-            model, tokenizer, ids,
-            max_tokens=fit_to_context(len(ids), max_tokens, model.args.max_context_length),
-            sampler=sampler, logits_processors=processors,
-            stop_strings=TURN_HEADERS if as_chat else (),
+            model, tokenizer, prepared.ids, max_tokens=prepared.max_tokens,
+            chooser=TokenChooser(sampling, prepared.ids), stop_strings=prepared.stop_strings,
         )
         rows.append({
             "model": loaded.name,
-            "format": "chat" if as_chat else "completion",
+            "format": "chat" if prepared.chat else "completion",
             "answer": result.text,
             "finish_reason": result.finish_reason,
             "prompt_tokens": result.prompt_tokens,

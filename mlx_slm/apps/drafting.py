@@ -97,7 +97,7 @@ def auto_draft(target_dir: Path, models_root: Path | None = None) -> Path:
 def resolve_draft_dir(name: str, target_dir: Path | None) -> Path:
     """The draft's model directory: `name` itself, a Hub id's conversion, or (auto) the
     smallest cached model sharing the target's tokenizer."""
-    from mlx_slm.apps.models import resolve_model_dir
+    from mlx_slm.apps.model_loading import resolve_model_dir
     from mlx_slm.convert.hub import looks_like_repo_id
 
     if name == AUTO:
@@ -114,7 +114,7 @@ def resolve_draft_dir(name: str, target_dir: Path | None) -> Path:
 
 def open_draft(options: DraftOptions, target_dir: Path, force: bool = False) -> OpenedDraft | None:
     """Resolve, check and load the draft `options` name (None without one)."""
-    from mlx_slm.apps.models import open_model
+    from mlx_slm.apps.model_loading import open_model
     from mlx_slm.loader import LoadOptions
     from mlx_slm.speculative import Draft
 

@@ -4,13 +4,14 @@ from pathlib import Path
 
 from mlx_slm.chat_format import METADATA_KEY
 from mlx_slm.errors import SlmError
-from mlx_slm.sizes import GB, footprint, layer_rows
+from mlx_slm.memory import GB
+from mlx_slm.sizes import footprint, layer_rows
 from mlx_slm.weights import read_config
 
 
 def describe(model_dir: str | Path) -> dict:
     """Size, parameters, precision, per-layer shapes and the runtime, without loading."""
-    from mlx_slm.runtime import runtime_report
+    from mlx_slm.cpu.report import runtime_report
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

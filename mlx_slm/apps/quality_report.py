@@ -78,8 +78,8 @@ def measure_perplexity(model_dir, text_path=None, max_tokens: int | None = None,
                        dtype: str | None = "float32", window: int | None = None) -> dict:
     """Perplexity of one model on a text file (default: the built-in sample)."""
     from mlx_slm.apps.quality import score
+    from mlx_slm.backend import active_backend
     from mlx_slm.loader import load_model
-    from mlx_slm.runtime import active_backend
 
     model_dir = _model_dir(model_dir)
     config = read_config(model_dir)
@@ -98,8 +98,8 @@ def compare(base_dir, quant_dir, text_path=None, max_tokens: int | None = None,
             dtype: str | None = "float32", window: int | None = None) -> dict:
     """Perplexity of both, mean KL(base || quant), top-1 agreement, sizes and memory."""
     from mlx_slm.apps.quality import score
+    from mlx_slm.backend import active_backend
     from mlx_slm.loader import load_model
-    from mlx_slm.runtime import active_backend
 
     base_dir, quant_dir = _model_dir(base_dir), _model_dir(quant_dir)
     base_config, quant_config = read_config(base_dir), read_config(quant_dir)

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from mlx_slm.chat_format import TURN_HEADERS, PromptFormat, Turn, conversation_ids
+from mlx_slm.chat_format import TURN_HEADERS, PromptFormat
+from mlx_slm.chooser import GREEDY
 from mlx_slm.errors import SlmError
+from mlx_slm.generation import tokens_per_second
 from mlx_slm.loader import LoadOptions
-from mlx_slm.sample import LogitsProcessor, Sampler, SamplingOptions, greedy
+from mlx_slm.sample import SamplingOptions
 
 BUILTIN = "data/quiz_capitals.jsonl"
 KEYS = {"question", "answer", "wrong", "cue"}
@@ -136,14 +138,6 @@ def completion_prompt(question: Question) -> str:
     return f"Q: {question.question}\nA:{cue}"
 
 
-def quiz_prompt_ids(tokenizer, question: Question, chat: bool,
-                    system: str | None = None) -> list[int]:
-    """The prompt ids in the form that suits the model: chat turn or completion cue."""
-    if chat:
-        return conversation_ids(tokenizer, [Turn("user", question.question)], system)
-    return tokenizer.encode(completion_prompt(question))
-
-
 def candidates(question: Question) -> list[str]:
     """The answers a constrained quiz chooses among: the right one and the wrong ones."""
     return [question.answers[0], *question.wrong]
@@ -178,71 +172,81 @@ class QuizRun:
 
     @property
     def prompt_tps(self) -> float:
-        return self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
+        return tokens_per_second(self.prompt_tokens, self.prompt_s)
 
     @property
     def generation_tps(self) -> float:
-        return self.timed_tokens / self.generation_s if self.generation_s > 0 else 0.0
+        return tokens_per_second(self.timed_tokens, self.generation_s)
 
 
 def run_quiz(model, tokenizer, questions: list[Question], *, chat: bool,
              batch_size: int, system: str | None = None, max_tokens: int = 32,
-             sampler: Sampler = greedy, logits_processors: list[LogitsProcessor] = (),
+             sampling: SamplingOptions = GREEDY,
              on_progress: Callable[[int, int], None] | None = None,
              clock: Callable[[], float] = time.perf_counter, constraint=None,
              constrained: bool = False) -> QuizRun:
-    """Ask `questions` in batches; each row stops at EOS or at the end of its answer.
+    """Ask `questions` on the continuous batcher, `batch_size` at a time (a question joins
+    as soon as another's answer ends); each row ends at EOS or at the end of its answer.
 
     Every answer obeys `constraint` (a mlx_slm.constrain.ConstraintSpec) if given; with
-    `constrained`, each answer is a choice among its question's candidates.
+    `constrained`, each answer is a choice among its question's candidates. A seed gives
+    each question the answer `generate --seed` gives it alone.
     """
-    from mlx_slm.batch import generate_batch
+    from mlx_slm.batch_generation import BatchGenerator, Row
+    from mlx_slm.chooser import TokenChooser
 
     vocab = None
     if constraint is not None or constrained:
         from mlx_slm import constrain
 
         vocab = constrain.GrammarVocabulary(tokenizer)
-    run = QuizRun()
-    for first in range(0, len(questions), batch_size):
-        batch = questions[first : first + batch_size]
-        prompts = [quiz_prompt_ids(tokenizer, q, chat, system) for q in batch]
-        tokens = [[] for _ in batch]
-        done = [False] * len(batch)
-        constraints = None
+    prompt_format = PromptFormat(chat=chat, system=system)
+
+    def make_row(question: Question) -> Row:
+        grammar = None
         if vocab is not None:
-            specs = [constrain.choice(candidates(q)) if constrained else constraint
-                     for q in batch]
-            constraints = [constrain.Constraint(spec, vocab) for spec in specs]
-        start, first_step, last_step = clock(), None, None
-        steps = generate_batch(
-            model, prompts, sampler=sampler, logits_processors=logits_processors,
-            max_tokens=max_tokens, stop_ids=(tokenizer.eos_id,), constraints=constraints,
-        )
-        for step in steps:
-            last_step = clock()
-            first_step = first_step or last_step
-            for i, token in enumerate(step):
-                if token is None:
-                    done[i] = True
-                elif not done[i]:
-                    tokens[i].append(token)
-                    done[i] = cut_answer(tokenizer.decode(tokens[i]), chat)[1]
-            if all(done):
-                break
-        steps.close()
-        if first_step is not None:
-            run.prompt_s += first_step - start
-            run.generation_s += last_step - first_step
-            run.timed_tokens += sum(max(len(t) - 1, 0) for t in tokens)
-        run.prompt_tokens += sum(len(p) for p in prompts)
-        run.generation_tokens += sum(len(t) for t in tokens)
-        for question, ids in zip(batch, tokens):
-            answer = cut_answer(tokenizer.decode(ids), chat)[0].strip()
-            run.answers.append(answer)
-            run.verdicts.append(judge(answer, question))
-        if on_progress is not None:
-            on_progress(first + len(batch), len(questions))
+            spec = constrain.choice(candidates(question)) if constrained else constraint
+            grammar = constrain.Constraint(spec, vocab)
+        text = question.question if chat else completion_prompt(question)
+        prepared = prompt_format.prepare(tokenizer, model.args, text, max_tokens=max_tokens)
+        return Row(prepared.ids, TokenChooser(sampling, prepared.ids, grammar),
+                   prepared.max_tokens, stop_ids=(tokenizer.eos_id,))
+
+    run = QuizRun()
+    rows = [make_row(q) for q in questions]
+    generator = BatchGenerator(model)
+    waiting, done = list(range(len(rows))), 0
+    answered: set[int] = set()
+    while waiting or len(generator):
+        joining = waiting[: batch_size - len(generator)]
+        waiting = waiting[len(joining) :]
+        if joining:
+            start = clock()
+            generator.join([rows[i] for i in joining])
+            run.prompt_s += clock() - start
+            run.prompt_tokens += sum(len(rows[i].prompt) for i in joining)
+        if len(generator):
+            start, before = clock(), sum(len(r.tokens) for r in generator.rows)
+            stepped = generator.step()
+            run.generation_s += clock() - start
+            run.timed_tokens += sum(len(r.tokens) for r in stepped) - before
+        # An answer that is complete ends its row in the same step.
+        for row in list(generator.rows):
+            if cut_answer(tokenizer.decode(row.tokens), chat)[1]:
+                row.end("stop")
+                generator.leave(row)
+        finished = [i for i, r in enumerate(rows)
+                    if r.finish_reason is not None and i not in answered]
+        for i in finished:
+            answered.add(i)
+        done += len(finished)
+        if finished and on_progress is not None:
+            on_progress(done, len(questions))
+    for question, row in zip(questions, rows):
+        answer = cut_answer(tokenizer.decode(row.tokens), chat)[0].strip()
+        run.generation_tokens += len(row.tokens)
+        run.answers.append(answer)
+        run.verdicts.append(judge(answer, question))
     return run
 
 
@@ -255,14 +259,13 @@ def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
     """Quiz each model in turn, in the form that suits it (or the one the format forces);
     `constraint` and `constrained` as in `run_quiz`."""
     from mlx_slm.apps.compare import memory_after
-    from mlx_slm.apps.models import load_each
+    from mlx_slm.apps.model_loading import load_each
     from mlx_slm.loader import model_dtype
 
     results = []
-    sampler, processors = sampling.sampler(), sampling.logits_processors()
+    sampling.sampler()  # bad sampling values fail before any model loads
     for loaded in load_each(names, load):
         as_chat = prompt_format.uses_chat(loaded.config, loaded.source_name)
-        sampling.seed_random()
 
         def progress(done: int, total: int, name=loaded.name) -> None:
             if on_progress is not None:
@@ -271,7 +274,7 @@ def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
         run = run_quiz(
             loaded.model, loaded.tokenizer, questions, chat=as_chat,
             system=prompt_format.system, batch_size=batch_size, max_tokens=max_tokens,
-            sampler=sampler, logits_processors=processors, on_progress=progress,
+            sampling=sampling, on_progress=progress,
             constraint=constraint, constrained=constrained,
         )
         results.append({

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mlx_slm.bench.machine import cpu_brand, machine_fingerprint
-from mlx_slm.sizes import GB
+from mlx_slm.memory import GB
 from mlx_slm.store.files import write_atomically
 from mlx_slm.store.home import home
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
+from mlx_slm.memory import total_ram_bytes
+
 
 def cpu_brand() -> str:
     """The CPU's marketing name ('Apple M2 Pro', 'AMD EPYC 7B13'), or the architecture."""
@@ -28,14 +30,6 @@ def cpu_brand() -> str:
     return platform.processor() or platform.machine()
 
 
-def total_ram_bytes() -> int | None:
-    """Physical memory in bytes, or None where the OS will not say."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def machine_fingerprint() -> str:
     """A key that changes when the hardware does (a cached measurement is per machine)."""
     return f"{cpu_brand()} | {os.cpu_count()} cores | {total_ram_bytes()} bytes"
@@ -45,7 +39,7 @@ def machine_info() -> dict:
     """The fields every benchmark row records about where it ran."""
     import mlx.core as mx
 
-    from mlx_slm.runtime import runtime_report
+    from mlx_slm.cpu.report import runtime_report
     from mlx_slm.version import __version__
 
     return {

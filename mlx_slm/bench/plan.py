@@ -18,7 +18,7 @@ from mlx_slm.bench.precisions import (
     stored_precision,
 )
 from mlx_slm.errors import SlmError
-from mlx_slm.sizes import GB
+from mlx_slm.memory import GB
 
 SYNTHETIC_SIZES = ("270M", "450M", "1.1B", "3B")
 
@@ -38,7 +38,7 @@ class Source:
 
     def float_weights(self, seed: int) -> dict:
         """The weights to build each precision from, lazily (nothing is read or drawn yet)."""
-        from mlx_slm.store.synthetic import random_weights
+        from mlx_slm.synthetic import random_weights
         from mlx_slm.weights import load_weights
 
         if self.synthetic:
@@ -53,7 +53,7 @@ class Source:
 def synthetic_sources(spec: str) -> list[Source]:
     """`spec` is a size (270M, 450M, 1.1B, 3B), 'all', or the path of a config.json."""
     from mlx_slm.model import ModelArgs
-    from mlx_slm.store.synthetic import published_config
+    from mlx_slm.synthetic import published_config
     from mlx_slm.weights import read_json
 
     if spec == "all":
@@ -102,7 +102,7 @@ class Group:
 
 def needed_bytes(config: dict, weight_bytes: int, tokens: int) -> int:
     """Memory a cell needs: weights plus a float32 KV cache for `tokens`, with slack."""
-    from mlx_slm.memory_guard import OVERHEAD
+    from mlx_slm.apps.model_loading import OVERHEAD
     from mlx_slm.sizes import kv_cache_bytes
 
     return math.ceil((weight_bytes + kv_cache_bytes(config, tokens, 4)) * OVERHEAD)

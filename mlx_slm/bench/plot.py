@@ -4,7 +4,7 @@ import math
 from pathlib import Path
 
 from mlx_slm.errors import SlmError
-from mlx_slm.sizes import GB
+from mlx_slm.memory import GB
 from mlx_slm.store.files import atomic_path
 
 

@@ -108,7 +108,8 @@ def write_model_dir(out_dir: Path, model, config: dict) -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from mlx_slm.weights import CONFIG_FILE, save_weights, write_json
+    from mlx_slm.store.files import write_json
+    from mlx_slm.weights import CONFIG_FILE, save_weights
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

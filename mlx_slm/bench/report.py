@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlx_slm.apps.table import markdown_table
 from mlx_slm.errors import SlmError
-from mlx_slm.sizes import GB
+from mlx_slm.memory import GB
 
 SCHEMA_VERSION = 3  # 2: mlx-lm's peak memory and RSS per row; 3: speculative decoding
 ROW_KEYS = (

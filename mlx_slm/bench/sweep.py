@@ -50,7 +50,7 @@ def iter_bench(request: BenchRequest,
     from mlx_slm.bench.machine import machine_info
     from mlx_slm.bench.plan import describe_plan, directory_source, plan, synthetic_sources
     from mlx_slm.bench.runner import Settings, run_sweep
-    from mlx_slm.memory_guard import available_bytes
+    from mlx_slm.memory import available_bytes
 
     if request.gen_tokens < 2:
         raise SlmError("Generate at least 2 tokens: generation tok/s is timed after the first.")
@@ -61,7 +61,7 @@ def iter_bench(request: BenchRequest,
         engines.append(MlxLmEngine())
     if request.draft.model is not None:
         from mlx_slm.apps.drafting import resolve_draft_dir
-        from mlx_slm.apps.models import resolve_model_dir
+        from mlx_slm.apps.model_loading import resolve_model_dir
         from mlx_slm.bench.engines import DraftedEngine
 
         target = resolve_model_dir(request.model_dirs[0]) if request.model_dirs else None

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from mlx_slm.generation import generation_tps, tokens_per_second
+
 Clock = Callable[[], float]
 # Warm-up runs process the full prompt but generate only this many tokens: enough to
 # warm every kernel and allocation the timed runs use, at a fraction of their cost.
@@ -23,13 +25,11 @@ class RunTiming:
 
     @property
     def prompt_tps(self) -> float:
-        return self.prompt_tokens / self.ttft_s if self.ttft_s > 0 else 0.0
+        return tokens_per_second(self.prompt_tokens, self.ttft_s)
 
     @property
     def generation_tps(self) -> float:
-        # The generation clock starts at the first token, so it times the n - 1 after it.
-        n = self.generated - 1
-        return n / self.generation_s if n > 0 and self.generation_s > 0 else 0.0
+        return generation_tps(self.generated, self.generation_s)
 
 
 @dataclass(frozen=True)

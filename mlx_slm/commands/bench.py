@@ -49,9 +49,9 @@ def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, w
     import sys
 
     from mlx_slm.bench import report
-    from mlx_slm.bench.progress import ProgressLine
     from mlx_slm.bench.sweep import DEFAULT_PROMPT_LENGTHS, BenchRequest, iter_bench
     from mlx_slm.errors import SlmError
+    from mlx_slm.progress import ProgressLine
 
     outputs = [p for p in (json_path, csv_path, plot_path) if p]
     if len(set(outputs)) < len(outputs) or [json_path, csv_path].count("-") > 1:

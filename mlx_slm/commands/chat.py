@@ -30,8 +30,8 @@ def chat(model, system, max_tokens, sampling, constraint, load, draft):
     """
     from mlx_slm.apps.chat import ChatSession, repl
     from mlx_slm.apps.drafting import check_combinable, open_draft
-    from mlx_slm.apps.generate_app import reference_blas_hint
-    from mlx_slm.apps.models import open_model
+    from mlx_slm.apps.generate import reference_blas_hint
+    from mlx_slm.apps.model_loading import open_model
     from mlx_slm.chat_format import is_instruct
     from mlx_slm.tokenizer import require_utf8
 
@@ -43,15 +43,14 @@ def chat(model, system, max_tokens, sampling, constraint, load, draft):
     sys.stdin.reconfigure(errors="surrogateescape")
     loaded = open_model(model, load)
     drafting = open_draft(draft, loaded.path, load.force)
-    sampling.seed_random()
 
     def note(text: str) -> None:
         click.echo(text, err=True)
 
     session = ChatSession(
         loaded.model, loaded.tokenizer, system=system, max_tokens=max_tokens,
-        sampler=sampling.sampler(), logits_processors=sampling.logits_processors(),
-        notify=note, constraint=constraint, draft=drafting.draft if drafting else None,
+        sampling=sampling, notify=note, constraint=constraint,
+        draft=drafting.draft if drafting else None,
     )
     hint = reference_blas_hint()
     if hint:

@@ -25,8 +25,9 @@ def compare(prompt, models, max_tokens, sampling, prompt_format, load, as_json):
     import shutil
 
     from mlx_slm.apps.compare import compare_models, format_comparison
-    from mlx_slm.apps.generate_app import checked_prompt, reference_blas_hint
-    from mlx_slm.runtime import active_backend, runtime_report
+    from mlx_slm.apps.generate import checked_prompt, reference_blas_hint
+    from mlx_slm.backend import active_backend
+    from mlx_slm.cpu.report import runtime_report
 
     prompt = checked_prompt(prompt)
     hint = reference_blas_hint()

@@ -39,7 +39,7 @@ def _non_empty(ctx, param, values):
 def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, constraint, load,
              prompt_format, draft, as_json):
     """Generate text from a prompt, with speed and memory stats."""
-    from mlx_slm.apps.generate_app import GenerationRequest, run_generation, stdin_prompt
+    from mlx_slm.apps.generate import GenerationRequest, run_generation, stdin_prompt
 
     if prompt is None or prompt == "-":
         prompt = stdin_prompt(explicit=prompt == "-")

@@ -19,7 +19,7 @@ def quantize(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force, no_report,
     the quality report: perplexity of both, KL divergence, top-1 agreement, size and memory.
     """
     from mlx_slm.apps.quality_report import compare, format_quality_report
-    from mlx_slm.apps.quantize_app import quantize_directory
+    from mlx_slm.apps.quantize import quantize_directory
 
     result = quantize_directory(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force)
     q = result.quantization

@@ -46,9 +46,10 @@ def quiz(models, questions_file, limit, batch_size, max_tokens, sampling, constr
     """
     import json
 
-    from mlx_slm.apps.generate_app import reference_blas_hint
+    from mlx_slm.apps.generate import reference_blas_hint
     from mlx_slm.apps.quiz import builtin_questions, format_quiz, load_questions, quiz_models
-    from mlx_slm.runtime import active_backend, runtime_report
+    from mlx_slm.backend import active_backend
+    from mlx_slm.cpu.report import runtime_report
 
     if constrained and constraint is not None:
         raise SlmError("--constrained chooses among each question's candidates; drop the "

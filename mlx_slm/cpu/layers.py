@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_slm.backend import active_backend
 from mlx_slm.cpu.ops import (
     HALF,
     grouped_attention,
@@ -25,7 +26,6 @@ from mlx_slm.cpu.ops import (
     rotation,
 )
 from mlx_slm.model import Attention, Model, TransformerBlock
-from mlx_slm.runtime import active_backend
 
 
 @dataclass

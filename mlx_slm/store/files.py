@@ -1,6 +1,7 @@
 """Single files written whole or not at all: a hidden temporary beside the target, renamed
 into place (a rename within one folder is atomic)."""
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,3 +40,9 @@ def read_utf8(path: str | Path, what: str) -> str:
         raise SlmError(f"{path} is not UTF-8 text; {what}.") from None
     except OSError as err:
         raise SlmError(f"Cannot read {path}: {err.strerror or err}.") from None
+
+
+def write_json(path: Path, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")

@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from mlx_slm.weights import write_json
+from mlx_slm.store.files import write_json
 
 MANIFEST_FILE = "manifest.json"
 CHUNK = 1 << 22

@@ -12,18 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from mlx_slm.apps.serve.jobs import Job
 from mlx_slm.apps.serve.metrics import Metrics
-from mlx_slm.apps.serve.output import Output, TextStream
-from mlx_slm.apps.serve.protocol import (
-    ApiError,
-    Params,
-    chat_params,
-    completion_params,
-    parse_body,
-)
-from mlx_slm.apps.serve.worker import Worker
-from mlx_slm.chat_format import TURN_HEADERS, Turn, conversation_ids
+from mlx_slm.apps.serve.output import Output
+from mlx_slm.apps.serve.protocol import ApiError, chat_params, completion_params, parse_body
+from mlx_slm.apps.serve.worker import InternalError, ModelNotServed, ShuttingDown, WontFit, Worker
+from mlx_slm.errors import InvalidPrompt, PromptTooLong, SlmError
 
 MAX_BODY_BYTES = 4 * 2**20
 
@@ -48,7 +41,8 @@ def make_app(worker: Worker, api_key: str | None = None,
                 if counted:
                     authorized(request)
                 response = await handler(request)
-            except ApiError as err:
+            except (ApiError, SlmError) as err:
+                err = api_error(err)
                 response = JSONResponse(err.body(), status_code=err.status)
             except Exception as err:  # noqa: BLE001  (one request's failure never stops the server)
                 traceback.print_exc(file=sys.stderr)
@@ -62,30 +56,25 @@ def make_app(worker: Worker, api_key: str | None = None,
 
     async def models(request: Request) -> Response:
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "mlx-slm"}
-                for name in worker.served]
+                for name in worker.models]
         return JSONResponse({"object": "list", "data": data})
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": list(worker.served),
-                             "running": worker.running, "queued": worker.queue_depth})
+        stats = worker.stats()
+        return JSONResponse({"status": "ok", "models": stats["models"],
+                             "running": stats["running"], "queued": stats["queued"]})
 
     async def prometheus(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(worker),
+        return PlainTextResponse(metrics.render(worker.stats()),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def generation(request: Request, chat: bool) -> Response:
         params = (chat_params if chat else completion_params)(parse_body(
             await _read_body(request, max_body_bytes)))
-        name = _model_name(worker, params.model)
-        served = worker.served[name]
-        tokenizer = served.loaded.tokenizer
-        prompt = _prompt_ids(tokenizer, params, chat)
-        context = served.loaded.model.args.max_context_length
-        if len(prompt) >= context:
-            raise ApiError(400, f"The prompt has {len(prompt)} tokens but the model's context is "
-                           f"{context}.", param="messages" if chat else "prompt",
-                           code="context_length_exceeded")
-        max_tokens = min(params.max_tokens or context, context - len(prompt))
+        try:
+            job = worker.prepare(params, chat)
+        except (PromptTooLong, InvalidPrompt) as err:
+            raise api_error(err, param="messages" if chat else "prompt") from None
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -95,11 +84,10 @@ def make_app(worker: Worker, api_key: str | None = None,
             except RuntimeError:  # the loop has closed: nobody is listening any more
                 job.cancel()
 
-        job = Job(name, prompt, params, max_tokens, emit, stop_ids=(tokenizer.eos_id,))
-        stop = params.stop + (TURN_HEADERS if chat else ())
-        out = Output(job, chat, name, TextStream(tokenizer, stop), served.report)
+        job.emit = emit
+        out = Output(job, chat)
         worker.submit(job)
-        metrics.count_prompt(len(prompt))
+        metrics.count_prompt(len(job.prompt))
         if params.stream:
             return StreamingResponse(_sse(out, events, worker, metrics),
                                      media_type="text/event-stream")
@@ -122,24 +110,20 @@ def make_app(worker: Worker, api_key: str | None = None,
 
 
 async def _next(events: asyncio.Queue, out: Output, metrics: Metrics):
-    """Await the job's events, yielding (text piece, logprob entries, finish reason | None)."""
+    """Await the job's events, yielding (text piece, logprob entries, finish reason | None).
+    The worker ends the job (at EOS, a stop string, the grammar's end or the length)."""
     while True:
         event = await events.get()
         if event[0] == "error":
-            raise event[1]
+            raise api_error(event[1])
         if event[0] == "end":
-            piece = out.text.finish() if not out.text.stopped else ""
-            yield piece, [], "stop" if out.text.stopped else event[1]
+            _, reason, held = event
+            yield held, [], reason
             return
-        _, token, info = event
+        _, _, piece, info = event
         metrics.count_token()
         before = len(out.logprobs)
-        piece = out.text.add(token)
-        out.add_logprobs(token, info)
-        if out.text.stopped:
-            out.job.cancel()
-            yield piece, out.logprobs[before:], "stop"
-            return
+        out.add_logprobs(info)
         yield piece, out.logprobs[before:], None
 
 
@@ -164,7 +148,7 @@ async def _whole(request: Request, out: Output, events, worker: Worker, metrics)
     if not collecting.done() or collecting.cancelled():
         return Response(status_code=499)
     text, finish = collecting.result()
-    return JSONResponse(out.whole(text, finish, worker.memory["peak_bytes"]))
+    return JSONResponse(out.whole(text, finish, worker.stats()["peak_bytes"]))
 
 
 async def _sse(out: Output, events, worker: Worker, metrics):
@@ -178,10 +162,10 @@ async def _sse(out: Output, events, worker: Worker, metrics):
             if finish:
                 yield _event(out.chunk(finish=finish))
         if out.job.params.include_usage:
-            yield _event(out.chunk(usage=out.usage(worker.memory["peak_bytes"])))
+            yield _event(out.chunk(usage=out.usage(worker.stats()["peak_bytes"])))
         yield "data: [DONE]\n\n"
-    except ApiError as err:
-        yield _event(err.body())
+    except (ApiError, SlmError) as err:
+        yield _event(api_error(err).body())
     finally:
         out.job.cancel()  # a no-op once done; frees the slot of a client that went away
 
@@ -207,27 +191,28 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _model_name(worker: Worker, requested: str | None) -> str:
-    if requested is None and len(worker.served) == 1:
-        return next(iter(worker.served))
-    if requested in worker.served:
-        return requested
-    raise ApiError(404, f"The model {requested!r} is not served here; GET /v1/models lists "
-                   "them.", param="model", code="model_not_found")
+# Engine errors -> (status, code, type): the one place that knows HTTP statuses.
+STATUSES = [
+    (ModelNotServed, 404, "model_not_found", "invalid_request_error"),
+    (PromptTooLong, 400, "context_length_exceeded", "invalid_request_error"),
+    (InvalidPrompt, 400, "invalid_value", "invalid_request_error"),
+    (ShuttingDown, 503, None, "server_error"),
+    (WontFit, 507, "insufficient_memory", "server_error"),
+    (InternalError, 500, "internal_error", "server_error"),
+    (SlmError, 400, "invalid_value", "invalid_request_error"),
+]
 
 
-def _prompt_ids(tokenizer, params: Params, chat: bool) -> list[int]:
-    """The chat format at token level (as `generate --chat`), or the plain prompt."""
-    if chat:
-        system = "\n".join(c for role, c in params.messages if role == "system") or None
-        turns = [Turn(role, c) for role, c in params.messages if role != "system"]
-        return conversation_ids(tokenizer, turns, system)
-    if isinstance(params.prompt, str):
-        return tokenizer.encode(params.prompt)
-    if not all(0 <= t < tokenizer.vocab_size for t in params.prompt):
-        raise ApiError(400, f"Token ids must be between 0 and {tokenizer.vocab_size - 1}.",
-                       param="prompt", code="invalid_value")
-    return list(params.prompt)
+def api_error(err: Exception, param: str | None = None) -> ApiError:
+    """An ApiError as is; an engine error with its status, code and OpenAI error type."""
+    if isinstance(err, ApiError):
+        return err
+    for kind, status, code, error_type in STATUSES:
+        if isinstance(err, kind):
+            if kind is ModelNotServed:
+                param = "model"
+            return ApiError(status, str(err), param=param, code=code, kind=error_type)
+    raise err
 
 
 async def _not_found(request: Request, exc) -> Response:

@@ -33,8 +33,8 @@ class Metrics:
             while self.recent and self.recent[0] < now - WINDOW_S:
                 self.recent.popleft()
 
-    def render(self, worker) -> str:
-        """The exposition text; gauges are read from `worker` at scrape time."""
+    def render(self, stats: dict) -> str:
+        """The exposition text; gauges come from the worker's `stats()` at scrape time."""
         now = time.monotonic()
         with self.lock:
             while self.recent and self.recent[0] < now - WINDOW_S:
@@ -56,15 +56,15 @@ class Metrics:
         metric("generation_tokens_per_second", "gauge",
                f"Generated tokens per second over the last {WINDOW_S:.0f} s.", [("", rate)])
         metric("queue_depth", "gauge", "Requests waiting to join a batch.",
-               [("", worker.queue_depth)])
+               [("", stats["queued"])])
         metric("running_requests", "gauge", "Requests decoding in a batch.",
-               [("", worker.running)])
+               [("", stats["running"])])
         metric("kv_cache_bytes", "gauge", "Bytes held by running batches' KV caches.",
-               [("", worker.kv_bytes)])
+               [("", stats["kv_bytes"])])
         metric("prefix_cache_bytes", "gauge", "Bytes held by the prefix cache.",
-               [("", worker.prefix_bytes)])
+               [("", stats["prefix_bytes"])])
         metric("memory_active_bytes", "gauge", "MLX memory in use.",
-               [("", worker.memory["active_bytes"])])
+               [("", stats["active_bytes"])])
         metric("memory_peak_bytes", "gauge", "MLX peak memory.",
-               [("", worker.memory["peak_bytes"])])
+               [("", stats["peak_bytes"])])
         return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
-"""From token ids to OpenAI response objects: text with stop strings, logprobs, usage, and
-the completion / chat shapes, whole or as stream chunks."""
+"""From a job's events to OpenAI response objects: logprobs, usage, and the completion /
+chat shapes, whole or as stream chunks."""
 
 import time
 import uuid
@@ -7,60 +7,19 @@ import uuid
 from mlx_slm.apps.serve.jobs import Job
 
 
-class TextStream:
-    """Token ids -> text pieces, ending at the first stop string (which is never emitted)."""
-
-    def __init__(self, tokenizer, stop: tuple[str, ...]):
-        self.tokenizer = tokenizer
-        self.detokenizer = tokenizer.detokenizer()
-        self.stop = stop
-        self.holdback = max((len(s) for s in stop), default=1) - 1
-        self.emitted = 0
-        self.stopped = False
-
-    def add(self, token: int) -> str:
-        self.detokenizer.add(token)
-        return self._release(final=False)
-
-    def finish(self) -> str:
-        self.detokenizer.finish()
-        return self._release(final=True)
-
-    def _release(self, final: bool) -> str:
-        text = self.detokenizer.text
-        hits = [i for i in (text.find(s, max(0, self.emitted - self.holdback))
-                            for s in self.stop) if i >= 0]
-        if hits:
-            self.stopped = True
-            end = min(hits)
-        else:
-            # Hold back what could be the beginning of a stop string until it is decided.
-            end = len(text) if final or not self.stop else len(text) - self.holdback
-        if end <= self.emitted:
-            return ""
-        piece, self.emitted = text[self.emitted : end], end
-        return piece
-
-    def token_text(self, token: int) -> str:
-        return self.tokenizer.sp.id_to_piece(token).replace("\u2581", " ")
-
-
 class Output:
     """Builds one request's response objects (chat or completion, whole or chunked)."""
 
-    def __init__(self, job: Job, chat: bool, model: str, text: TextStream, extras: dict):
-        self.job, self.chat, self.model, self.text = job, chat, model, text
+    def __init__(self, job: Job, chat: bool):
+        self.job, self.chat, self.model = job, chat, job.model
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
-        self.extras = extras  # backend, BLAS, dtype: which kernels produced the figures
+        self.extras = job.report  # backend, BLAS, dtype: which kernels produced the figures
         self.logprobs: list[dict] = []
 
-    def add_logprobs(self, token: int, info: dict | None) -> None:
-        if info is None:
-            return
-        top = [(self.text.token_text(i), lp) for i, lp in info["top"]]
-        self.logprobs.append({"token": self.text.token_text(token), "logprob": info["logprob"],
-                              "top": top})
+    def add_logprobs(self, info: dict | None) -> None:
+        if info is not None:
+            self.logprobs.append(info)
 
     def logprobs_object(self, entries: list[dict]):
         if not self.job.params.logprobs:

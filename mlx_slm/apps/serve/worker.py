@@ -1,6 +1,11 @@
-"""The MLX worker: one thread owns the models (MLX state is not shared across threads),
-prefills each joining request alone and decodes all running requests of a model together
-(continuous batching: requests join and leave the batch between steps)."""
+"""The MLX worker: one thread owns the models (MLX state is not shared across threads) and
+decodes every running request of a model together on the one batcher
+(mlx_slm.batch_generation): requests join and leave between steps.
+
+HTTP talks to it through `prepare` (a request's prompt, checked and fitted), `submit` and
+`stats`. The worker raises and emits engine errors (mlx_slm.errors and the ones below);
+only the HTTP layer knows status codes.
+"""
 
 import functools
 import queue
@@ -13,30 +18,49 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from mlx_slm.apps.serve.jobs import Job, Row
-from mlx_slm.apps.serve.protocol import ApiError
-from mlx_slm.batch_decode import DecodeBatch, prefill_rows
-from mlx_slm.cache import make_cache
-from mlx_slm.generation import prefill
+from mlx_slm.apps.serve.jobs import Job
+from mlx_slm.apps.serve.protocol import Params
+from mlx_slm.batch_cache import BatchCache
+from mlx_slm.batch_generation import BatchGenerator, Row
+from mlx_slm.chat_format import PromptFormat, Turn
+from mlx_slm.chooser import TokenChooser
+from mlx_slm.errors import SlmError
 from mlx_slm.prefix_cache import PrefixCache
 from mlx_slm.sizes import kv_cache_bytes
+from mlx_slm.tokenizer import TextStream
+
+
+class ModelNotServed(SlmError):
+    """A request named a model this server does not serve."""
+
+
+class ShuttingDown(SlmError):
+    """The server takes no new requests."""
+
+
+class WontFit(SlmError):
+    """A request whose KV cache could never fit in the memory available."""
+
+
+class InternalError(SlmError):
+    """A failure inside the worker; the server goes on."""
 
 
 @dataclass
-class Served:
+class ServedModel:
     """One served model with its running batch and prefix cache."""
 
     name: str
-    loaded: object  # apps.models.LoadedModel
+    loaded: object  # apps.model_loading.LoadedModel
     prefix: PrefixCache
-    batch: DecodeBatch = None
-    rows: list[Row] = field(default_factory=list)
+    generator: BatchGenerator = None
+    jobs: dict = field(default_factory=dict)  # Row -> Job, for the rows running
 
     def __post_init__(self):
+        from mlx_slm.cpu.report import runtime_report
         from mlx_slm.loader import model_dtype
-        from mlx_slm.runtime import runtime_report
 
-        self.batch = DecodeBatch(self.loaded.model)
+        self.generator = BatchGenerator(self.loaded.model, on_leave=self._keep_prefix)
         self.token_bytes = kv_cache_bytes(self.loaded.config, 1, 4)  # float32 keys and values
         # Which kernels produce the figures, reported with every response's timings.
         self.report = {**runtime_report(), "dtype": model_dtype(self.loaded.model)}
@@ -47,6 +71,11 @@ class Served:
         from mlx_slm.constrain import GrammarVocabulary
 
         return GrammarVocabulary(self.loaded.tokenizer)
+
+    def _keep_prefix(self, row: Row, cache: BatchCache) -> None:
+        """A leaving row's keys and values, for later prompts that start the same way."""
+        length = cache.lengths[cache.rows.index(row)]
+        self.prefix.store(row.ids[:length], cache.row_cache(row))
 
 
 @dataclass
@@ -61,13 +90,13 @@ class Settings:
 
 
 class Worker:
-    """Owns the models on its own thread; `submit` hands it jobs from any thread."""
+    """Owns the models on its own thread; `prepare` and `submit` may be called from any."""
 
     def __init__(self, names: list[str], load_options, settings: Settings | None = None):
         self.names, self.load_options = names, load_options
         self.settings = settings or Settings()
         self.kv_budget = self.settings.kv_budget_bytes
-        self.served: dict[str, Served] = {}
+        self.served: dict[str, ServedModel] = {}
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.pending: deque[Job] = deque()
         self.stopping = threading.Event()
@@ -90,11 +119,45 @@ class Worker:
         self.stopping.set()
         self.thread.join()
 
+    @property
+    def models(self) -> list[str]:
+        return list(self.served)
+
+    def prepare(self, params: Params, chat: bool) -> Job:
+        """A request's Job: the model it names, its prompt in the model's format (chat
+        messages or a completion prompt), fitted to the context. Tokenizing only: no MLX
+        work happens on the caller's thread."""
+        name = self._model_name(params.model)
+        served = self.served[name]
+        if chat:
+            system = "\n".join(c for role, c in params.messages if role == "system") or None
+            prompt = [Turn(role, c) for role, c in params.messages if role != "system"]
+            prompt_format = PromptFormat(chat=True, system=system)
+        else:
+            prompt, prompt_format = params.prompt, PromptFormat(chat=False)
+        loaded = served.loaded
+        prepared = prompt_format.prepare(loaded.tokenizer, loaded.model.args, prompt,
+                                         max_tokens=params.max_tokens, stop=params.stop)
+        return Job(name, prepared, params, served.report)
+
     def submit(self, job: Job) -> None:
         if self.stopping.is_set():
-            raise ApiError(503, "The server is shutting down.", kind="server_error")
+            raise ShuttingDown("The server is shutting down.")
         job.queued_at = time.perf_counter()
         self.inbox.put(job)
+
+    def stats(self) -> dict:
+        """What /health and /metrics report, read at the time of asking."""
+        return {"models": self.models, "running": self.running, "queued": self.queue_depth,
+                "kv_bytes": self.kv_bytes, "prefix_bytes": self.prefix_bytes, **self.memory}
+
+    def _model_name(self, requested: str | None) -> str:
+        if requested is None and len(self.served) == 1:
+            return next(iter(self.served))
+        if requested in self.served:
+            return requested
+        raise ModelNotServed(f"The model {requested!r} is not served here; GET /v1/models "
+                             "lists them.")
 
     @property
     def queue_depth(self) -> int:
@@ -102,11 +165,11 @@ class Worker:
 
     @property
     def running(self) -> int:
-        return sum(len(s.rows) for s in self.served.values())
+        return sum(len(s.generator) for s in self.served.values())
 
     @property
     def kv_bytes(self) -> int:
-        return sum(s.batch.nbytes for s in self.served.values())
+        return sum(s.generator.cache.nbytes for s in self.served.values())
 
     @property
     def prefix_bytes(self) -> int:
@@ -123,7 +186,7 @@ class Worker:
                     self.stopping.is_set() and not self.running and not self.queue_depth):
                 self._admit()
                 for served in self.served.values():
-                    if served.rows:
+                    if len(served.generator):
                         self._guarded(served, self._step)
                 self.memory = {"active_bytes": mx.get_active_memory(),
                                "peak_bytes": mx.get_peak_memory()}
@@ -135,12 +198,13 @@ class Worker:
                 mx.clear_streams()
 
     def _load(self) -> None:
-        from mlx_slm.apps.models import open_model
-        from mlx_slm.memory_guard import available_bytes
+        from mlx_slm.apps.model_loading import open_model
+        from mlx_slm.memory import available_bytes
 
         for name in self.names:
             loaded = open_model(name, self.load_options)
-            self.served[name] = Served(name, loaded, PrefixCache(self.settings.prefix_cache_bytes))
+            prefix = PrefixCache(self.settings.prefix_cache_bytes)
+            self.served[name] = ServedModel(name, loaded, prefix)
         if self.kv_budget is None:
             available = available_bytes()
             self.kv_budget = (int(0.8 * available) - self.settings.prefix_cache_bytes
@@ -161,15 +225,14 @@ class Worker:
             job = self.pending[0]
             if job.cancelled.is_set():
                 self.pending.popleft()
-                job.emit(("end", "cancelled"))
+                job.emit(("end", "cancelled", ""))
                 continue
-            if not self._fits(self.served[job.model], job, len(joining.get(job.model, []))):
+            if not self._fits(self.served[job.model], job, joining.get(job.model, [])):
                 if self.running or joining:
                     break  # wait for rows to leave
                 self.pending.popleft()
-                job.emit(("error", ApiError(
-                    507, "This request's KV cache would not fit in the memory available.",
-                    code="insufficient_memory", kind="server_error")))
+                job.emit(("error", WontFit(
+                    "This request's KV cache would not fit in the memory available.")))
                 continue
             joining.setdefault(job.model, []).append(self.pending.popleft())
         for name, jobs in joining.items():
@@ -179,122 +242,93 @@ class Worker:
     def _count(joining: dict[str, list[Job]]) -> int:
         return sum(len(jobs) for jobs in joining.values())
 
-    def _fits(self, served: Served, job: Job, joining: int) -> bool:
-        """Whether the padded batch with `job` (and `joining` others) stays within budget."""
-        longest = max([served.batch.end + job.max_tokens, len(job.prompt) + job.max_tokens])
-        needed = (len(served.rows) + joining + 1) * longest * served.token_bytes
-        others = self.kv_bytes - served.batch.nbytes
+    def _fits(self, served: ServedModel, job: Job, joining: list[Job]) -> bool:
+        """Whether the batch with `job` (and the others `joining`) stays within budget: every
+        slot holds as many positions as the longest row may reach."""
+        reach = [len(j.prompt) + j.max_tokens for j in [*served.jobs.values(), *joining, job]]
+        needed = len(reach) * max(reach) * served.token_bytes
+        others = self.kv_bytes - served.generator.cache.nbytes
         return needed + others <= self.kv_budget
 
-    def _start(self, served: Served, *jobs: Job) -> None:
-        """Prefill the joining jobs, emit their first tokens and let them join the batch.
-
-        A job whose prompt starts with a cached prefix prefills the rest alone; the others
-        prefill together in one pass.
-        """
-        model = served.loaded.model
+    def _start(self, served: ServedModel, *jobs: Job) -> None:
+        """Prefill the joining jobs (a cached prefix leaves only the rest to run), emit their
+        first tokens and let those that go on join the batch."""
         started = time.perf_counter()
-        caches, logits, fresh = {}, {}, []
+        tokenizer = served.loaded.tokenizer
+        rows, prefixes = [], []
         for job in jobs:
             job.started_at = started
             job.cached_tokens, cache = served.prefix.lookup(job.prompt)
-            if cache is None and len(jobs) > 1:
-                fresh.append(job)
-                continue
-            cache = cache or make_cache(model)
-            ids = mx.array(job.prompt[job.cached_tokens :], dtype=mx.uint32)
-            caches[id(job)], logits[id(job)] = cache, prefill(model, ids, cache)
-        if fresh:
-            rows, last = prefill_rows(model, [job.prompt for job in fresh])
-            for i, job in enumerate(fresh):
-                caches[id(job)], logits[id(job)] = rows[i], last[i : i + 1]
-        rows = [Row(job, served.vocab if job.params.constraint else None) for job in jobs]
-        picks = self._pick(rows, mx.concatenate([logits[id(job)] for job in jobs]))
-        for row, (value, info) in zip(rows, picks):
-            cache = caches[id(row.job)]
-            served.prefix.store(row.job.prompt, cache)
-            if self._advance(row, value, info):
-                served.batch.add(cache)
-                served.rows.append(row)
+            p = job.params
+            grammar = None
+            if p.constraint is not None:
+                from mlx_slm.constrain import Constraint
+
+                grammar = Constraint(p.constraint, served.vocab)
+            row = Row(job.prompt, TokenChooser(p.sampling, job.prompt, grammar), job.max_tokens,
+                      stop_ids=(tokenizer.eos_id,),
+                      stream=TextStream(tokenizer, job.prepared.stop_strings),
+                      want_logprobs=p.logprobs, cached=job.cached_tokens)
+            rows.append(row)
+            prefixes.append(cache)
+            served.jobs[row] = job
+        served.generator.join(rows, prefixes)
+        for row in rows:
+            self._emit(served, row)
         self.peak_running = max(self.peak_running, self.running)
 
-    def _step(self, served: Served) -> None:
-        """One decode step of every running row; rows that end leave the batch."""
-        rows = served.rows
-        for row in rows:
-            row.sequence.append(row.token)
-        logits = served.batch(mx.array([r.token for r in rows], dtype=mx.uint32))
-        keep = [self._advance(r, *pick) for r, pick in zip(rows, self._pick(rows, logits))]
-        gone = [i for i, k in enumerate(keep) if not k]
-        if gone:
-            for i in gone:
-                served.prefix.store(rows[i].sequence, served.batch.row_cache(i))
-            served.batch.remove(gone)
-            served.rows = [r for r, k in zip(rows, keep) if k]
+    def _step(self, served: ServedModel) -> None:
+        """One decode step of every running row and one chunk of a long prompt being read
+        (mlx_slm.batch_generation); a cancelled request's row leaves first."""
+        for row, job in list(served.jobs.items()):
+            if job.cancelled.is_set():
+                row.end("cancelled")
+                served.generator.leave(row)
+                self._emit(served, row)
+        if len(served.generator):
+            for row in served.generator.step():
+                self._emit(served, row)
+
+    def _emit(self, served: ServedModel, row: Row) -> None:
+        """Send the row's new token (and its end, if it ended) to its request."""
+        job = served.jobs[row]
+        now = time.perf_counter()
+        if row.finish_reason != "cancelled" and len(row.tokens) > job.generated:
+            job.first_at = job.first_at or now
+            job.last_at = now
+            job.generated = len(row.tokens)
+            self.tokens_generated += 1
+            job.emit(("token", row.tokens[-1], row.piece, self._logprobs(row, job)))
+        if row.finish_reason is not None:
+            held = row.stream.finish() if row.finish_reason in ("length", "stop") else ""
+            job.emit(("end", row.finish_reason, held))
+            del served.jobs[row]
 
     @staticmethod
-    def _pick(rows: list[Row], logits: mx.array) -> list[tuple[int, dict | None]]:
-        """Each row's next token id, with its log-probs when the request asked for them."""
-        if all(r.plain and not r.job.params.logprobs for r in rows):
-            tokens = mx.argmax(logits, axis=-1)  # one op for an all-greedy batch
-            mx.eval(tokens)
-            return [(t, None) for t in tokens.tolist()]
-        picks = [r.choose(logits[i : i + 1]) for i, r in enumerate(rows)]
-        tops = []
-        for row, (_, logprobs) in zip(rows, picks):
-            k = row.job.params.top_logprobs if row.job.params.logprobs else 0
-            tops.append(mx.argsort(-logprobs[0])[:k] if k else None)
-        mx.eval([t for t, _ in picks], [lp for _, lp in picks], [t for t in tops if t is not None])
-        out = []
-        for row, (token, logprobs), top in zip(rows, picks, tops):
-            value, info = token.item(), None
-            if row.job.params.logprobs:
-                ids = top.tolist() if top is not None else []
-                info = {"logprob": logprobs[0, value].item(),
-                        "top": list(zip(ids, logprobs[0][top].tolist())) if ids else []}
-            out.append((value, info))
-        return out
+    def _logprobs(row: Row, job: Job) -> dict | None:
+        """The chosen token's text and log-prob and the top alternatives (text, log-prob),
+        when the request asked."""
+        if not job.params.logprobs:
+            return None
+        logprobs, value = row.logprobs[0], row.tokens[-1]
+        k = job.params.top_logprobs
+        top = mx.argsort(-logprobs)[:k] if k else None
+        ids = top.tolist() if top is not None else []
+        text = row.stream.token_text
+        return {"token": text(value), "logprob": logprobs[value].item(),
+                "top": list(zip(map(text, ids), logprobs[top].tolist())) if ids else []}
 
-    def _advance(self, row: Row, value: int, info: dict | None) -> bool:
-        """Emit the chosen token (or the end); False when the row is done."""
-        job = row.job
-        now = time.perf_counter()
-        if job.cancelled.is_set():
-            job.emit(("end", "cancelled"))
-            return False
-        if value in job.stop_ids:
-            job.emit(("end", "stop"))
-            return False
-        job.first_at = job.first_at or now
-        job.last_at = now
-        job.generated += 1
-        self.tokens_generated += 1
-        row.token = value
-        job.emit(("token", value, info))
-        if row.constraint is not None:
-            row.constraint.accept(value)
-            if row.constraint.is_done():  # the structure is complete: nothing may follow
-                job.emit(("end", "stop"))
-                return False
-        if job.generated >= job.max_tokens:
-            job.emit(("end", "length"))
-            return False
-        return True
-
-    def _guarded(self, served: Served, action, *args) -> None:
+    def _guarded(self, served: ServedModel, action, *args) -> None:
         """Run `action`; on an internal error fail the affected requests, keep serving."""
         try:
             action(served, *args)
         except Exception as err:  # noqa: BLE001  (the server must outlive any one request)
             traceback.print_exc(file=sys.stderr)
-            error = ApiError(500, f"Internal error: {type(err).__name__}: {err}",
-                             kind="server_error", code="internal_error")
-            # A failed join leaves the batch intact; a failed step may not have.
-            broken = action == self._step or len(served.batch) != len(served.rows)
-            victims = [r.job for r in served.rows] if broken else []
-            for job in victims + [job for job in args if job not in victims]:
+            error = InternalError(f"Internal error: {type(err).__name__}: {err}")
+            # A failed step may leave the batch unsound: every running request fails with it.
+            for job in list(served.jobs.values()) + [j for j in args
+                                                       if j not in served.jobs.values()]:
                 job.emit(("error", error))
-                job.cancel()  # a failed job that had joined leaves at the next step
-            if broken:
-                served.rows = []
-                served.batch = DecodeBatch(served.loaded.model)
+                job.cancel()
+            served.jobs.clear()
+            served.generator = BatchGenerator(served.loaded.model, on_leave=served._keep_prefix)

@@ -34,9 +34,10 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
     import mlx_slm.quant as quant
     from mlx_slm.loader import load_model
     from mlx_slm.recipes import check_recipe
+    from mlx_slm.store.files import write_json
     from mlx_slm.store.manifest import write_manifest
     from mlx_slm.store.staging import check_destination, check_disk_space, staged_directory
-    from mlx_slm.weights import read_config, read_headers, save_weights, write_json
+    from mlx_slm.weights import read_config, read_headers, save_weights
 
     start = time.perf_counter()
     src_dir, out_dir = Path(src_dir), Path(out_dir).expanduser().absolute()

@@ -1,7 +1,7 @@
 """Opening models for the apps: a name (directory or Hub id) -> a checked, loaded model.
 
-Every app opens models here: resolve the name, read the config, refuse what will not fit,
-load, and time the load.
+Every app opens models here: resolve the name, read the config, refuse (before loading) what
+will not fit in the memory the machine has free, load, and time the load.
 """
 
 import gc
@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlx_slm import memory
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import LoadOptions
+from mlx_slm.sizes import human_bytes, kv_cache_bytes, weight_bytes
 
 
 @dataclass
@@ -56,7 +58,6 @@ def resolve_model_dir(name: str) -> Path:
 
 
 def _checked(name: str, options: LoadOptions) -> tuple[Path, dict]:
-    from mlx_slm.memory_guard import check_fits
     from mlx_slm.weights import read_config
 
     path = resolve_model_dir(name)
@@ -101,3 +102,31 @@ def load_each(names: list[str], options: LoadOptions = LoadOptions()) -> Iterato
         loaded.model = None
     gc.collect()
     mx.clear_cache()
+
+
+OVERHEAD = 1.10  # activations, allocator slack and the runtime itself
+
+
+def estimate_bytes(model_dir: Path, config: dict, dtype: str | None = None,
+                   tokens: int | None = None) -> int:
+    """Weights + a float32 KV cache for `tokens` positions (default: the whole context)."""
+    tokens = tokens or config.get("max_context_length", 2048)
+    return int((weight_bytes(model_dir, dtype) + kv_cache_bytes(config, tokens, 4)) * OVERHEAD)
+
+
+def check_fits(model_dir: Path, config: dict, dtype: str | None = None, force: bool = False,
+               tokens: int | None = None, available: int | None = None) -> None:
+    """Raise with the figures if the model needs more than is available (unless `force`)."""
+    if force:
+        return
+    available = memory.available_bytes() if available is None else available
+    if available is None:
+        return
+    needed = estimate_bytes(model_dir, config, dtype, tokens)
+    if needed > available:
+        raise SlmError(
+            f"This model needs about {human_bytes(needed)} (weights + KV cache) but only "
+            f"{human_bytes(available)} is available; use a smaller size or a quantized model "
+            "(mlx-slm quantize), or pass --force to try anyway."
+        )
+

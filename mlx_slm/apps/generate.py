@@ -34,16 +34,6 @@ class GenerationRequest:
     constraint: "ConstraintSpec | None" = None
 
 
-def fit_to_context(prompt_tokens: int, max_tokens: int, context: int) -> int:
-    """How many tokens may be generated; an over-long prompt is an error."""
-    if prompt_tokens >= context:
-        raise SlmError(
-            f"The prompt has {prompt_tokens} tokens but the model's context is {context}; "
-            "shorten the prompt."
-        )
-    return min(max_tokens, context - prompt_tokens)
-
-
 def checked_prompt(prompt: str | None) -> str:
     """The prompt to use: DEFAULT_PROMPT when none was given; an empty one is an error
     rather than a silent switch to the default question, and so is one that is not UTF-8
@@ -88,33 +78,31 @@ def stdin_prompt(explicit: bool) -> str | None:
 def run_generation(request: GenerationRequest, as_json: bool = False, out=None, err=None) -> int:
     """Generate for `request`, streaming text to `out` and stats to `err`; returns the exit code."""
     from mlx_slm.apps.drafting import check_combinable, draft_report, open_draft
-    from mlx_slm.apps.models import open_model
-    from mlx_slm.chat_format import TURN_HEADERS, prompt_ids
+    from mlx_slm.apps.model_loading import open_model
+    from mlx_slm.chooser import TokenChooser
+    from mlx_slm.cpu.report import runtime_report
     from mlx_slm.generation import Generation, stream_text
     from mlx_slm.loader import model_dtype
     from mlx_slm.memory import memory_report, reset_mlx_peak
-    from mlx_slm.runtime import runtime_report
 
     out = out or sys.stdout
     err = err or sys.stderr
     check_combinable(request.draft, request.constraint)
     prompt = checked_prompt(request.prompt)
-    sampler = request.sampling.sampler()
-    processors = request.sampling.logits_processors()
+    request.sampling.sampler()  # bad sampling values fail before the model loads
     loaded = open_model(request.model, request.load)
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     drafting = open_draft(request.draft, loaded.path, request.load.force)
 
-    chat = request.format.uses_chat(config, loaded.source_name)
     note = request.format.note(config, loaded.source_name)
     if note:
         print(note, file=err)
-    ids = prompt_ids(tokenizer, prompt, chat, request.format.system)
-    max_tokens = fit_to_context(len(ids), request.max_tokens, model.args.max_context_length)
-    if max_tokens < request.max_tokens:
-        print(f"[generation capped at {max_tokens} tokens by the {model.args.max_context_length}"
-              "-token context]", file=err)
-    request.sampling.seed_random()
+    prepared = request.format.prepare(
+        tokenizer, model.args, prompt, max_tokens=request.max_tokens,
+        stop=request.stop_strings, name=loaded.source_name, turn_stops=not request.ignore_eos)
+    if prepared.capped:
+        print(f"[generation capped at {prepared.max_tokens} tokens by the "
+              f"{model.args.max_context_length}-token context]", file=err)
 
     def show(text: str) -> None:
         out.write(text)
@@ -133,12 +121,10 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     code = 0
     try:
         stream_text(
-            model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler,
-            logits_processors=processors,
-            stop_strings=request.stop_strings + (TURN_HEADERS if chat and not request.ignore_eos
-                                                 else ()),
-            ignore_eos=request.ignore_eos, on_text=None if as_json else show, result=result,
-            constraint=constraint,
+            model, tokenizer, prepared.ids, max_tokens=prepared.max_tokens,
+            chooser=TokenChooser(request.sampling, prepared.ids, constraint),
+            stop_strings=prepared.stop_strings, ignore_eos=request.ignore_eos,
+            on_text=None if as_json else show, result=result,
             token_source=drafting.draft.generate_tokens if drafting else None,
         )
     except KeyboardInterrupt:
@@ -161,7 +147,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
         **runtime_report(),
         "dtype": model_dtype(model),
         "quantization": config.get("quantization"),
-        "chat_format": chat,
+        "chat_format": prepared.chat,
         "finish_reason": result.finish_reason,
         # The settings that produced this text, so that it can be reproduced.
         "max_tokens": request.max_tokens,
@@ -185,8 +171,8 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
 
 def reference_blas_hint() -> str | None:
     """On Linux's CPU backend with the reference BLAS: the one line that says how to fix it."""
+    from mlx_slm.backend import active_backend
     from mlx_slm.cpu.blas import FIX_HINT, blas_in_use
-    from mlx_slm.runtime import active_backend
 
     on_reference = active_backend() == "cpu" and blas_in_use() == "reference"
     if sys.platform.startswith("linux") and on_reference:
