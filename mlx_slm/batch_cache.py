@@ -13,6 +13,7 @@ row. Both cost that one row, never the others.
 import mlx.core as mx
 
 from mlx_slm.cache import KVCache
+from mlx_slm.cpu.ops import BLAS_MIN_ROWS
 
 STEP = 256  # capacity grows in steps of positions, as KVCache's does
 
@@ -115,7 +116,10 @@ class BatchCache:
         """Logits [B, vocab] for each row's next token `tokens` [B]; appends their keys."""
         self._reserve(len(self.rows), max(self.lengths) + 1)
         positions = mx.array(self.lengths, dtype=mx.int32)
-        logits, *buffers = self._step(tokens, positions, *self.keys, *self.values)
+        # From BLAS_MIN_ROWS rows the CPU layers' half-precision products evaluate as they
+        # go (to bound the float32 copy of the weights), which a compiled trace cannot.
+        step = self._step if len(self.rows) < BLAS_MIN_ROWS else self._forward
+        logits, *buffers = step(tokens, positions, *self.keys, *self.values)
         layers = len(self.keys)
         self.keys, self.values = buffers[:layers], buffers[layers:]
         self.lengths = [n + 1 for n in self.lengths]

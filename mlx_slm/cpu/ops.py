@@ -9,6 +9,7 @@ for float32 BLAS.
 """
 
 import os
+import threading
 
 import mlx.core as mx
 
@@ -25,15 +26,17 @@ DENSE_CHUNK_BYTES = 8 * 2**20
 
 
 def cpu_streams() -> list:
-    """One MLX CPU stream per core (at most 4), shared by every prepared model."""
-    global _streams
-    if _streams is None:
+    """One MLX CPU stream per core (at most 4), shared by every prepared model run on this
+    thread: MLX streams belong to the thread that made them (a server's worker thread
+    makes its own)."""
+    streams = getattr(_per_thread, "streams", None)
+    if streams is None:
         count = max(1, min(4, os.cpu_count() or 1))
-        _streams = [mx.new_stream(mx.cpu) for _ in range(count)]
-    return _streams
+        streams = _per_thread.streams = [mx.new_stream(mx.cpu) for _ in range(count)]
+    return streams
 
 
-_streams = None
+_per_thread = threading.local()
 
 
 def split_rows(product, out_features: int, *weights: mx.array) -> mx.array:
