@@ -86,10 +86,14 @@ class BatchCache:
         """Drop `row`; the last row moves into its slot."""
         slot, last = self.rows.index(row), len(self.rows) - 1
         if slot != last:
+            length = self.lengths[last]
             for buffers in (self.keys, self.values):
-                for i, buffer in enumerate(buffers):
-                    buffer[slot] = buffer[last]
-                    buffers[i] = buffer
+                # The last row's columns are copied out first: a slot written from a slice of
+                # its own buffer would make MLX copy the whole buffer (`* 1` makes the copy).
+                moved = [b[last : last + 1, :, :length, :] * 1 for b in buffers]
+                mx.eval(moved)
+                for buffer, part in zip(buffers, moved):
+                    buffer[slot : slot + 1, :, :length, :] = part
             self.rows[slot], self.lengths[slot] = self.rows[last], self.lengths[last]
         self.rows.pop()
         self.lengths.pop()
