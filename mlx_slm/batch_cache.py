@@ -102,10 +102,11 @@ class BatchCache:
         else:
             mx.eval(self.keys, self.values)
 
-    def row_cache(self, row) -> list[KVCache]:
-        """A copy of `row`'s keys and values as a batch-1 cache (for the prefix cache)."""
+    def row_cache(self, row, length: int | None = None) -> list[KVCache]:
+        """A copy of `row`'s first `length` positions (default: all it holds) as a batch-1
+        cache (for the prefix cache)."""
         slot = self.rows.index(row)
-        length = self.lengths[slot]
+        length = self.lengths[slot] if length is None else min(length, self.lengths[slot])
         caches = []
         for keys, values in zip(self.keys, self.values):
             cache = KVCache()

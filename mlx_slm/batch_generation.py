@@ -71,6 +71,16 @@ class Row:
 
 
 @dataclass(eq=False)
+class _Step:
+    """A decode step in flight: its rows (in slot order when it was queued), the tokens
+    chosen for them [B] (lazy) and, for rows that want them, the log-probs."""
+
+    rows: list[Row]
+    tokens: mx.array
+    logprobs: list[mx.array | None]
+
+
+@dataclass(eq=False)
 class _Reading:
     """A row whose long prompt is read a chunk per step: its own cache, and how far."""
 
@@ -91,6 +101,7 @@ class BatchGenerator:
         self.on_leave = on_leave
         self.chunk = chunk
         self.reading: list[_Reading] = []
+        self._queued: _Step | None = None  # the next decode step, already on its way
 
     @property
     def rows(self) -> list[Row]:
@@ -135,15 +146,50 @@ class BatchGenerator:
     def step(self) -> list[Row]:
         """One decode step of every running row, then one chunk of the first prompt being
         read; returns the rows that moved (each with its new token, or its end), the rows
-        that ended having left."""
-        rows = list(self.cache.rows)
-        if rows:
-            fed = mx.array([r.tokens[-1] for r in rows], dtype=mx.uint32)
-            self._choose(rows, self.cache(fed))
-            for row in rows:
-                if not row.advance(row.chosen):
+        that ended having left.
+
+        Decoding is pipelined as in `generate_tokens`: the next step is queued on this
+        step's lazily chosen tokens before they are read back, so the host's work overlaps
+        the forward. A row that ends meanwhile has its queued token ignored; rows that
+        join meanwhile take their first step with the one after. A grammar needs each token
+        on the host before the next mask, so a batch with one steps without queuing.
+        """
+        moved = []
+        if self.cache.rows:
+            current, self._queued = self._queued or self._queue(), None
+            if not any(r.chooser.constraint is not None for r in self.cache.rows):
+                self._queued = self._queue(current)
+            running = set(self.cache.rows)
+            for row, value, logprobs in zip(current.rows, current.tokens.tolist(),
+                                            current.logprobs):
+                if row not in running:  # it left (a cancelled request) after being queued
+                    continue
+                row.chosen, row.logprobs = value, logprobs
+                moved.append(row)
+                if not row.advance(value):
                     self.leave(row)
-        return rows + self._read_chunk()
+        return moved + self._read_chunk()
+
+    def _queue(self, previous: "_Step | None" = None) -> "_Step":
+        """Queue one decode step of every running row, each fed its last token: the one
+        `previous` (a step in flight) chose for it, if any, else the one on the host."""
+        rows = list(self.cache.rows)
+        if previous is not None and previous.rows == rows:
+            feed = previous.tokens
+        else:
+            index = {id(r): i for i, r in enumerate(previous.rows)} if previous else {}
+            feed = mx.concatenate([
+                previous.tokens[index[id(r)] : index[id(r)] + 1] if id(r) in index
+                else mx.array(r.tokens[-1:], dtype=mx.uint32) for r in rows])
+        logits = self.cache(feed.astype(mx.uint32))
+        if all(r.chooser.plain and not r.want_logprobs for r in rows):
+            tokens, logprobs = mx.argmax(logits, axis=-1), [None] * len(rows)
+        else:
+            picks = [r.chooser.choose(logits[i : i + 1]) for i, r in enumerate(rows)]
+            tokens = mx.concatenate([token for token, _ in picks])
+            logprobs = [lp if r.want_logprobs else None for r, (_, lp) in zip(rows, picks)]
+        mx.async_eval(tokens)
+        return _Step(rows, tokens, logprobs)
 
     def leave(self, row: Row) -> None:
         """Take `row` out (ended, or cancelled by its caller)."""
@@ -154,6 +200,8 @@ class BatchGenerator:
         if self.on_leave is not None:
             self.on_leave(row, self.cache)
         self.cache.leave(row)
+        if not self.cache.rows:
+            self._queued = None  # a step queued for rows that are all gone
 
     def _read_chunk(self) -> list[Row]:
         """Feed the next chunk of the first long prompt; start its row once all is read."""

@@ -73,9 +73,10 @@ class ServedModel:
         return GrammarVocabulary(self.loaded.tokenizer)
 
     def _keep_prefix(self, row: Row, cache: BatchCache) -> None:
-        """A leaving row's keys and values, for later prompts that start the same way."""
-        length = cache.lengths[cache.rows.index(row)]
-        self.prefix.store(row.ids[:length], cache.row_cache(row))
+        """A leaving row's keys and values, for later prompts that start the same way (a step
+        queued ahead may have fed it one id more than it kept: an EOS)."""
+        ids = row.ids[: cache.lengths[cache.rows.index(row)]]
+        self.prefix.store(ids, cache.row_cache(row, len(ids)))
 
 
 @dataclass
