@@ -164,3 +164,31 @@ def test_perplexity_command(tmp_path, src):
     assert missing.exit_code == 1
     assert missing.output == (f"Error: {tmp_path / 'none.txt'} does not exist; --text takes a "
                               "UTF-8 text file.\n")
+
+
+def tree(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
+
+
+def test_an_output_equal_to_inside_or_containing_the_source_is_refused(tmp_path, src):
+    # The case: quantize m/p m/p/q4, then convert m/p/q4 m/p --force deleted both.
+    base = tmp_path / "m" / "p"
+    shutil.copytree(src, base)
+    assert run("quantize", src, tmp_path / "q4", "--no-report").exit_code == 0
+    shutil.copytree(tmp_path / "q4", base / "q4")
+    before = tree(tmp_path)
+    cases = [
+        (("quantize", base, base / "q8"), "is inside the source directory"),
+        (("quantize", base, base, "--force"), "is the source directory"),
+        (("quantize", base, tmp_path / "m", "--force"), "contains the source directory"),
+        (("quantize", base, tmp_path, "--force"), "contains the source directory"),
+        (("convert", base / "q4", base, "--force"), "contains the source directory"),
+        (("convert", base / "q4", base), "contains the source directory"),
+        (("convert", base, base / "sub" / "out"), "is inside the source directory"),
+        (("convert", base, base / ".." / "p", "--force"), "is the source directory"),
+    ]
+    for args, message in cases:
+        result = run(*args)
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+        assert tree(tmp_path) == before, args
