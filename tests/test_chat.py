@@ -155,7 +155,7 @@ def test_repl_commands_and_exits(loaded):
             raise KeyboardInterrupt from None  # Ctrl-C at the prompt leaves
 
     out, err = io.StringIO(), io.StringIO()
-    repl(session, read=read, out=out, err=err)
+    assert repl(session, read=read, out=out, err=err) == 130  # Ctrl-C at the prompt
     log = err.getvalue()
     assert "/reset" in log and "Unknown command /bogus; /help lists the commands." in log
     assert "[system message set: Be kind.]" in log and "[system message removed]" in log
@@ -177,6 +177,37 @@ def test_chat_cli_over_stdin(instruct_dir):
                           logits_processors=make_logits_processors(1.2))
     answers = [session.send(text).text for text in ("Hello", "How are you?")]
     assert result.stdout == "".join(f"{a}\n" for a in answers)
+
+
+def test_piped_chat_goes_on_after_a_failed_message_and_exits_1(instruct_dir):
+    result = CliRunner().invoke(main, ["chat", "-m", str(instruct_dir), "-n", "2"],
+                                input=b"Hello\nbad \xff byte\nAgain\n")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("Error: The text is not valid UTF-8") == 1
+    assert len(result.stdout.splitlines()) == 2  # both good messages were answered
+    ok = CliRunner().invoke(main, ["chat", "-m", str(instruct_dir), "-n", "2"],
+                            input="Hello\n/exit\n")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_repl_exit_codes():
+    import io
+
+    def reader(*lines, end):
+        feed = iter(lines)
+
+        def read(prompt):
+            line = next(feed, None)
+            if line is None:
+                raise end
+            return line
+        return read
+
+    session = ChatSession.__new__(ChatSession)  # no message is sent
+    quiet = {"out": io.StringIO(), "err": io.StringIO()}
+    assert repl(session, read=reader("/exit", end=EOFError()), **quiet) == 0
+    assert repl(session, read=reader(end=EOFError()), **quiet) == 0  # Ctrl-D
+    assert repl(session, read=reader(end=KeyboardInterrupt()), **quiet) == 130
 
 
 def test_chat_cli_ctrl_c_stops_the_answer_only(instruct_dir, monkeypatch):

@@ -209,10 +209,12 @@ def format_chat_stats(report: dict) -> str:
 
 
 def repl(session: ChatSession, read: Callable[[str], str] = input, out=None, err=None,
-         prompt: str = "> ") -> None:
-    """Read messages and commands until /exit, Ctrl-D or Ctrl-C at the prompt."""
+         prompt: str = "> ") -> int:
+    """Read messages and commands until /exit, Ctrl-D or Ctrl-C at the prompt; returns the
+    exit code: 130 after Ctrl-C at the prompt, else 1 if a message failed, else 0."""
     out = out or sys.stdout
     err = err or sys.stderr
+    failed = False
 
     def show(text: str) -> None:
         out.write(text)
@@ -221,21 +223,22 @@ def repl(session: ChatSession, read: Callable[[str], str] = input, out=None, err
     while True:
         try:
             line = read(prompt)
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, KeyboardInterrupt) as stop:
             if prompt:
                 out.write("\n")
-            return
+            return 130 if isinstance(stop, KeyboardInterrupt) else int(failed)
         text = line.strip()
         if not text:
             continue
         if text.startswith("/"):
             if not run_command(session, text, err):
-                return
+                return int(failed)
             continue
         try:
             result = session.send(text, on_text=show)
         except SlmError as error:
             print(f"Error: {error}", file=err)
+            failed = True  # the chat goes on; a script learns of it from the exit code
             continue
         out.write("\n")
         out.flush()

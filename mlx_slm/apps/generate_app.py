@@ -89,6 +89,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     """Generate for `request`, streaming text to `out` and stats to `err`; returns the exit code."""
     from mlx_slm.apps.drafting import check_combinable, draft_report, open_draft
     from mlx_slm.apps.models import open_model
+    from mlx_slm.apps.signals import interrupt_exit_code, sigterm_as_interrupt
     from mlx_slm.chat_format import TURN_HEADERS, prompt_ids
     from mlx_slm.generation import Generation, stream_text
     from mlx_slm.loader import model_dtype
@@ -132,21 +133,22 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     result = Generation(load_s=loaded.load_s)
     code = 0
     try:
-        stream_text(
-            model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler,
-            logits_processors=processors,
-            stop_strings=request.stop_strings + (TURN_HEADERS if chat and not request.ignore_eos
-                                                 else ()),
-            ignore_eos=request.ignore_eos, on_text=None if as_json else show, result=result,
-            constraint=constraint,
-            token_source=drafting.draft.generate_tokens if drafting else None,
-        )
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():  # SIGTERM ends it as Ctrl-C does, with the stats
+            stream_text(
+                model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler,
+                logits_processors=processors,
+                stop_strings=request.stop_strings + (
+                    TURN_HEADERS if chat and not request.ignore_eos else ()),
+                ignore_eos=request.ignore_eos, on_text=None if as_json else show,
+                result=result, constraint=constraint,
+                token_source=drafting.draft.generate_tokens if drafting else None,
+            )
+    except KeyboardInterrupt as stop:
         result.finish_reason = "interrupted"
         result.text = tokenizer.decode(result.tokens)
         if constraint is not None:
             result.valid = constraint.matches(result.text)
-        code = 130
+        code = interrupt_exit_code(stop)
     report = {
         "model": str(request.model),
         "text": result.text,

@@ -63,6 +63,5 @@ def chat(model, system, max_tokens, sampling, constraint, load, draft):
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
 
-        repl(session)
-    else:
-        repl(session, prompt="")
+        sys.exit(repl(session))
+    sys.exit(repl(session, prompt=""))
