@@ -56,6 +56,9 @@ class LazyGroup(click.Group):
         extra.pop("standalone_mode", None)
         try:
             result = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:
+            click.echo(err.ctx.get_help())  # `mlx-slm` alone asks for the help: not an error
+            sys.exit(0)
         except click.UsageError as err:
             # One line, as every other error: Click's own shows the usage and a blank line too.
             command = err.ctx.command_path if err.ctx else "mlx-slm"
@@ -71,6 +74,12 @@ class LazyGroup(click.Group):
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
 
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            refuse_repeated_options(command, name, rest, ctx)
+        return name, command, rest
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -80,6 +89,24 @@ class LazyGroup(click.Group):
         except BrokenPipeError:
             _silence_stdout()
             ctx.exit(0)
+
+
+def refuse_repeated_options(command: click.Command, name: str, args: list[str],
+                            parent: click.Context) -> None:
+    """A usage error for an option given twice that takes one value (`-p a -p b`), where
+    Click would keep the last one silently; repeatable options (--stop, -m) are fine."""
+    ctx = click.Context(command, info_name=name, parent=parent)
+    try:
+        _, _, order = command.make_parser(ctx).parse_args(list(args))
+    except click.UsageError:
+        return  # the command's own parsing reports it
+    seen = set()
+    for param in order:
+        if isinstance(param, click.Option) and not (param.multiple or param.count):
+            if param.name in seen:
+                names = "/".join(param.opts + param.secondary_opts)
+                raise click.UsageError(f"{names} was given more than once; give it once.", ctx)
+            seen.add(param.name)
 
 
 def _silence_stdout() -> None:

@@ -1,10 +1,11 @@
 """`mlx-slm convert SOURCE OUT_DIR`: a Hub repo or Hub-layout directory -> an MLX model dir."""
 
 import re
+from pathlib import Path
 
 import click
 
-from mlx_slm.commands.options import DTYPE_CHOICE, quantization_options
+from mlx_slm.commands.options import DTYPE_CHOICE, check_report_options, quantization_options
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -25,7 +26,8 @@ class ByteSize(click.ParamType):
         return size
 
 
-QUANT_OPTIONS = ("q_bits", "q_group_size", "q_recipe")
+# Options that only a quantizing conversion (-q) uses.
+QUANT_OPTIONS = ("q_bits", "q_group_size", "q_recipe", "no_report", "report_tokens")
 
 
 @click.command()
@@ -63,6 +65,10 @@ def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q
     if given and not quantize:
         option = "--" + given[0].replace("_", "-")
         raise click.UsageError(f"{option} needs -q/--quantize.")
+    check_report_options(no_report)
+    if revision is not None and Path(source).expanduser().is_dir():
+        raise click.UsageError(f"--revision picks a Hub commit, but {source} is a local "
+                               "directory; drop --revision.")
     result = run_conversion(
         source, out_dir, revision=revision, dtype=dtype, tokenizer=tokenizer, force=force,
         quantize=quantize, q_bits=q_bits, q_group_size=q_group_size,
