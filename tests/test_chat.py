@@ -318,3 +318,16 @@ def test_generate_in_chat_format_stops_at_a_turn_header(instruct_dir, monkeypatc
                                        "--json", *flags])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["text"] == text
+
+
+def test_chat_stats_show_a_small_cache_in_mb_and_no_rate_for_one_token():
+    from mlx_slm.apps.chat import format_chat_stats
+
+    text = format_chat_stats({
+        "context_tokens": 30, "context_limit": 2048, "exchanges": 1, "cache_gb": 0.0004,
+        "last_prompt_tokens": 29, "last_prompt_tps": 100.0, "last_generation_tokens": 1,
+        "last_generation_tps": 0.0, "last_ttft_s": 0.3, "peak_memory_gb": 0.1,
+        "peak_rss_gb": 0.2,
+    })
+    assert "KV cache 0.4 MB" in text and "0.000 GB" not in text
+    assert "prompt 29 tokens, 100.0 tok/s, 1 token, TTFT 0.30 s" in text

@@ -220,3 +220,30 @@ def test_json_carries_the_settings_that_produced_it(model_dir):
     assert report["sampling"] == expected and report["stop_strings"] == ["xyz"]
     assert report["max_tokens"] == 3 and report["ignore_eos"] is False
     assert "rss_gb" not in report and report["peak_rss_gb"] > 0
+
+
+def test_one_generated_token_has_no_rate_and_a_singular(model_dir):
+    report = json.loads(invoke("generate", "-m", str(model_dir), "-p", "Hi", "-n", "1",
+                               "--ignore-eos", "--json").stdout)
+    assert report["generation_tokens"] == 1 and report["generation_tps"] is None
+    stats = invoke("generate", "-m", str(model_dir), "-p", "Hi", "-n", "1",
+                   "--ignore-eos").stderr.strip().splitlines()[-1]
+    assert "generation: 1 token |" in stats and "0.0 tok/s" not in stats
+
+
+def test_a_quantized_model_says_its_bits_and_a_dtype_it_cannot_take(tmp_path):
+    from tests.test_quant import make_model_dir, quantizable_config
+
+    src = make_model_dir(tmp_path / "base", quantizable_config(), seed=7)
+    q4 = tmp_path / "q4"
+    assert invoke("quantize", str(src), str(q4), "--no-report").exit_code == 0
+    result = invoke("generate", "-m", str(q4), "-p", "Hi", "-n", "2")
+    assert result.exit_code == 0, result.output
+    stats = result.stderr.strip().splitlines()[-1]
+    assert stats.endswith("compute)") and ", 4-bit (" in stats
+    asked = invoke("generate", "-m", str(q4), "-p", "Hi", "-n", "2", "--dtype", "float16",
+                   "--json")
+    got = json.loads(asked.stdout)["dtype"]
+    # Where quantized layers compute in another dtype (the CPU backend), a note says so.
+    assert got == "float16" or (
+        f"[note: --dtype float16 asked, but this 4-bit model computes in {got}" in asked.stderr)

@@ -187,16 +187,19 @@ Ctrl-C during an answer stops it; the chat goes on."""
 
 def format_chat_stats(report: dict) -> str:
     """The /stats lines."""
+    from mlx_slm.apps.generate_app import tokens_at
+    from mlx_slm.sizes import human_bytes
+
     lines = [
         f"context: {report['context_tokens']} of {report['context_limit']} tokens, "
-        f"{report['exchanges']} exchange(s), KV cache {report['cache_gb']:.3f} GB",
+        f"{report['exchanges']} exchange(s), KV cache {human_bytes(report['cache_gb'] * 1e9)}",
     ]
     if "last_prompt_tokens" in report:
-        lines.append(
-            f"last answer: prompt {report['last_prompt_tokens']} tokens at "
-            f"{report['last_prompt_tps']:.1f} tok/s, {report['last_generation_tokens']} tokens "
-            f"at {report['last_generation_tps']:.1f} tok/s, TTFT {report['last_ttft_s']:.2f} s"
-        )
+        prompt = tokens_at(report["last_prompt_tokens"], report["last_prompt_tps"] or None)
+        answer = tokens_at(report["last_generation_tokens"],
+                           report["last_generation_tps"] or None)
+        lines.append(f"last answer: prompt {prompt}, {answer}, "
+                     f"TTFT {report['last_ttft_s']:.2f} s")
     if "draft" in report:
         from mlx_slm.apps.drafting import format_draft_stats
 

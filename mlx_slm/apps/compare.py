@@ -68,6 +68,10 @@ def compare_models(prompt: str, names: list[str], *,
     return rows
 
 
+def _rate(tps: float) -> str:
+    return f"{tps:.1f}" if tps else "-"  # 0: nothing timed (one generated token)
+
+
 def format_comparison(rows: list[dict], width: int = 100) -> str:
     """The side-by-side table; the answer column takes the width the others leave."""
     from mlx_slm.apps.table import render_table
@@ -75,8 +79,8 @@ def format_comparison(rows: list[dict], width: int = 100) -> str:
     headers = ["model", "format", "answer", "prompt tok/s", "gen tok/s", "TTFT s", "MLX peak GB",
                "RSS GB"]
     body = [[
-        display_name(r["model"]), r["format"], r["answer"], f"{r['prompt_tps']:.1f}",
-        f"{r['generation_tps']:.1f}", f"{r['ttft_s']:.2f}", f"{r['peak_memory_gb']:.2f}",
+        display_name(r["model"]), r["format"], r["answer"], _rate(r["prompt_tps"]),
+        _rate(r["generation_tps"]), f"{r['ttft_s']:.2f}", f"{r['peak_memory_gb']:.2f}",
         "-" if r["rss_gb"] is None else f"{r['rss_gb']:.2f}",
     ] for r in rows]
     others = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(headers) if i != 2]

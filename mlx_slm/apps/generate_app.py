@@ -106,6 +106,9 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     drafting = open_draft(request.draft, loaded.path, request.load.force)
 
+    dtype_note = dtype_override_note(request.load.dtype, model_dtype(model), config)
+    if dtype_note:
+        print(dtype_note, file=err)
     chat = request.format.uses_chat(config, loaded.source_name)
     note = request.format.note(config, loaded.source_name)
     if note:
@@ -155,8 +158,9 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
         "tokens": result.tokens,
         "prompt_tokens": result.prompt_tokens,
         "generation_tokens": result.generation_tokens,
-        "prompt_tps": result.prompt_tps,
-        "generation_tps": result.generation_tps,
+        # None where there is nothing to time (one token: the clock starts at the first).
+        "prompt_tps": result.prompt_tps or None,
+        "generation_tps": result.generation_tps or None,
         "ttft_s": result.prompt_s,
         "load_s": result.load_s,
         **memory_report(),
@@ -196,11 +200,36 @@ def reference_blas_hint() -> str | None:
     return None
 
 
+def dtype_override_note(asked: str | None, got: str, config: dict) -> str | None:
+    """A note when --dtype was not what the model computes in (a quantized model on a
+    backend whose quantized layers compute in another dtype)."""
+    if asked is None or asked == got:
+        return None
+    q = config.get("quantization")
+    what = f"this {q['bits']}-bit model" if q else "this model"
+    return f"[note: --dtype {asked} asked, but {what} computes in {got} on this backend]"
+
+
+def tokens_at(count: int, tps: float | None) -> str:
+    """'1 token' or '5 tokens, 12.3 tok/s' (no rate where none was measured)."""
+    rate = "" if tps is None else f", {tps:.1f} tok/s"
+    return f"{count} token{'' if count == 1 else 's'}{rate}"
+
+
+def precision_name(report: dict) -> str:
+    """'float16', or for a quantized model '4-bit (float32 compute)', '4-bit mixed ...'."""
+    q = report.get("quantization")
+    if not q:
+        return report["dtype"]
+    mixed = " mixed" if any(isinstance(v, dict) for v in q.values()) else ""
+    return f"{q['bits']}-bit{mixed} ({report['dtype']} compute)"
+
+
 def format_stats(report: dict) -> str:
     """The one stats line printed after a generation."""
     parts = [
-        f"prompt: {report['prompt_tokens']} tokens, {report['prompt_tps']:.1f} tok/s",
-        f"generation: {report['generation_tokens']} tokens, {report['generation_tps']:.1f} tok/s",
+        f"prompt: {tokens_at(report['prompt_tokens'], report['prompt_tps'])}",
+        f"generation: {tokens_at(report['generation_tokens'], report['generation_tps'])}",
         f"TTFT {report['ttft_s']:.2f} s",
         f"load {report['load_s']:.2f} s",
         f"peak MLX {report['peak_memory_gb']:.2f} GB",
@@ -210,7 +239,7 @@ def format_stats(report: dict) -> str:
         parts.append(f"footprint {report['footprint_gb']:.2f} GB")
     cpu = "" if report["backend"] != "cpu" else (
         f", BLAS {report['blas'].split(' ')[0]}, kernels {report['kernels']}")
-    parts.append(f"{report['backend']} backend{cpu}, {report['dtype']}")
+    parts.append(f"{report['backend']} backend{cpu}, {precision_name(report)}")
     if "draft" in report:
         from mlx_slm.apps.drafting import format_draft_stats
 
