@@ -247,3 +247,41 @@ def test_a_quantized_model_says_its_bits_and_a_dtype_it_cannot_take(tmp_path):
     # Where quantized layers compute in another dtype (the CPU backend), a note says so.
     assert got == "float16" or (
         f"[note: --dtype float16 asked, but this 4-bit model computes in {got}" in asked.stderr)
+
+
+def test_a_positional_prompt_and_a_piped_one_equal_p(model_dir):
+    def tokens(*args, input=None):
+        result = invoke("generate", "-m", str(model_dir), "-n", "3", "--json", *args,
+                        input=input)
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        return report["prompt_tokens"], report["tokens"]
+
+    flag = tokens("-p", "Hi there")
+    assert tokens("Hi there") == flag
+    assert tokens(input="Hi there\n") == flag  # echo's newline is not part of the prompt
+    assert tokens("-p", "-", input="Hi there\r\n") == flag
+    both = invoke("generate", "-m", str(model_dir), "Hi", "-p", "Ho")
+    assert both.exit_code == 2 and "Give the prompt once" in both.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_p_dash_on_a_terminal_says_how_to_end_the_prompt(model_dir):
+    import os
+    import subprocess
+
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_slm", "generate", "-m", str(model_dir), "-n", "2", "-p", "-"],
+        stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(follower)
+    try:
+        hint = proc.stderr.readline().decode()
+        assert hint == "[reading the prompt from the terminal; end it with Ctrl-D]\n"
+        os.write(leader, b"Hello\n\x04")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -62,12 +62,12 @@ def checked_prompt(prompt: str | None) -> str:
 def stdin_prompt(explicit: bool) -> str | None:
     """The prompt on stdin, or None when there is none to read.
 
-    `explicit` (-p -): always read. Otherwise a pipe or a file is read (so an empty one is
-    an empty prompt, refused later), while a terminal or a device such as /dev/null (a
-    script's `< /dev/null`) means no prompt. A stand-in stream without a file descriptor
-    (an embedding program's or a test runner's) cannot say which it is: empty means none.
-    Bytes that are not UTF-8 are kept (as surrogates) so that the tokenizer refuses them
-    in one line, as it does for -p.
+    `explicit` (-p -): always read, with a hint on a terminal. Otherwise a pipe or a file
+    is read (so an empty one is an empty prompt, refused later), while a terminal or a
+    device such as /dev/null (a script's `< /dev/null`) means no prompt. A stand-in stream
+    without a file descriptor (an embedding program's or a test runner's) cannot say which
+    it is: empty means none. Bytes that are not UTF-8 are kept (as surrogates) so that the
+    tokenizer refuses them in one line, as it does for -p. Trailing newlines are dropped.
     """
     import os
     import stat
@@ -81,7 +81,11 @@ def stdin_prompt(explicit: bool) -> str | None:
         return None
     if not explicit and mode is None and sys.stdin.isatty():
         return None
+    if explicit and sys.stdin.isatty():
+        print("[reading the prompt from the terminal; end it with Ctrl-D]", file=sys.stderr)
     text = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+    # `echo TEXT |` ends with a newline that -p TEXT lacks (shells' $(...) drops it too).
+    text = text.rstrip("\r\n") if text.strip() else text
     return None if not explicit and mode is None and not text else text
 
 
