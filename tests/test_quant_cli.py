@@ -150,6 +150,11 @@ def test_quality_json_and_errors(tmp_path, src):
     tokens = run("quality", src, retok)
     assert tokens.exit_code == 1 and "different tokenizers" in tokens.output
 
+    swapped = run("quality", q, src)
+    assert swapped.exit_code == 1 and swapped.output == (
+        f"Error: {q} is quantized and {src} is not: the arguments look swapped; give the full "
+        "model first (BASE_DIR QUANT_DIR).\n")
+
 
 def test_perplexity_command(tmp_path, src):
     text = tmp_path / "t.txt"
@@ -160,6 +165,15 @@ def test_perplexity_command(tmp_path, src):
     assert "perplexity: " in result.output and "float16" in result.output
     as_json = json.loads(run("perplexity", src, "--text", text, "--json").output)
     assert as_json["perplexity"] > 1 and as_json["model"]["precision"] == "float16"
+    piped = CliRunner().invoke(main, ["perplexity", str(src), "--text", "-", "--json"],
+                               input=text.read_text())
+    assert piped.exit_code == 0, piped.output
+    assert json.loads(piped.stdout)["perplexity"] == pytest.approx(as_json["perplexity"])
+    assert json.loads(piped.stdout)["text"] == "text from stdin"
+    for data, message in ((b"", "Error: The text on stdin is empty"),
+                          (b"ok \xff", "Error: The text on stdin is not UTF-8 (at byte 3)")):
+        bad = CliRunner().invoke(main, ["perplexity", str(src), "--text", "-"], input=data)
+        assert bad.exit_code == 1 and bad.output.startswith(message), bad.output
     missing = run("perplexity", src, "--text", tmp_path / "none.txt")
     assert missing.exit_code == 1
     assert missing.output == (f"Error: {tmp_path / 'none.txt'} does not exist; --text takes a "

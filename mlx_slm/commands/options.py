@@ -158,8 +158,8 @@ def scoring_options(dtype_help: str):
     def decorator(fn):
         for option in reversed([
             click.option("--text", "text_path", default=None, metavar="FILE",
-                         help="UTF-8 text to score (default: the built-in English sample, "
-                              "~4,300 tokens)."),
+                         help="UTF-8 text to score, - for stdin (default: the built-in "
+                              "English sample, ~4,300 tokens)."),
             click.option("--max-tokens", type=click.IntRange(min=1), default=None,
                          help="Score only the first N tokens of the text."),
             click.option("--dtype", type=DTYPE_CHOICE, default="float32", show_default=True,
