@@ -103,7 +103,8 @@ def convert(source: str | Path, out_dir: str | Path, *, revision: str | None = N
         )
         check_disk_space(out_dir, model)
         write_model_dir(tmp, model, src, result, max_shard_bytes)
-    result.bytes = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
+    # The weight files only, as info and quality count "weights on disk".
+    result.bytes = sum((out_dir / name).stat().st_size for name in result.files)
     result.seconds = time.perf_counter() - start
     return result
 

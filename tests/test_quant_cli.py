@@ -30,7 +30,7 @@ def test_quantize_writes_a_loadable_directory_and_reports_quality(tmp_path, src)
     result = run("quantize", src, out, "--report-tokens", 48)
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"Quantized {src} -> {out}: 4-bit, group size 64")
-    for row in ("perplexity", "size on disk", "weight memory", "bits per weight",
+    for row in ("perplexity", "weights on disk", "weight memory", "bits per weight",
                 "KL(base||quant)", "top-1 agreement"):
         assert row in result.output
     assert "48 tokens" in result.output
@@ -206,3 +206,19 @@ def test_an_output_equal_to_inside_or_containing_the_source_is_refused(tmp_path,
         assert result.exit_code == 1 and message in result.output, (args, result.output)
         assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
         assert tree(tmp_path) == before, args
+
+
+def test_info_of_a_recipe_quantized_directory_is_readable(tmp_path, src):
+    q = tmp_path / "q"
+    assert run("quantize", src, q, "--no-report", "--q-recipe", "early").exit_code == 0
+    text = run("info", q).output
+    import re
+
+    assert "{" not in text and not re.search(r"^ *\w+_\w+:", text, re.M)  # no raw keys
+    assert "   quantization: 4-bit, group size 64; 4 layers at 6-bit\n" in text
+    assert "     parameters: 4,810,112\n" in text
+    weights = sum(p.stat().st_size for p in q.glob("*.safetensors"))
+    assert f"weights on disk: {weights / 1e6:.1f} MB\n" in text
+    # convert and quality say "weights on disk" too, and mean the same bytes.
+    assert f"{weights / 1e6:.1f} MB of weights on disk" in run(
+        "convert", src, tmp_path / "c", "-q", "--q-recipe", "early", "--no-report").output

@@ -144,7 +144,7 @@ def format_quality_report(report: dict) -> str:
         ("", base["precision"], quant["precision"], ""),
         ("perplexity", f"{report['perplexity']:.3f}", f"{report['perplexity_quant']:.3f}",
          f"{change:+.2%}"),
-        ("size on disk", human_bytes(base["size_on_disk_bytes"]),
+        ("weights on disk", human_bytes(base["size_on_disk_bytes"]),
          human_bytes(quant["size_on_disk_bytes"]), ""),
         ("weight memory", human_bytes(base["weight_bytes"]), human_bytes(quant["weight_bytes"]),
          f"{quant['weight_bytes'] / base['weight_bytes']:.3f}x base, "

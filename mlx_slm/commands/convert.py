@@ -86,16 +86,19 @@ def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q
 
 def summary(result) -> str:
     """The lines printed after a conversion."""
+    from mlx_slm.apps.model_info import quantization_summary
+    from mlx_slm.sizes import human_bytes
+
     revision = f" (revision {result.revision[:12]})" if result.revision else ""
     q = result.quantization
-    quantized = f"{q['bits']}-bit, group size {q['group_size']}" if q else "not quantized"
+    quantized = quantization_summary(q) if q else "not quantized"
     kind = "Instruct (chat format on)" if result.instruct else "base model"
     files = len(result.files)
-    size = f"{result.bytes / 1e9:.2f} GB" if result.bytes >= 1e9 else f"{result.bytes / 1e6:.1f} MB"
+    size = human_bytes(result.bytes)
     tok = result.tokenizer
     return "\n".join([
         f"Converted {result.source}{revision} -> {result.out_dir}",
-        f"  {size} ({files} weight file{'s' if files > 1 else ''}), "
+        f"  {size} of weights on disk ({files} file{'s' if files > 1 else ''}), "
         f"{result.dtype}, {quantized}, {kind}",
         f"  tokenizer sha256 {tok.sha256[:8]}...{tok.sha256[-4:]} (Llama-2, from {tok.origin})",
         f"  took {result.seconds:.1f} s",
