@@ -20,6 +20,7 @@ COMMANDS = {
     "convert": "Convert an OpenELM checkpoint (Hub repo or local dir) to an MLX directory.",
     "generate": "Generate text from a prompt, with speed and memory stats.",
     "info": "Show a model directory's size, parameters, precision and layer shapes.",
+    "models": "List, remove and pull the models converted into the cache.",
     "perplexity": "Perplexity of a model on a text file.",
     "quality": "Quality cost of a quantization: perplexity, KL divergence, top-1 agreement.",
     "quantize": "Quantize a converted model directory.",
