@@ -225,7 +225,6 @@ def test_sampling_options_that_change_nothing_get_a_note(model_dir, args, idle):
      "--report-tokens sets the quality report, which --no-report skips"),
     (["quantize", "SRC", "out", "--no-report", "--report-tokens", "9"],
      "--report-tokens sets the quality report, which --no-report skips"),
-    (["convert", "SRC", "out", "--revision", "v1"], "but SRC is a local directory"),
 ])
 def test_convert_and_quantize_options_that_would_be_ignored(tmp_path, model_dir, args, message):
     args = [str(model_dir) if a == "SRC" else str(tmp_path / a) if a == "out" else a

@@ -1,7 +1,6 @@
 """`mlx-slm convert SOURCE OUT_DIR`: a Hub repo or Hub-layout directory -> an MLX model dir."""
 
 import re
-from pathlib import Path
 
 import click
 
@@ -66,9 +65,6 @@ def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q
         option = "--" + given[0].replace("_", "-")
         raise click.UsageError(f"{option} needs -q/--quantize.")
     check_report_options(no_report)
-    if revision is not None and Path(source).expanduser().is_dir():
-        raise click.UsageError(f"--revision picks a Hub commit, but {source} is a local "
-                               "directory; drop --revision.")
     result = run_conversion(
         source, out_dir, revision=revision, dtype=dtype, tokenizer=tokenizer, force=force,
         quantize=quantize, q_bits=q_bits, q_group_size=q_group_size,
