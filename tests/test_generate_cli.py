@@ -286,3 +286,18 @@ def test_p_dash_on_a_terminal_says_how_to_end_the_prompt(model_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_chat_notes_a_dtype_a_quantized_model_cannot_take(tmp_path):
+    from tests.test_quant import make_model_dir, quantizable_config
+
+    src = make_model_dir(tmp_path / "base", quantizable_config(), seed=7)
+    q4 = tmp_path / "q4"
+    assert invoke("quantize", str(src), str(q4), "--no-report").exit_code == 0
+    chat = invoke("chat", "-m", str(q4), "-n", "2", "--dtype", "float16", input="Hi\n")
+    assert chat.exit_code == 0, chat.output
+    model, _ = load(q4, "float16")
+    from mlx_slm.loader import model_dtype
+
+    noted = "[note: --dtype float16 asked, but this 4-bit model computes in" in chat.stderr
+    assert noted == (model_dtype(model) != "float16")

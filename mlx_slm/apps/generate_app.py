@@ -110,7 +110,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     drafting = open_draft(request.draft, loaded.path, request.load.force)
 
-    dtype_note = dtype_override_note(request.load.dtype, model_dtype(model), config)
+    dtype_note = loaded.dtype_note(request.load.dtype)
     if dtype_note:
         print(dtype_note, file=err)
     chat = request.format.uses_chat(config, loaded.source_name)
@@ -202,16 +202,6 @@ def reference_blas_hint() -> str | None:
     if sys.platform.startswith("linux") and on_reference:
         return f"[hint: MLX uses the slow reference BLAS; for 20-100x faster float32: {FIX_HINT}]"
     return None
-
-
-def dtype_override_note(asked: str | None, got: str, config: dict) -> str | None:
-    """A note when --dtype was not what the model computes in (a quantized model on a
-    backend whose quantized layers compute in another dtype)."""
-    if asked is None or asked == got:
-        return None
-    q = config.get("quantization")
-    what = f"this {q['bits']}-bit model" if q else "this model"
-    return f"[note: --dtype {asked} asked, but {what} computes in {got} on this backend]"
 
 
 def tokens_at(count: int, tps: float | None) -> str:

@@ -32,6 +32,18 @@ class LoadedModel:
 
         return repo_name(self.name, self.path)
 
+    def dtype_note(self, asked: str | None) -> str | None:
+        """A note when --dtype is not what the model computes in (a quantized model on a
+        backend whose quantized layers compute in another dtype)."""
+        from mlx_slm.loader import model_dtype
+
+        got = model_dtype(self.model)
+        if asked is None or asked == got:
+            return None
+        q = self.config.get("quantization")
+        what = f"this {q['bits']}-bit model" if q else "this model"
+        return f"[note: --dtype {asked} asked, but {what} computes in {got} on this backend]"
+
 
 def resolve_model_dir(name: str) -> Path:
     """A model directory for `name`: the directory itself, or a Hub id's cached conversion."""

@@ -53,9 +53,9 @@ def chat(model, system, max_tokens, sampling, constraint, load, draft):
         sampler=sampling.sampler(), logits_processors=sampling.logits_processors(),
         notify=note, constraint=constraint, draft=drafting.draft if drafting else None,
     )
-    hint = reference_blas_hint()
-    if hint:
-        note(hint)
+    for line in (reference_blas_hint(), loaded.dtype_note(load.dtype)):
+        if line:
+            note(line)
     if not is_instruct(loaded.config, loaded.source_name):
         note(f"[{model} is a base model, not tuned for chat: expect rambling; an -Instruct "
              "model suits chat]")
