@@ -53,7 +53,7 @@ class LazyGroup(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):
         """Click's main, except that Ctrl-C anywhere exits 130 (Click's own handling says
-        "Aborted!" and exits 1)."""
+        "Aborted!" and exits 1), and a SIGTERM turned into an interrupt exits 143."""
         extra.pop("standalone_mode", None)
         try:
             result = super().main(args, prog_name, standalone_mode=False, **extra)
@@ -68,9 +68,11 @@ class LazyGroup(click.Group):
         except click.ClickException as err:
             err.show()
             sys.exit(err.exit_code)
-        except (click.Abort, KeyboardInterrupt):
+        except (click.Abort, KeyboardInterrupt) as stop:
+            from mlx_slm.apps.signals import Terminated
+
             click.echo("\nInterrupted.", err=True)
-            sys.exit(130)
+            sys.exit(143 if isinstance(stop, Terminated) else 130)
         except EOFError:
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)

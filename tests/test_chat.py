@@ -331,3 +331,40 @@ def test_chat_stats_show_a_small_cache_in_mb_and_no_rate_for_one_token():
     })
     assert "KV cache 0.4 MB" in text and "0.000 GB" not in text
     assert "prompt 29 tokens, 100.0 tok/s, 1 token, TTFT 0.30 s" in text
+
+
+def test_sigterm_ends_the_answer_then_the_chat_with_143(instruct_dir):
+    import signal
+    import subprocess
+    import sys
+
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "mlx_slm", "chat", "-m", str(instruct_dir), "-n", "1500"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        chat.stdin.write(b"Tell me a long story.\nAnd another one.\n")
+        chat.stdin.flush()  # stdin stays open: only SIGTERM ends the chat
+        chat.stdout.read(1)  # the answer has begun streaming
+        chat.send_signal(signal.SIGTERM)
+        out, err = chat.communicate(timeout=60)
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+            chat.wait()
+    err = err.decode()
+    assert chat.returncode == 143 and "Traceback" not in err
+    assert err.strip().endswith("[interrupted]")  # the second message was never answered
+    assert out.endswith(b"\n")
+
+
+def test_repl_exits_143_after_sigterm_at_the_prompt():
+    import io
+
+    from mlx_slm.apps.signals import Terminated
+
+    def read(prompt):
+        raise Terminated()
+
+    session = ChatSession.__new__(ChatSession)
+    quiet = {"out": io.StringIO(), "err": io.StringIO()}
+    assert repl(session, read=read, terminated=lambda: True, **quiet) == 143

@@ -212,9 +212,11 @@ def format_chat_stats(report: dict) -> str:
 
 
 def repl(session: ChatSession, read: Callable[[str], str] = input, out=None, err=None,
-         prompt: str = "> ") -> int:
+         prompt: str = "> ", terminated: Callable[[], bool] = lambda: False) -> int:
     """Read messages and commands until /exit, Ctrl-D or Ctrl-C at the prompt; returns the
-    exit code: 130 after Ctrl-C at the prompt, else 1 if a message failed, else 0."""
+    exit code: 130 after Ctrl-C at the prompt, 143 after SIGTERM (`terminated()` says whether
+    it came; it ends an answer as Ctrl-C does, then the chat), else 1 if a message failed,
+    else 0."""
     out = out or sys.stdout
     err = err or sys.stderr
     failed = False
@@ -229,6 +231,8 @@ def repl(session: ChatSession, read: Callable[[str], str] = input, out=None, err
         except (EOFError, KeyboardInterrupt) as stop:
             if prompt:
                 out.write("\n")
+            if terminated():
+                return 143
             return 130 if isinstance(stop, KeyboardInterrupt) else int(failed)
         text = line.strip()
         if not text:
@@ -247,6 +251,8 @@ def repl(session: ChatSession, read: Callable[[str], str] = input, out=None, err
         out.flush()
         if result.finish_reason == "interrupted":
             print("[interrupted]", file=err)
+            if terminated():
+                return 143
 
 
 def run_command(session: ChatSession, text: str, err) -> bool:

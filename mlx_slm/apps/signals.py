@@ -10,19 +10,27 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived; caught wherever Ctrl-C is, and told apart for the exit code (143)."""
 
 
+class SigtermWatch:
+    """Whether SIGTERM arrived, for code that catches Terminated as a KeyboardInterrupt."""
+
+    received = False
+
+
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[SigtermWatch]:
     """Within the block SIGTERM raises Terminated (main thread only; elsewhere a no-op)."""
+    watch = SigtermWatch()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield watch
         return
 
     def handler(signum, frame):
+        watch.received = True
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield watch
     finally:
         signal.signal(signal.SIGTERM, previous)
 

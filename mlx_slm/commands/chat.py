@@ -32,6 +32,7 @@ def chat(model, system, max_tokens, sampling, constraint, load, draft):
     from mlx_slm.apps.drafting import check_combinable, open_draft
     from mlx_slm.apps.generate_app import reference_blas_hint
     from mlx_slm.apps.models import open_model
+    from mlx_slm.apps.signals import sigterm_as_interrupt
     from mlx_slm.chat_format import is_instruct
     from mlx_slm.tokenizer import require_utf8
 
@@ -62,6 +63,8 @@ def chat(model, system, max_tokens, sampling, constraint, load, draft):
     note(f"[chatting with {model}; /help lists the commands, Ctrl-D leaves]")
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
-
-        sys.exit(repl(session))
-    sys.exit(repl(session, prompt=""))
+    # SIGTERM ends an answer as Ctrl-C does, then the chat (exit 143).
+    with sigterm_as_interrupt() as sigterm:
+        code = repl(session, prompt="> " if sys.stdin.isatty() else "",
+                    terminated=lambda: sigterm.received)
+    sys.exit(code)
