@@ -206,6 +206,7 @@ def test_num_draft_tokens_without_a_draft_model_is_a_usage_error(command):
 @pytest.mark.parametrize("args, idle", [
     (["--top-p", "0.5", "--seed", "3"], "--top-p, --seed change nothing at --temp 0"),
     (["--top-k", "5", "--min-p", "0.1"], "--top-k, --min-p change nothing at --temp 0"),
+    (["--top-p", "0"], "--top-p changes nothing at --temp 0"),
     (["--repetition-penalty", "1", "--repetition-context", "8"],
      "--repetition-context changes nothing with --repetition-penalty 1"),
 ])

@@ -59,7 +59,8 @@ def _sampling(**values):
         idle = [f"--{name.replace('_', '-')}" for name in ("top_p", "top_k", "min_p", "seed")
                 if _given(name)]
         if idle:
-            click.echo(f"[note: {', '.join(idle)} change nothing at --temp 0 (greedy); give "
+            verb = "changes" if len(idle) == 1 else "change"
+            click.echo(f"[note: {', '.join(idle)} {verb} nothing at --temp 0 (greedy); give "
                        "--temp above 0 to sample]", err=True)
     if values["repetition_penalty"] == 1 and _given("repetition_context"):
         click.echo("[note: --repetition-context changes nothing with --repetition-penalty 1 "
@@ -130,7 +131,6 @@ def _draft(draft_model, num_draft_tokens):
     if num_draft_tokens is not None and draft_model is None:
         raise click.UsageError("--num-draft-tokens needs --draft-model (it sets how many "
                                "tokens the draft model proposes per round).")
-
     return DraftOptions(draft_model, num_draft_tokens)
 
 
