@@ -31,7 +31,7 @@ def models(ctx, as_json):
     click.echo(format_models(found, time.time()))
 
 
-@models.command()
+@models.command(short_help="Remove cached models (asks first; -y does not).")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @click.option("-y", "--yes", is_flag=True, help="Remove without asking.")
 def rm(names, yes):
@@ -59,7 +59,7 @@ def rm(names, yes):
         click.echo(f"Removed {m.repo_id} ({m.path})")
 
 
-@models.command()
+@models.command(short_help="Convert a Hub repo into the cache now.")
 @click.argument("repo")
 @click.option("--revision", default=None, help="Branch, tag or commit (default: main).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the model's directory.")
