@@ -5,6 +5,7 @@ load, and time the load.
 """
 
 import gc
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ def load_each(names: list[str], options: LoadOptions = LoadOptions()) -> Iterato
     """Load each model in turn, yield it, and free it before the next one loads.
 
     Every name is resolved and checked first, so a typo in the last one fails at once.
+    A --dtype that a model does not compute in gets a note on stderr.
     MLX's peak-memory counter is reset before each load, so each peak is that model's own.
     """
     import mlx.core as mx
@@ -109,6 +111,9 @@ def load_each(names: list[str], options: LoadOptions = LoadOptions()) -> Iterato
         mx.clear_cache()
         reset_mlx_peak()
         loaded = _load(name, path, config, options)
+        note = loaded.dtype_note(options.dtype)
+        if note:  # compare and quiz: said once per model, on stderr
+            print(note, file=sys.stderr)
         yield loaded
         loaded.model = None
     gc.collect()
