@@ -18,7 +18,12 @@ from mlx_slm.errors import SlmError
 from mlx_slm.sizes import default_dtype
 from mlx_slm.store.files import write_json
 from mlx_slm.store.manifest import write_manifest
-from mlx_slm.store.staging import check_destination, check_disk_space, staged_directory
+from mlx_slm.store.staging import (
+    check_apart,
+    check_destination,
+    check_disk_space,
+    staged_directory,
+)
 from mlx_slm.tokenizer import TOKENIZER_FILE
 from mlx_slm.weights import CONFIG_FILE, DEFAULT_SHARD_BYTES
 
@@ -82,10 +87,10 @@ def convert(source: str | Path, out_dir: str | Path, *, revision: str | None = N
     source = str(source)
     start = time.perf_counter()
     out_dir = Path(out_dir).expanduser().absolute()
-    check_destination(out_dir, force)
     src_path = Path(source).expanduser()
-    if src_path.is_dir() and src_path.resolve() == out_dir.resolve():
-        raise SlmError(f"{out_dir} is the source directory; choose another output directory.")
+    if src_path.is_dir():
+        check_apart(src_path, out_dir)
+    check_destination(out_dir, force)
     # The whole conversion holds the destination's lock, so that a second one stops at once.
     with staged_directory(out_dir, force) as tmp:
         src = open_source(source, revision, tokenizer, log)
@@ -99,7 +104,8 @@ def convert(source: str | Path, out_dir: str | Path, *, revision: str | None = N
         )
         check_disk_space(out_dir, model)
         write_model_dir(tmp, model, src, result, max_shard_bytes)
-    result.bytes = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
+    # The weight files only, as info and quality count "weights on disk".
+    result.bytes = sum((out_dir / name).stat().st_size for name in result.files)
     result.seconds = time.perf_counter() - start
     return result
 

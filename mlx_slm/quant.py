@@ -86,6 +86,14 @@ def check_paths(model: nn.Module, quantization: dict) -> None:
                            "this model; re-quantize from the unquantized model.")
 
 
+class GroupSizeError(SlmError):
+    """A group size that does not divide a layer; `fits` is the largest that divides all."""
+
+    def __init__(self, message: str, fits: int | None):
+        super().__init__(message)
+        self.fits = fits
+
+
 def check_widths(model: nn.Module, quantization: dict) -> None:
     """Refuse, naming the layer, a group size that does not divide a quantized layer's width."""
     widths = {path: module.weight.shape[-1] for path, module in quantizable_layers(model).items()}
@@ -94,8 +102,9 @@ def check_widths(model: nn.Module, quantization: dict) -> None:
         if settings and width % settings["group_size"]:
             fits = [g for g in SUPPORTED_GROUP_SIZES if all(w % g == 0 for w in widths.values())]
             hint = f"choose --q-group-size {fits[-1]}" if fits else "no supported group size fits"
-            raise SlmError(f"Group size {settings['group_size']} does not divide the width "
-                           f"{width} of layer {path}; {hint}.")
+            raise GroupSizeError(f"Group size {settings['group_size']} does not divide the "
+                                 f"width {width} of layer {path}; {hint}.",
+                                 fits[-1] if fits else None)
 
 
 def apply(model: nn.Module, quantization: dict) -> None:

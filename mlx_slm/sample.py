@@ -92,8 +92,10 @@ def apply_top_k(logits: mx.array, k: int) -> mx.array:
 def apply_top_p(logits: mx.array, p: float) -> mx.array:
     order = mx.argsort(-logits, axis=-1)
     sorted_probs = mx.take_along_axis(mx.softmax(logits, axis=-1), order, axis=-1)
-    # Keep a token while the mass of the tokens ranked above it is still below p.
+    # Keep a token while the mass of the tokens ranked above it is still below p; the top
+    # token always stays, so p=0 is greedy rather than an empty (uniform) set.
     keep_sorted = (mx.cumsum(sorted_probs, axis=-1) - sorted_probs) < p
+    keep_sorted = keep_sorted | (mx.arange(logits.shape[-1]) == 0)
     keep = mx.put_along_axis(mx.zeros(logits.shape, mx.bool_), order, keep_sorted, axis=-1)
     return mx.where(keep, logits, -mx.inf)
 

@@ -75,7 +75,7 @@ def test_spread_is_median_sample_stdev_min_max():
     s = spread([3.0, 1.0, 2.0, 10.0])
     assert (s.median, s.min, s.max) == (2.5, 1.0, 10.0)
     assert s.stdev == pytest.approx(math.sqrt(50 / 3))
-    assert spread([4.0]).stdev == 0.0
+    assert spread([4.0]).stdev is None  # one run has no spread (not ±0.0)
 
 
 def test_warmup_runs_are_not_timed():
@@ -217,6 +217,10 @@ def test_a_precision_that_cannot_be_built_is_skipped():
     # The builder's own message follows (MLX's, or quant's once it validates widths).
     reason = groups[0].cells[0].skip_reason
     assert reason.startswith("cannot be built at 4bit: ") and "64" in reason
+    # bench has no --q-group-size: the advice is what works (issue 23, case 11).
+    assert "choose --q-group-size" not in reason
+    assert reason.endswith("(bench quantizes with group size 64); quantize it with mlx-slm "
+                           "quantize --q-group-size 32 and bench that directory with -m")
 
 
 QUANTIZABLE = dict(model_dim=128, head_dim=32, ffn_dim_divisor=64, vocab_size=1000)
@@ -356,3 +360,37 @@ def test_mixed_recipes_are_found_and_passed_to_quantize(monkeypatch):
     _, written = model_at(config, random_weights(config), prec, "tiny")
     assert calls == [{"bits": 4, "group_size": 64, "recipe": "late"}]
     assert written["quantization"] == {"bits": 4}
+
+
+def cell(model, precision, status="ok", **fields):
+    values = dict(gen_tps=10.0, gen_tps_stdev=None, prompt_tps=100.0, prompt_tps_stdev=None,
+                  peak_memory_bytes=10**8, load_s=0.1, ttft_s=0.01, gen_tokens=4)
+    return report.new_row(model=model, precision=precision, status=status, prompt_tokens=8,
+                          backend="cpu", blas="openblas x", kernels="on", mlx_version="0",
+                          cpu="cpu", cores=2, ram_bytes=0, date="2026-01-01T00:00",
+                          bandwidth_gbs=None, **{**(values if status == "ok" else {}), **fields})
+
+
+def test_one_run_shows_no_spread():
+    table = report.to_markdown([cell("270M", "float32"),
+                                cell("270M", "bfloat16", gen_tps_stdev=1.5)])
+    assert "±0.0" not in table and "10.0 ±1.5" in table
+    assert "| 10.0      |" in table
+
+
+def test_the_plot_labels_the_cells_that_did_not_run(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from mlx_slm.bench.plot import plot
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (figures.append(fig), close(fig)))
+    rows = [cell("270M", "float32"), cell("270M", "4bit", "skipped", reason="no room"),
+            cell("1.1B", "float32", "failed", reason="boom"), cell("1.1B", "4bit")]
+    plot(rows, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 0
+    for axis in figures[0].axes:
+        labels = sorted(t.get_text() for t in axis.texts)
+        assert labels == ["4bit skipped", "float32 failed"]

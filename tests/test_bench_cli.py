@@ -168,3 +168,24 @@ def test_ctrl_c_keeps_the_cells_completed(tmp_path, tiny_json, monkeypatch):
     assert "| tiny  | float32" in result.stdout
     rows = json.loads(out.read_text())["rows"]
     assert [(r["precision"], r["status"]) for r in rows] == [("float32", "ok")]
+
+
+@pytest.mark.parametrize("args, sizes, lengths", [
+    ([], ("270M",), (128,)),  # plain `mlx-slm bench`: the quick sweep
+    (["-p", "64"], ("270M",), (64,)),
+    (["-s", "all"], ("all",), (128, 1024)),  # the full one, by name
+])
+def test_plain_bench_is_the_quick_sweep(monkeypatch, args, sizes, lengths):
+    import mlx_slm.bench.sweep as sweep
+
+    seen = []
+
+    def fake_iter_bench(request, **kwargs):
+        seen.append(request)
+        return iter(())
+
+    monkeypatch.setattr(sweep, "iter_bench", fake_iter_bench)
+    result = run(args)
+    assert result.exit_code == 1 and "No cell was measured" in result.stderr
+    assert seen[0].synthetic == sizes and tuple(seen[0].prompt_lengths) == lengths
+    assert ("[the quick sweep" in result.stderr) == (sizes == ("270M",))

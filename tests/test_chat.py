@@ -156,7 +156,7 @@ def test_repl_commands_and_exits(loaded):
             raise KeyboardInterrupt from None  # Ctrl-C at the prompt leaves
 
     out, err = io.StringIO(), io.StringIO()
-    repl(session, read=read, out=out, err=err)
+    assert repl(session, read=read, out=out, err=err) == 130  # Ctrl-C at the prompt
     log = err.getvalue()
     assert "/reset" in log and "Unknown command /bogus; /help lists the commands." in log
     assert "[system message set: Be kind.]" in log and "[system message removed]" in log
@@ -178,6 +178,37 @@ def test_chat_cli_over_stdin(instruct_dir):
                           sampling=SamplingOptions())
     answers = [session.send(text).text for text in ("Hello", "How are you?")]
     assert result.stdout == "".join(f"{a}\n" for a in answers)
+
+
+def test_piped_chat_goes_on_after_a_failed_message_and_exits_1(instruct_dir):
+    result = CliRunner().invoke(main, ["chat", "-m", str(instruct_dir), "-n", "2"],
+                                input=b"Hello\nbad \xff byte\nAgain\n")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("Error: The text is not valid UTF-8") == 1
+    assert len(result.stdout.splitlines()) == 2  # both good messages were answered
+    ok = CliRunner().invoke(main, ["chat", "-m", str(instruct_dir), "-n", "2"],
+                            input="Hello\n/exit\n")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_repl_exit_codes():
+    import io
+
+    def reader(*lines, end):
+        feed = iter(lines)
+
+        def read(prompt):
+            line = next(feed, None)
+            if line is None:
+                raise end
+            return line
+        return read
+
+    session = ChatSession.__new__(ChatSession)  # no message is sent
+    quiet = {"out": io.StringIO(), "err": io.StringIO()}
+    assert repl(session, read=reader("/exit", end=EOFError()), **quiet) == 0
+    assert repl(session, read=reader(end=EOFError()), **quiet) == 0  # Ctrl-D
+    assert repl(session, read=reader(end=KeyboardInterrupt()), **quiet) == 130
 
 
 def test_chat_cli_ctrl_c_stops_the_answer_only(instruct_dir, monkeypatch):
@@ -288,3 +319,53 @@ def test_generate_in_chat_format_stops_at_a_turn_header(instruct_dir, monkeypatc
                                        "--json", *flags])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["text"] == text
+
+
+def test_chat_stats_show_a_small_cache_in_mb_and_no_rate_for_one_token():
+    from mlx_slm.apps.chat import format_chat_stats
+
+    text = format_chat_stats({
+        "context_tokens": 30, "context_limit": 2048, "exchanges": 1, "cache_gb": 0.0004,
+        "last_prompt_tokens": 29, "last_prompt_tps": 100.0, "last_generation_tokens": 1,
+        "last_generation_tps": 0.0, "last_ttft_s": 0.3, "peak_memory_gb": 0.1,
+        "peak_rss_gb": 0.2,
+    })
+    assert "KV cache 0.4 MB" in text and "0.000 GB" not in text
+    assert "prompt 29 tokens, 100.0 tok/s, 1 token, TTFT 0.30 s" in text
+
+
+def test_sigterm_ends_the_answer_then_the_chat_with_143(instruct_dir):
+    import signal
+    import subprocess
+    import sys
+
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "mlx_slm", "chat", "-m", str(instruct_dir), "-n", "1500"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        chat.stdin.write(b"Tell me a long story.\nAnd another one.\n")
+        chat.stdin.flush()  # stdin stays open: only SIGTERM ends the chat
+        chat.stdout.read(1)  # the answer has begun streaming
+        chat.send_signal(signal.SIGTERM)
+        out, err = chat.communicate(timeout=60)
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+            chat.wait()
+    err = err.decode()
+    assert chat.returncode == 143 and "Traceback" not in err
+    assert err.strip().endswith("[interrupted]")  # the second message was never answered
+    assert out.endswith(b"\n")
+
+
+def test_repl_exits_143_after_sigterm_at_the_prompt():
+    import io
+
+    from mlx_slm.apps.signals import Terminated
+
+    def read(prompt):
+        raise Terminated()
+
+    session = ChatSession.__new__(ChatSession)
+    quiet = {"out": io.StringIO(), "err": io.StringIO()}
+    assert repl(session, read=read, terminated=lambda: True, **quiet) == 143

@@ -59,7 +59,7 @@ def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(tmp_path):
 
     model = make_model_dir(tmp_path / "m-Instruct", instruct=True)
     result = invoke("chat", "-m", str(model), "-n", "2", input=b"caf\xe9\nHello\n")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the chat went on; the exit code tells
     assert "Error: The text is not valid UTF-8" in result.stderr
     assert result.stdout.count("\n") == 1  # "Hello" was answered
     line = one_line_error(invoke("chat", "-m", str(model), "--system", NOT_UTF8))
@@ -169,3 +169,67 @@ def test_questions_that_are_not_utf8_say_so(tmp_path, model_dir):
     questions.write_bytes(b'{"question": "caf\xe9?"}\n')
     line = one_line_error(invoke("quiz", "-m", str(model_dir), "--questions", str(questions)))
     assert line == f"Error: {questions} is not UTF-8 text; --questions takes a UTF-8 JSONL file."
+
+
+def test_mlx_slm_alone_prints_the_help_and_exits_0():
+    result = invoke()
+    assert result.exit_code == 0 and "Error" not in result.output
+    assert result.stdout.startswith("Usage: ") and "Commands:" in result.stdout
+
+
+@pytest.mark.parametrize("args, option", [
+    (["generate", "-p", "a", "-p", "b"], "--prompt/-p"),
+    (["generate", "--prompt=a", "-pb"], "--prompt/-p"),
+    (["generate", "-n", "3", "--max-tokens", "4"], "--max-tokens/-n"),
+    (["generate", "--chat", "--no-chat"], "--chat/--no-chat"),
+    (["chat", "--temp", "0.5", "--temp", "1"], "--temp"),
+    (["convert", "a", "b", "--dtype", "float16", "--dtype", "float32"], "--dtype"),
+    (["bench", "-n", "8", "-n", "9"], "--gen-tokens/-n"),
+])
+def test_an_option_given_twice_is_a_usage_error_not_last_one_wins(args, option):
+    line = one_line_error(invoke(*args), code=2)
+    assert f"{option} was given more than once; give it once." in line
+
+
+def test_repeatable_options_may_repeat(model_dir):
+    result = invoke("generate", "-m", str(model_dir), "-n", "2", "--stop", "x", "--stop", "y",
+                    "-p", "Hi")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "bench"])
+def test_num_draft_tokens_without_a_draft_model_is_a_usage_error(command):
+    line = one_line_error(invoke(command, "--num-draft-tokens", "4"), code=2)
+    assert "--num-draft-tokens needs --draft-model" in line
+
+
+@pytest.mark.parametrize("args, idle", [
+    (["--top-p", "0.5", "--seed", "3"], "--top-p, --seed change nothing at --temp 0"),
+    (["--top-k", "5", "--min-p", "0.1"], "--top-k, --min-p change nothing at --temp 0"),
+    (["--top-p", "0"], "--top-p changes nothing at --temp 0"),
+    (["--repetition-penalty", "1", "--repetition-context", "8"],
+     "--repetition-context changes nothing with --repetition-penalty 1"),
+])
+def test_sampling_options_that_change_nothing_get_a_note(model_dir, args, idle):
+    result = invoke("generate", "-m", str(model_dir), "-n", "2", "-p", "Hi", *args)
+    assert result.exit_code == 0, result.output
+    assert f"[note: {idle}" in result.stderr
+    sampled = invoke("generate", "-m", str(model_dir), "-n", "2", "-p", "Hi", "--temp", "0.7",
+                     "--top-p", "0.5", "--seed", "3")
+    assert sampled.exit_code == 0 and "[note" not in sampled.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["convert", "SRC", "out", "--report-tokens", "9"], "--report-tokens needs -q/--quantize"),
+    (["convert", "SRC", "out", "--no-report"], "--no-report needs -q/--quantize"),
+    (["convert", "SRC", "out", "-q", "--no-report", "--report-tokens", "9"],
+     "--report-tokens sets the quality report, which --no-report skips"),
+    (["quantize", "SRC", "out", "--no-report", "--report-tokens", "9"],
+     "--report-tokens sets the quality report, which --no-report skips"),
+])
+def test_convert_and_quantize_options_that_would_be_ignored(tmp_path, model_dir, args, message):
+    args = [str(model_dir) if a == "SRC" else str(tmp_path / a) if a == "out" else a
+            for a in args]
+    line = one_line_error(invoke(*args), code=2)
+    assert message.replace("SRC", str(model_dir)) in line
+    assert not (tmp_path / "out").exists()

@@ -103,3 +103,31 @@ def test_converted_models_get_their_format_from_the_converter(hub_checkpoint, to
         outs.append(out)
     rows = json.loads(run("compare", "-m", outs[0], "-m", outs[1], "-n", 2, "--json").stdout)
     assert [r["format"] for r in rows["results"]] == ["chat", "completion"]
+
+
+def test_one_generated_token_has_no_rate_in_compare_and_quiz(models):
+    instruct, _ = models
+    compared = run("compare", "-m", instruct, "-n", 1, "--json")
+    assert compared.exit_code == 0, compared.output
+    assert json.loads(compared.stdout)["results"][0]["generation_tps"] is None
+    table = run("compare", "-m", instruct, "-n", 1).stdout
+    row = next(line for line in table.splitlines() if line.startswith("tiny-Instruct"))
+    header = next(line for line in table.splitlines() if line.startswith("model"))
+    gen = header.index("gen tok/s") + len("gen tok/s")
+    assert row[:gen].rstrip().endswith(" -")  # the gen tok/s cell (right-aligned)
+    quizzed = run("quiz", "-m", instruct, "--limit", 2, "-n", 1, "--json")
+    assert quizzed.exit_code == 0, quizzed.output
+    assert json.loads(quizzed.stdout)["results"][0]["generation_tps"] is None
+
+
+def test_compare_notes_a_dtype_a_quantized_model_cannot_take(tmp_path):
+    from mlx_slm.loader import load, model_dtype
+    from tests.test_quant import make_model_dir, quantizable_config
+
+    src = make_model_dir(tmp_path / "base", quantizable_config(), seed=7)
+    q4 = tmp_path / "q4"
+    assert run("quantize", src, q4, "--no-report").exit_code == 0
+    result = run("compare", "Hi", "-m", q4, "-n", 2, "--dtype", "float16")
+    assert result.exit_code == 0, result.output
+    noted = "[note: --dtype float16 asked, but this 4-bit model computes in" in result.stderr
+    assert noted == (model_dtype(load(q4, "float16")[0]) != "float16")

@@ -109,8 +109,11 @@ def test_bad_source(tmp_path, hub_checkpoint, damage, message):
          "{src}/config.json is a file; SOURCE must be a model directory or a Hub repo id."),
         (["{src}", "{src}", "--force"],
          "{src} is the source directory; choose another output directory."),
-        (["{src}", "{src}/config.json"],
-         "{src}/config.json exists and is not a directory; choose another output path."),
+        (["{src}", "{src}/config.json"],  # an output inside the source, whatever it is
+         "{src}/config.json is inside the source directory {src}; choose an output directory "
+         "outside it."),
+        (["{src}", "{tmp}/file"],
+         "{tmp}/file exists and is not a directory; choose another output path."),
         (["{src}", "{tmp}/out", "--revision", "main"],
          "--revision applies to Hub repos only; SOURCE is a local directory."),
         (["{src}", "{tmp}/out", "--tokenizer", "{tmp}/missing.model"],
@@ -127,6 +130,7 @@ def test_bad_source(tmp_path, hub_checkpoint, damage, message):
 def test_bad_arguments(tmp_path, hub_checkpoint, args, message):
     src = tmp_path / "src"
     shutil.copytree(hub_checkpoint, src)
+    (tmp_path / "file").write_text("not a directory")
     before = sorted(p.name for p in tmp_path.iterdir())
     fill = {"tmp": tmp_path, "src": src}
     argv = ["convert", *(a.format(**fill) for a in args)]

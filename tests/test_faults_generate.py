@@ -46,22 +46,24 @@ def test_estimate_counts_weights_and_cache(model_dir):
     assert weights + cache < estimate <= (weights + cache) * 1.1 + 1
 
 
-def test_ctrl_c_prints_text_so_far_and_stats_and_exits_130(model_dir):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_print_text_so_far_and_stats(model_dir, sig, code):
+    # SIGTERM ends a generation as Ctrl-C does (text, newline, stats), exit 143.
     proc = subprocess.Popen(generate_cmd(model_dir, "-n", "5000", "--ignore-eos"),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     first = proc.stdout.read(1)  # generation has started
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == code
     err = err.decode()
     assert "Traceback" not in err
     stats = err.strip().splitlines()[-1]
     assert stats.startswith("[interrupted] prompt:") and "generation:" in stats
     generated = int(stats.split("generation: ")[1].split(" tokens")[0])
     assert 0 < generated < 2040
-    assert len(first + out) > 0
+    assert len(first + out) > 1 and (first + out).endswith(b"\n")
 
 
 def test_closed_stdout_ends_quietly(model_dir):

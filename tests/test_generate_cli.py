@@ -52,7 +52,8 @@ def test_text_streams_to_stdout_and_stats_to_stderr(model_dir):
                                   chooser=TokenChooser(SamplingOptions(), ids)))
     assert result.stdout == tokenizer.decode(tokens) + "\n"
     stats = result.stderr.strip().splitlines()[-1]
-    for part in ("prompt: 2 tokens", "generation: 5 tokens", "tok/s", "TTFT", "load",
+    for part in ("prompt: 2 tokens", "generation: 5 tokens", "tok/s",
+                 "TTFT", "(cold: includes compiling)", "load",
                  "peak MLX", "peak RSS", f"{active_backend()} backend", "float32"):
         assert part in stats
 
@@ -218,3 +219,83 @@ def test_json_carries_the_settings_that_produced_it(model_dir):
     assert report["sampling"] == expected and report["stop_strings"] == ["xyz"]
     assert report["max_tokens"] == 3 and report["ignore_eos"] is False
     assert "rss_gb" not in report and report["peak_rss_gb"] > 0
+
+
+def test_one_generated_token_has_no_rate_and_a_singular(model_dir):
+    report = json.loads(invoke("generate", "-m", str(model_dir), "-p", "Hi", "-n", "1",
+                               "--ignore-eos", "--json").stdout)
+    assert report["generation_tokens"] == 1 and report["generation_tps"] is None
+    stats = invoke("generate", "-m", str(model_dir), "-p", "Hi", "-n", "1",
+                   "--ignore-eos").stderr.strip().splitlines()[-1]
+    assert "generation: 1 token |" in stats and "0.0 tok/s" not in stats
+
+
+def test_a_quantized_model_says_its_bits_and_a_dtype_it_cannot_take(tmp_path):
+    from tests.test_quant import make_model_dir, quantizable_config
+
+    src = make_model_dir(tmp_path / "base", quantizable_config(), seed=7)
+    q4 = tmp_path / "q4"
+    assert invoke("quantize", str(src), str(q4), "--no-report").exit_code == 0
+    result = invoke("generate", "-m", str(q4), "-p", "Hi", "-n", "2")
+    assert result.exit_code == 0, result.output
+    stats = result.stderr.strip().splitlines()[-1]
+    assert stats.endswith("compute)") and ", 4-bit (" in stats
+    asked = invoke("generate", "-m", str(q4), "-p", "Hi", "-n", "2", "--dtype", "float16",
+                   "--json")
+    got = json.loads(asked.stdout)["dtype"]
+    # Where quantized layers compute in another dtype (the CPU backend), a note says so.
+    assert got == "float16" or (
+        f"[note: --dtype float16 asked, but this 4-bit model computes in {got}" in asked.stderr)
+
+
+def test_a_positional_prompt_and_a_piped_one_equal_p(model_dir):
+    def tokens(*args, input=None):
+        result = invoke("generate", "-m", str(model_dir), "-n", "3", "--json", *args,
+                        input=input)
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        return report["prompt_tokens"], report["tokens"]
+
+    flag = tokens("-p", "Hi there")
+    assert tokens("Hi there") == flag
+    assert tokens(input="Hi there\n") == flag  # echo's newline is not part of the prompt
+    assert tokens("-p", "-", input="Hi there\r\n") == flag
+    both = invoke("generate", "-m", str(model_dir), "Hi", "-p", "Ho")
+    assert both.exit_code == 2 and "Give the prompt once" in both.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_p_dash_on_a_terminal_says_how_to_end_the_prompt(model_dir):
+    import os
+    import subprocess
+
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_slm", "generate", "-m", str(model_dir), "-n", "2", "-p", "-"],
+        stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(follower)
+    try:
+        hint = proc.stderr.readline().decode()
+        assert hint == "[reading the prompt from the terminal; end it with Ctrl-D]\n"
+        os.write(leader, b"Hello\n\x04")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_chat_notes_a_dtype_a_quantized_model_cannot_take(tmp_path):
+    from tests.test_quant import make_model_dir, quantizable_config
+
+    src = make_model_dir(tmp_path / "base", quantizable_config(), seed=7)
+    q4 = tmp_path / "q4"
+    assert invoke("quantize", str(src), str(q4), "--no-report").exit_code == 0
+    chat = invoke("chat", "-m", str(q4), "-n", "2", "--dtype", "float16", input="Hi\n")
+    assert chat.exit_code == 0, chat.output
+    model, _ = load(q4, "float16")
+    from mlx_slm.loader import model_dtype
+
+    noted = "[note: --dtype float16 asked, but this 4-bit model computes in" in chat.stderr
+    assert noted == (model_dtype(model) != "float16")

@@ -30,7 +30,7 @@ def test_quantize_writes_a_loadable_directory_and_reports_quality(tmp_path, src)
     result = run("quantize", src, out, "--report-tokens", 48)
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"Quantized {src} -> {out}: 4-bit, group size 64")
-    for row in ("perplexity", "size on disk", "weight memory", "bits per weight",
+    for row in ("perplexity", "weights on disk", "weight memory", "bits per weight",
                 "KL(base||quant)", "top-1 agreement"):
         assert row in result.output
     assert "48 tokens" in result.output
@@ -150,6 +150,11 @@ def test_quality_json_and_errors(tmp_path, src):
     tokens = run("quality", src, retok)
     assert tokens.exit_code == 1 and "different tokenizers" in tokens.output
 
+    swapped = run("quality", q, src)
+    assert swapped.exit_code == 1 and swapped.output == (
+        f"Error: {q} is quantized and {src} is not: the arguments look swapped; give the full "
+        "model first (BASE_DIR QUANT_DIR).\n")
+
 
 def test_perplexity_command(tmp_path, src):
     text = tmp_path / "t.txt"
@@ -160,7 +165,60 @@ def test_perplexity_command(tmp_path, src):
     assert "perplexity: " in result.output and "float16" in result.output
     as_json = json.loads(run("perplexity", src, "--text", text, "--json").output)
     assert as_json["perplexity"] > 1 and as_json["model"]["precision"] == "float16"
+    piped = CliRunner().invoke(main, ["perplexity", str(src), "--text", "-", "--json"],
+                               input=text.read_text())
+    assert piped.exit_code == 0, piped.output
+    assert json.loads(piped.stdout)["perplexity"] == pytest.approx(as_json["perplexity"])
+    assert json.loads(piped.stdout)["text"] == "text from stdin"
+    for data, message in ((b"", "Error: The text on stdin is empty"),
+                          (b"ok \xff", "Error: The text on stdin is not UTF-8 (at byte 3)")):
+        bad = CliRunner().invoke(main, ["perplexity", str(src), "--text", "-"], input=data)
+        assert bad.exit_code == 1 and bad.output.startswith(message), bad.output
     missing = run("perplexity", src, "--text", tmp_path / "none.txt")
     assert missing.exit_code == 1
     assert missing.output == (f"Error: {tmp_path / 'none.txt'} does not exist; --text takes a "
                               "UTF-8 text file.\n")
+
+
+def tree(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
+
+
+def test_an_output_equal_to_inside_or_containing_the_source_is_refused(tmp_path, src):
+    # The case: quantize m/p m/p/q4, then convert m/p/q4 m/p --force deleted both.
+    base = tmp_path / "m" / "p"
+    shutil.copytree(src, base)
+    assert run("quantize", src, tmp_path / "q4", "--no-report").exit_code == 0
+    shutil.copytree(tmp_path / "q4", base / "q4")
+    before = tree(tmp_path)
+    cases = [
+        (("quantize", base, base / "q8"), "is inside the source directory"),
+        (("quantize", base, base, "--force"), "is the source directory"),
+        (("quantize", base, tmp_path / "m", "--force"), "contains the source directory"),
+        (("quantize", base, tmp_path, "--force"), "contains the source directory"),
+        (("convert", base / "q4", base, "--force"), "contains the source directory"),
+        (("convert", base / "q4", base), "contains the source directory"),
+        (("convert", base, base / "sub" / "out"), "is inside the source directory"),
+        (("convert", base, base / ".." / "p", "--force"), "is the source directory"),
+    ]
+    for args, message in cases:
+        result = run(*args)
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+        assert tree(tmp_path) == before, args
+
+
+def test_info_of_a_recipe_quantized_directory_is_readable(tmp_path, src):
+    q = tmp_path / "q"
+    assert run("quantize", src, q, "--no-report", "--q-recipe", "early").exit_code == 0
+    text = run("info", q).output
+    import re
+
+    assert "{" not in text and not re.search(r"^ *\w+_\w+:", text, re.M)  # no raw keys
+    assert "   quantization: 4-bit, group size 64; 4 layers at 6-bit\n" in text
+    assert "     parameters: 4,810,112\n" in text
+    weights = sum(p.stat().st_size for p in q.glob("*.safetensors"))
+    assert f"weights on disk: {weights / 1e6:.1f} MB\n" in text
+    # convert and quality say "weights on disk" too, and mean the same bytes.
+    assert f"{weights / 1e6:.1f} MB of weights on disk" in run(
+        "convert", src, tmp_path / "c", "-q", "--q-recipe", "early", "--no-report").output

@@ -88,3 +88,28 @@ def test_invalid_values_are_rejected_with_the_range(kwargs, message):
 def test_repetition_penalty_must_be_positive():
     with pytest.raises(SlmError, match="repetition-penalty must be > 0"):
         make_repetition_penalty(0.0)
+
+
+def test_top_p_zero_keeps_only_the_top_token():
+    shuffled = [PROBS[i] for i in (3, 0, 4, 2, 1)]
+    assert kept(apply_top_p(logprobs(shuffled), 0.0)) == [1]
+    assert kept(apply_top_p(logprobs(), 1.0)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"top_p": 0.0}, {"top_k": 1}, {"min_p": 1.0},
+    {"top_p": 0.0, "top_k": 1, "min_p": 1.0},
+])
+def test_each_narrowest_filter_is_greedy(kwargs):
+    # Token 3 is the likeliest; a uniform draw over 5 tokens would hit it ~20% of the time.
+    probs = [0.1, 0.2, 0.05, 0.6, 0.05]
+    sampler = make_sampler(temperature=1.0, **kwargs)
+    mx.random.seed(3)
+    assert set(sampler(mx.broadcast_to(logprobs(probs), (2000, 5))).tolist()) == {3}
+    dist = np.array(sampler.distribution(logprobs(probs)))[0]
+    np.testing.assert_allclose(dist, [0, 0, 0, 1, 0], atol=1e-6)
+
+
+def test_top_p_one_and_min_p_zero_keep_everything():
+    sampler = make_sampler(temperature=1.0, top_p=1.0, min_p=0.0, top_k=0)
+    np.testing.assert_allclose(np.array(sampler.distribution(logprobs()))[0], PROBS, rtol=1e-5)

@@ -179,16 +179,19 @@ Ctrl-C during an answer stops it; the chat goes on."""
 
 def format_chat_stats(report: dict) -> str:
     """The /stats lines."""
+    from mlx_slm.apps.generate import tokens_at
+    from mlx_slm.sizes import human_bytes
+
     lines = [
         f"context: {report['context_tokens']} of {report['context_limit']} tokens, "
-        f"{report['exchanges']} exchange(s), KV cache {report['cache_gb']:.3f} GB",
+        f"{report['exchanges']} exchange(s), KV cache {human_bytes(report['cache_gb'] * 1e9)}",
     ]
     if "last_prompt_tokens" in report:
-        lines.append(
-            f"last answer: prompt {report['last_prompt_tokens']} tokens at "
-            f"{report['last_prompt_tps']:.1f} tok/s, {report['last_generation_tokens']} tokens "
-            f"at {report['last_generation_tps']:.1f} tok/s, TTFT {report['last_ttft_s']:.2f} s"
-        )
+        prompt = tokens_at(report["last_prompt_tokens"], report["last_prompt_tps"] or None)
+        answer = tokens_at(report["last_generation_tokens"],
+                           report["last_generation_tps"] or None)
+        lines.append(f"last answer: prompt {prompt}, {answer}, "
+                     f"TTFT {report['last_ttft_s']:.2f} s")
     if "draft" in report:
         from mlx_slm.apps.drafting import format_draft_stats
 
@@ -201,10 +204,14 @@ def format_chat_stats(report: dict) -> str:
 
 
 def repl(session: ChatSession, read: Callable[[str], str] = input, out=None, err=None,
-         prompt: str = "> ") -> None:
-    """Read messages and commands until /exit, Ctrl-D or Ctrl-C at the prompt."""
+         prompt: str = "> ", terminated: Callable[[], bool] = lambda: False) -> int:
+    """Read messages and commands until /exit, Ctrl-D or Ctrl-C at the prompt; returns the
+    exit code: 130 after Ctrl-C at the prompt, 143 after SIGTERM (`terminated()` says whether
+    it came; it ends an answer as Ctrl-C does, then the chat), else 1 if a message failed,
+    else 0."""
     out = out or sys.stdout
     err = err or sys.stderr
+    failed = False
 
     def show(text: str) -> None:
         out.write(text)
@@ -213,26 +220,31 @@ def repl(session: ChatSession, read: Callable[[str], str] = input, out=None, err
     while True:
         try:
             line = read(prompt)
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, KeyboardInterrupt) as stop:
             if prompt:
                 out.write("\n")
-            return
+            if terminated():
+                return 143
+            return 130 if isinstance(stop, KeyboardInterrupt) else int(failed)
         text = line.strip()
         if not text:
             continue
         if text.startswith("/"):
             if not run_command(session, text, err):
-                return
+                return int(failed)
             continue
         try:
             result = session.send(text, on_text=show)
         except SlmError as error:
             print(f"Error: {error}", file=err)
+            failed = True  # the chat goes on; a script learns of it from the exit code
             continue
         out.write("\n")
         out.flush()
         if result.finish_reason == "interrupted":
             print("[interrupted]", file=err)
+            if terminated():
+                return 143
 
 
 def run_command(session: ChatSession, text: str, err) -> bool:

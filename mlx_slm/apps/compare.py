@@ -55,8 +55,8 @@ def compare_models(prompt: str, names: list[str], *,
             "finish_reason": result.finish_reason,
             "prompt_tokens": result.prompt_tokens,
             "generation_tokens": result.generation_tokens,
-            "prompt_tps": result.prompt_tps,
-            "generation_tps": result.generation_tps,
+            "prompt_tps": result.prompt_tps or None,  # None: nothing timed (one token)
+            "generation_tps": result.generation_tps or None,
             "ttft_s": result.prompt_s,
             "load_s": loaded.load_s,
             "dtype": model_dtype(model),
@@ -66,6 +66,11 @@ def compare_models(prompt: str, names: list[str], *,
     return rows
 
 
+def rate_cell(tps: float | None) -> str:
+    """A tok/s table cell; '-' where nothing was timed (one generated token)."""
+    return "-" if tps is None else f"{tps:.1f}"
+
+
 def format_comparison(rows: list[dict], width: int = 100) -> str:
     """The side-by-side table; the answer column takes the width the others leave."""
     from mlx_slm.apps.table import render_table
@@ -73,8 +78,8 @@ def format_comparison(rows: list[dict], width: int = 100) -> str:
     headers = ["model", "format", "answer", "prompt tok/s", "gen tok/s", "TTFT s", "MLX peak GB",
                "RSS GB"]
     body = [[
-        display_name(r["model"]), r["format"], r["answer"], f"{r['prompt_tps']:.1f}",
-        f"{r['generation_tps']:.1f}", f"{r['ttft_s']:.2f}", f"{r['peak_memory_gb']:.2f}",
+        display_name(r["model"]), r["format"], r["answer"], rate_cell(r["prompt_tps"]),
+        rate_cell(r["generation_tps"]), f"{r['ttft_s']:.2f}", f"{r['peak_memory_gb']:.2f}",
         "-" if r["rss_gb"] is None else f"{r['rss_gb']:.2f}",
     ] for r in rows]
     others = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(headers) if i != 2]

@@ -52,12 +52,12 @@ def checked_prompt(prompt: str | None) -> str:
 def stdin_prompt(explicit: bool) -> str | None:
     """The prompt on stdin, or None when there is none to read.
 
-    `explicit` (-p -): always read. Otherwise a pipe or a file is read (so an empty one is
-    an empty prompt, refused later), while a terminal or a device such as /dev/null (a
-    script's `< /dev/null`) means no prompt. A stand-in stream without a file descriptor
-    (an embedding program's or a test runner's) cannot say which it is: empty means none.
-    Bytes that are not UTF-8 are kept (as surrogates) so that the tokenizer refuses them
-    in one line, as it does for -p.
+    `explicit` (-p -): always read, with a hint on a terminal. Otherwise a pipe or a file
+    is read (so an empty one is an empty prompt, refused later), while a terminal or a
+    device such as /dev/null (a script's `< /dev/null`) means no prompt. A stand-in stream
+    without a file descriptor (an embedding program's or a test runner's) cannot say which
+    it is: empty means none. Bytes that are not UTF-8 are kept (as surrogates) so that the
+    tokenizer refuses them in one line, as it does for -p. Trailing newlines are dropped.
     """
     import os
     import stat
@@ -71,7 +71,11 @@ def stdin_prompt(explicit: bool) -> str | None:
         return None
     if not explicit and mode is None and sys.stdin.isatty():
         return None
+    if explicit and sys.stdin.isatty():
+        print("[reading the prompt from the terminal; end it with Ctrl-D]", file=sys.stderr)
     text = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+    # `echo TEXT |` ends with a newline that -p TEXT lacks (shells' $(...) drops it too).
+    text = text.rstrip("\r\n") if text.strip() else text
     return None if not explicit and mode is None and not text else text
 
 
@@ -79,6 +83,7 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     """Generate for `request`, streaming text to `out` and stats to `err`; returns the exit code."""
     from mlx_slm.apps.drafting import check_combinable, draft_report, open_draft
     from mlx_slm.apps.model_loading import open_model
+    from mlx_slm.apps.signals import interrupt_exit_code, sigterm_as_interrupt
     from mlx_slm.chooser import TokenChooser
     from mlx_slm.cpu.report import runtime_report
     from mlx_slm.generation import Generation, stream_text
@@ -94,6 +99,9 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     drafting = open_draft(request.draft, loaded.path, request.load.force)
 
+    dtype_note = loaded.dtype_note(request.load.dtype)
+    if dtype_note:
+        print(dtype_note, file=err)
     note = request.format.note(config, loaded.source_name)
     if note:
         print(note, file=err)
@@ -120,27 +128,29 @@ def run_generation(request: GenerationRequest, as_json: bool = False, out=None, 
     result = Generation(load_s=loaded.load_s)
     code = 0
     try:
-        stream_text(
-            model, tokenizer, prepared.ids, max_tokens=prepared.max_tokens,
-            chooser=TokenChooser(request.sampling, prepared.ids, constraint),
-            stop_strings=prepared.stop_strings, ignore_eos=request.ignore_eos,
-            on_text=None if as_json else show, result=result,
-            token_source=drafting.draft.generate_tokens if drafting else None,
-        )
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():  # SIGTERM ends it as Ctrl-C does, with the stats
+            stream_text(
+                model, tokenizer, prepared.ids, max_tokens=prepared.max_tokens,
+                chooser=TokenChooser(request.sampling, prepared.ids, constraint),
+                stop_strings=prepared.stop_strings, ignore_eos=request.ignore_eos,
+                on_text=None if as_json else show, result=result,
+                token_source=drafting.draft.generate_tokens if drafting else None,
+            )
+    except KeyboardInterrupt as stop:
         result.finish_reason = "interrupted"
         result.text = tokenizer.decode(result.tokens)
         if constraint is not None:
             result.valid = constraint.matches(result.text)
-        code = 130
+        code = interrupt_exit_code(stop)
     report = {
         "model": str(request.model),
         "text": result.text,
         "tokens": result.tokens,
         "prompt_tokens": result.prompt_tokens,
         "generation_tokens": result.generation_tokens,
-        "prompt_tps": result.prompt_tps,
-        "generation_tps": result.generation_tps,
+        # None where there is nothing to time (one token: the clock starts at the first).
+        "prompt_tps": result.prompt_tps or None,
+        "generation_tps": result.generation_tps or None,
         "ttft_s": result.prompt_s,
         "load_s": result.load_s,
         **memory_report(),
@@ -180,12 +190,29 @@ def reference_blas_hint() -> str | None:
     return None
 
 
+def tokens_at(count: int, tps: float | None) -> str:
+    """'1 token' or '5 tokens, 12.3 tok/s' (no rate where none was measured)."""
+    rate = "" if tps is None else f", {tps:.1f} tok/s"
+    return f"{count} token{'' if count == 1 else 's'}{rate}"
+
+
+def precision_name(report: dict) -> str:
+    """'float16', or for a quantized model '4-bit (float32 compute)', '4-bit mixed ...'."""
+    q = report.get("quantization")
+    if not q:
+        return report["dtype"]
+    mixed = " mixed" if any(isinstance(v, dict) for v in q.values()) else ""
+    return f"{q['bits']}-bit{mixed} ({report['dtype']} compute)"
+
+
 def format_stats(report: dict) -> str:
     """The one stats line printed after a generation."""
     parts = [
-        f"prompt: {report['prompt_tokens']} tokens, {report['prompt_tps']:.1f} tok/s",
-        f"generation: {report['generation_tokens']} tokens, {report['generation_tps']:.1f} tok/s",
-        f"TTFT {report['ttft_s']:.2f} s",
+        f"prompt: {tokens_at(report['prompt_tokens'], report['prompt_tps'])}",
+        f"generation: {tokens_at(report['generation_tokens'], report['generation_tps'])}",
+        # Each generate is a fresh process: its first token also pays MLX's one-time
+        # compilation and warm-up, which `bench` excludes.
+        f"TTFT {report['ttft_s']:.2f} s (cold: includes compiling)",
         f"load {report['load_s']:.2f} s",
         f"peak MLX {report['peak_memory_gb']:.2f} GB",
         f"peak RSS {report['peak_rss_gb']:.2f} GB",
@@ -194,7 +221,7 @@ def format_stats(report: dict) -> str:
         parts.append(f"footprint {report['footprint_gb']:.2f} GB")
     cpu = "" if report["backend"] != "cpu" else (
         f", BLAS {report['blas'].split(' ')[0]}, kernels {report['kernels']}")
-    parts.append(f"{report['backend']} backend{cpu}, {report['dtype']}")
+    parts.append(f"{report['backend']} backend{cpu}, {precision_name(report)}")
     if "draft" in report:
         from mlx_slm.apps.drafting import format_draft_stats
 

@@ -5,6 +5,7 @@ will not fit in the memory the machine has free, load, and time the load.
 """
 
 import gc
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,18 @@ class LoadedModel:
         from mlx_slm.convert.source import repo_name
 
         return repo_name(self.name, self.path)
+
+    def dtype_note(self, asked: str | None) -> str | None:
+        """A note when --dtype is not what the model computes in (a quantized model on a
+        backend whose quantized layers compute in another dtype)."""
+        from mlx_slm.loader import model_dtype
+
+        got = model_dtype(self.model)
+        if asked is None or asked == got:
+            return None
+        q = self.config.get("quantization")
+        what = f"this {q['bits']}-bit model" if q else "this model"
+        return f"[note: --dtype {asked} asked, but {what} computes in {got} on this backend]"
 
 
 def resolve_model_dir(name: str) -> Path:
@@ -86,6 +99,7 @@ def load_each(names: list[str], options: LoadOptions = LoadOptions()) -> Iterato
     """Load each model in turn, yield it, and free it before the next one loads.
 
     Every name is resolved and checked first, so a typo in the last one fails at once.
+    A --dtype that a model does not compute in gets a note on stderr.
     MLX's peak-memory counter is reset before each load, so each peak is that model's own.
     """
     import mlx.core as mx
@@ -98,6 +112,9 @@ def load_each(names: list[str], options: LoadOptions = LoadOptions()) -> Iterato
         mx.clear_cache()
         reset_mlx_peak()
         loaded = _load(name, path, config, options)
+        note = loaded.dtype_note(options.dtype)
+        if note:  # compare and quiz: said once per model, on stderr
+            print(note, file=sys.stderr)
         yield loaded
         loaded.model = None
     gc.collect()

@@ -28,16 +28,30 @@ def sample_text() -> str:
 
 
 def read_text(path: str | Path | None) -> tuple[str, str]:
-    """The text to score and its label: the file at `path`, or the built-in sample."""
+    """The text to score and its label: the file at `path`, stdin for "-", or the built-in
+    sample."""
     if path is None:
         return sample_text(), SAMPLE_LABEL
-    from mlx_slm.store.files import read_utf8
+    if str(path) == "-":
+        text, label, what = _stdin_text(), "text from stdin", "The text on stdin"
+    else:
+        from mlx_slm.store.files import read_utf8
 
-    path = Path(path)
-    text = read_utf8(path, "--text takes a UTF-8 text file")
+        text, label = read_utf8(path, "--text takes a UTF-8 text file"), str(path)
+        what = f"Text file {path}"
     if not text.strip():
-        raise SlmError(f"Text file {path} is empty; give a file with some text to score.")
-    return text, str(path)
+        raise SlmError(f"{what} is empty; give some text to score.")
+    return text, label
+
+
+def _stdin_text() -> str:
+    import sys
+
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SlmError(f"The text on stdin is not UTF-8 (at byte {err.start}); give UTF-8 "
+                       "text.") from None
 
 
 def log_probs(logits: mx.array) -> mx.array:

@@ -31,6 +31,9 @@ def check_comparable(base_dir: Path, quant_dir: Path, base_config: dict,
     """
     from mlx_slm.model import ModelArgs
 
+    if base_config.get("quantization") and not quant_config.get("quantization"):
+        raise SlmError(f"{base_dir} is quantized and {quant_dir} is not: the arguments look "
+                       "swapped; give the full model first (BASE_DIR QUANT_DIR).")
     base_args, quant_args = ModelArgs.from_config(base_config), ModelArgs.from_config(quant_config)
     for key in SHAPE_KEYS:
         ours, theirs = getattr(base_args, key), getattr(quant_args, key)
@@ -141,7 +144,7 @@ def format_quality_report(report: dict) -> str:
         ("", base["precision"], quant["precision"], ""),
         ("perplexity", f"{report['perplexity']:.3f}", f"{report['perplexity_quant']:.3f}",
          f"{change:+.2%}"),
-        ("size on disk", human_bytes(base["size_on_disk_bytes"]),
+        ("weights on disk", human_bytes(base["size_on_disk_bytes"]),
          human_bytes(quant["size_on_disk_bytes"]), ""),
         ("weight memory", human_bytes(base["weight_bytes"]), human_bytes(quant["weight_bytes"]),
          f"{quant['weight_bytes'] / base['weight_bytes']:.3f}x base, "

@@ -36,7 +36,12 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
     from mlx_slm.recipes import check_recipe
     from mlx_slm.store.files import write_json
     from mlx_slm.store.manifest import write_manifest
-    from mlx_slm.store.staging import check_destination, check_disk_space, staged_directory
+    from mlx_slm.store.staging import (
+        check_apart,
+        check_destination,
+        check_disk_space,
+        staged_directory,
+    )
     from mlx_slm.weights import read_config, read_headers, save_weights
 
     start = time.perf_counter()
@@ -54,8 +59,7 @@ def quantize_directory(src_dir, out_dir, bits: int = 4, group_size: int = 64,
         what = f" ({q.get('bits')}-bit, group size {q.get('group_size')})" if q else ""
         raise SlmError(f"{src_dir} is already quantized{what}; quantize the unquantized model "
                        "it was made from.")
-    if out_dir.exists() and out_dir.resolve() == src_dir.resolve():
-        raise SlmError(f"{out_dir} is the source directory; choose another output directory.")
+    check_apart(src_dir, out_dir)
     check_destination(out_dir, force)
     quant.validate({"bits": bits, "group_size": group_size})
     if recipe is not None:

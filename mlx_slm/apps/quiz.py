@@ -287,8 +287,8 @@ def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
             "accuracy": run.correct / len(questions),
             "prompt_tokens": run.prompt_tokens,
             "generation_tokens": run.generation_tokens,
-            "prompt_tps": run.prompt_tps,
-            "generation_tps": run.generation_tps,
+            "prompt_tps": run.prompt_tps or None,  # None: nothing timed (one token each)
+            "generation_tps": run.generation_tps or None,
             "load_s": loaded.load_s,
             "dtype": model_dtype(loaded.model),
             **memory_after(),
@@ -302,7 +302,7 @@ def quiz_models(questions: list[Question], names: list[str], *, batch_size: int,
 
 def format_quiz(results: list[dict]) -> str:
     """The table of accuracy, speed and memory per model."""
-    from mlx_slm.apps.compare import display_name
+    from mlx_slm.apps.compare import display_name, rate_cell
     from mlx_slm.apps.table import render_table
 
     headers = ["model", "format", "accuracy", "prompt tok/s", "gen tok/s", "MLX peak GB",
@@ -310,7 +310,7 @@ def format_quiz(results: list[dict]) -> str:
     rows = [[
         display_name(r["model"]), r["format"] + (", constrained" if r["constraint"] else ""),
         f"{r['correct']}/{r['total']} ({100 * r['accuracy']:.0f}%)",
-        f"{r['prompt_tps']:.1f}", f"{r['generation_tps']:.1f}", f"{r['peak_memory_gb']:.2f}",
+        rate_cell(r["prompt_tps"]), rate_cell(r["generation_tps"]), f"{r['peak_memory_gb']:.2f}",
         "-" if r["rss_gb"] is None else f"{r['rss_gb']:.2f}",
     ] for r in results]
     return render_table(headers, rows, right=frozenset(range(2, 7)))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlx_slm.bench.precisions import (
+    GROUP_SIZE,
     Precision,
     model_at,
     parameter_bytes,
@@ -19,6 +20,7 @@ from mlx_slm.bench.precisions import (
 )
 from mlx_slm.errors import SlmError
 from mlx_slm.memory import GB
+from mlx_slm.quant import GroupSizeError
 
 SYNTHETIC_SIZES = ("270M", "450M", "1.1B", "3B")
 
@@ -135,7 +137,13 @@ def plan(sources: list[Source], precisions: list[str] | None, prompt_lengths: li
             else:
                 try:
                     group.weight_bytes = _weight_bytes(source, prec, group.needs_copy, seed)
-                except (SlmError, ValueError) as err:  # e.g. a width the group size won't divide
+                except GroupSizeError as err:  # bench has no --q-group-size to suggest
+                    reason = (f"cannot be built at {prec.name}: {str(err).split(';')[0]} "
+                              f"(bench quantizes with group size {GROUP_SIZE})")
+                    if err.fits:
+                        reason += (f"; quantize it with mlx-slm quantize --q-group-size "
+                                   f"{err.fits} and bench that directory with -m")
+                except (SlmError, ValueError) as err:
                     reason = f"cannot be built at {prec.name}: {err}"
             if reason is None and group.needs_copy and free_disk is not None \
                     and group.weight_bytes > free_disk:

@@ -34,6 +34,10 @@ def check_plot_path(path: str) -> None:
     require_matplotlib()
 
 
+def _or_nan(value) -> float:
+    return math.nan if value is None else value
+
+
 def plot(rows: list[dict], path: str) -> None:
     """Grouped bars per model (one bar per precision) for the shortest prompt measured."""
     from mlx_slm.bench.report import check_new_file
@@ -49,18 +53,20 @@ def plot(rows: list[dict], path: str) -> None:
     if not ok:
         raise SlmError("Nothing to plot: every cell was skipped or failed.")
     prompt = min(r["prompt_tokens"] for r in ok)
+    shown = [r for r in rows if r["prompt_tokens"] == prompt]
     ok = [r for r in ok if r["prompt_tokens"] == prompt]
-    models = list(dict.fromkeys(r["model"] for r in ok))
-    precisions = list(dict.fromkeys(r["precision"] for r in ok))
+    models = list(dict.fromkeys(r["model"] for r in shown))
+    precisions = list(dict.fromkeys(r["precision"] for r in shown))
     by_cell = {(r["model"], r["precision"]): r for r in ok}
+    # A cell that did not run is a gap (NaN, not a zero) labelled with why.
+    gaps = {(r["model"], r["precision"]): r["status"] for r in shown if r["status"] != "ok"}
     width = 0.8 / len(precisions)
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, name in enumerate(precisions):
         xs = [m + (i - (len(precisions) - 1) / 2) * width for m in range(len(models))]
         cells = [by_cell.get((model, name)) for model in models]
-        # A cell that did not run is a gap (NaN), not a zero.
         speed.bar(xs, [c["gen_tps"] if c else math.nan for c in cells], width, label=name,
-                  yerr=[c["gen_tps_stdev"] if c else math.nan for c in cells], capsize=2,
+                  yerr=[_or_nan(c and c["gen_tps_stdev"]) for c in cells], capsize=2,
                   ecolor="0.45")
         memory.bar(xs, [c["peak_memory_bytes"] / GB if c else math.nan for c in cells], width,
                    label=name)
@@ -69,6 +75,11 @@ def plot(rows: list[dict], path: str) -> None:
         if theirs:
             speed.scatter(*zip(*theirs), marker="D", s=18, color="black", zorder=3,
                           label="mlx-lm" if i == 0 else None)
+        for x, model in zip(xs, models):
+            if (model, name) in gaps:
+                for axis in (speed, memory):
+                    axis.text(x, 0, f"{name} {gaps[model, name]}", rotation=90, ha="center",
+                              va="bottom", fontsize="x-small", color="0.4")
     for axis, title in ((speed, "generation tok/s (median ± sd)"),
                         (memory, "MLX peak memory, GB")):
         axis.set_xticks(range(len(models)), models)

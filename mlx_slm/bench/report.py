@@ -68,7 +68,9 @@ def _gb(value) -> str:
 
 
 def _with_spread(median, stdev) -> str:
-    return "" if median is None else f"{median:.1f} ±{stdev:.1f}"
+    if median is None:
+        return ""
+    return f"{median:.1f}" if stdev is None else f"{median:.1f} ±{stdev:.1f}"  # None: one run
 
 
 def header(rows: list[dict]) -> str:

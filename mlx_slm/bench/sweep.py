@@ -10,6 +10,10 @@ from mlx_slm.apps.drafting import DraftOptions
 from mlx_slm.errors import SlmError
 
 DEFAULT_PROMPT_LENGTHS = (128, 1024)
+# Plain `mlx-slm bench`: one small size at one prompt length, minutes rather than the half
+# hour of every size (`-s all`, asked for by name).
+QUICK_SIZES = ("270M",)
+QUICK_PROMPT_LENGTHS = (128,)
 
 
 @dataclass

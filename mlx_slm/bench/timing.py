@@ -37,17 +37,17 @@ class Spread:
     """Median and spread of one metric over the timed repetitions."""
 
     median: float
-    stdev: float
+    stdev: float | None  # None from one repetition: no spread to report
     min: float
     max: float
 
 
 def spread(values: Iterable[float]) -> Spread:
-    """Median, sample standard deviation (0 for one value), min and max."""
+    """Median, sample standard deviation (None for one value), min and max."""
     values = list(values)
     if not values:
         raise ValueError("spread() needs at least one value")
-    stdev = statistics.stdev(values) if len(values) > 1 else 0.0
+    stdev = statistics.stdev(values) if len(values) > 1 else None
     return Spread(statistics.median(values), stdev, min(values), max(values))
 
 

@@ -8,14 +8,16 @@ from mlx_slm.commands.options import SEED_RANGE, draft_options
 @click.command()
 @click.option("--synthetic", "-s", multiple=True, metavar="SIZE",
               help="Seeded random weights at a real shape: 270M, 450M, 1.1B, 3B or all, or "
-                   "the path of a config.json (repeatable). Default (with no --model): all.")
+                   "the path of a config.json (repeatable). Default (with no --model): the "
+                   "quick sweep, 270M at a 128-token prompt; -s all is the full one.")
 @click.option("--model", "-m", "model_dirs", multiple=True, metavar="DIR",
               help="A converted model directory (repeatable).")
 @click.option("--precision", "-P", "precisions", multiple=True, metavar="NAME",
               help="float32, float16, bfloat16, 8bit, 4bit or 4bit-RECIPE (mixed; repeatable). "
                    "Default: all for synthetic models, the stored one for directories.")
 @click.option("--prompt-tokens", "-p", "prompt_lengths", multiple=True,
-              type=click.IntRange(min=1), help="Prompt length (repeatable). Default: 128, 1024.")
+              type=click.IntRange(min=1),
+              help="Prompt length (repeatable). Default: 128, 1024 (128 in the quick sweep).")
 @click.option("--gen-tokens", "-n", type=click.IntRange(min=2), default=128, show_default=True,
               help="Tokens generated per run (EOS ignored).")
 @click.option("--reps", "-r", type=click.IntRange(min=1), default=3, show_default=True,
@@ -49,7 +51,13 @@ def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, w
     import sys
 
     from mlx_slm.bench import report
-    from mlx_slm.bench.sweep import DEFAULT_PROMPT_LENGTHS, BenchRequest, iter_bench
+    from mlx_slm.bench.sweep import (
+        DEFAULT_PROMPT_LENGTHS,
+        QUICK_PROMPT_LENGTHS,
+        QUICK_SIZES,
+        BenchRequest,
+        iter_bench,
+    )
     from mlx_slm.errors import SlmError
     from mlx_slm.progress import ProgressLine
 
@@ -63,6 +71,11 @@ def bench(synthetic, model_dirs, precisions, prompt_lengths, gen_tokens, reps, w
         from mlx_slm.bench.plot import check_plot_path
 
         check_plot_path(plot_path)
+    if not synthetic and not model_dirs:
+        synthetic, prompt_lengths = QUICK_SIZES, prompt_lengths or QUICK_PROMPT_LENGTHS
+        lengths = ", ".join(map(str, prompt_lengths))
+        click.echo(f"[the quick sweep: {', '.join(synthetic)} at {lengths}-token prompts; "
+                   "-s all runs every size]", err=True)
     request = BenchRequest(
         synthetic=synthetic, model_dirs=model_dirs, precisions=precisions,
         prompt_lengths=prompt_lengths or DEFAULT_PROMPT_LENGTHS, gen_tokens=gen_tokens,

@@ -32,6 +32,7 @@ def chat(model, system, max_tokens, sampling, constraint, load, draft):
     from mlx_slm.apps.drafting import check_combinable, open_draft
     from mlx_slm.apps.generate import reference_blas_hint
     from mlx_slm.apps.model_loading import open_model
+    from mlx_slm.apps.signals import sigterm_as_interrupt
     from mlx_slm.chat_format import is_instruct
     from mlx_slm.tokenizer import require_utf8
 
@@ -52,16 +53,17 @@ def chat(model, system, max_tokens, sampling, constraint, load, draft):
         sampling=sampling, notify=note, constraint=constraint,
         draft=drafting.draft if drafting else None,
     )
-    hint = reference_blas_hint()
-    if hint:
-        note(hint)
+    for line in (reference_blas_hint(), loaded.dtype_note(load.dtype)):
+        if line:
+            note(line)
     if not is_instruct(loaded.config, loaded.source_name):
         note(f"[{model} is a base model, not tuned for chat: expect rambling; an -Instruct "
              "model suits chat]")
     note(f"[chatting with {model}; /help lists the commands, Ctrl-D leaves]")
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
-
-        repl(session)
-    else:
-        repl(session, prompt="")
+    # SIGTERM ends an answer as Ctrl-C does, then the chat (exit 143).
+    with sigterm_as_interrupt() as sigterm:
+        code = repl(session, prompt="> " if sys.stdin.isatty() else "",
+                    terminated=lambda: sigterm.received)
+    sys.exit(code)

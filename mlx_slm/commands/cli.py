@@ -20,6 +20,7 @@ COMMANDS = {
     "convert": "Convert an OpenELM checkpoint (Hub repo or local dir) to an MLX directory.",
     "generate": "Generate text from a prompt, with speed and memory stats.",
     "info": "Show a model directory's size, parameters, precision and layer shapes.",
+    "models": "List, remove and pull the models converted into the cache.",
     "perplexity": "Perplexity of a model on a text file.",
     "quality": "Quality cost of a quantization: perplexity, KL divergence, top-1 agreement.",
     "quantize": "Quantize a converted model directory.",
@@ -52,10 +53,13 @@ class LazyGroup(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):
         """Click's main, except that Ctrl-C anywhere exits 130 (Click's own handling says
-        "Aborted!" and exits 1)."""
+        "Aborted!" and exits 1), and a SIGTERM turned into an interrupt exits 143."""
         extra.pop("standalone_mode", None)
         try:
             result = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:
+            click.echo(err.ctx.get_help())  # `mlx-slm` alone asks for the help: not an error
+            sys.exit(0)
         except click.UsageError as err:
             # One line, as every other error: Click's own shows the usage and a blank line too.
             command = err.ctx.command_path if err.ctx else "mlx-slm"
@@ -64,12 +68,20 @@ class LazyGroup(click.Group):
         except click.ClickException as err:
             err.show()
             sys.exit(err.exit_code)
-        except (click.Abort, KeyboardInterrupt):
+        except (click.Abort, KeyboardInterrupt) as stop:
+            from mlx_slm.apps.signals import Terminated
+
             click.echo("\nInterrupted.", err=True)
-            sys.exit(130)
+            sys.exit(143 if isinstance(stop, Terminated) else 130)
         except EOFError:
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            refuse_repeated_options(command, name, rest, ctx)
+        return name, command, rest
 
     def invoke(self, ctx):
         try:
@@ -80,6 +92,24 @@ class LazyGroup(click.Group):
         except BrokenPipeError:
             _silence_stdout()
             ctx.exit(0)
+
+
+def refuse_repeated_options(command: click.Command, name: str, args: list[str],
+                            parent: click.Context) -> None:
+    """A usage error for an option given twice that takes one value (`-p a -p b`), where
+    Click would keep the last one silently; repeatable options (--stop, -m) are fine."""
+    ctx = click.Context(command, info_name=name, parent=parent)
+    try:
+        _, _, order = command.make_parser(ctx).parse_args(list(args))
+    except click.UsageError:
+        return  # the command's own parsing reports it
+    seen = set()
+    for param in order:
+        if isinstance(param, click.Option) and not (param.multiple or param.count):
+            if param.name in seen:
+                names = "/".join(param.opts + param.secondary_opts)
+                raise click.UsageError(f"{names} was given more than once; give it once.", ctx)
+            seen.add(param.name)
 
 
 def _silence_stdout() -> None:

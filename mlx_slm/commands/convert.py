@@ -4,7 +4,7 @@ import re
 
 import click
 
-from mlx_slm.commands.options import DTYPE_CHOICE, quantization_options
+from mlx_slm.commands.options import DTYPE_CHOICE, check_report_options, quantization_options
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -25,7 +25,8 @@ class ByteSize(click.ParamType):
         return size
 
 
-QUANT_OPTIONS = ("q_bits", "q_group_size", "q_recipe")
+# Options that only a quantizing conversion (-q) uses.
+QUANT_OPTIONS = ("q_bits", "q_group_size", "q_recipe", "no_report", "report_tokens")
 
 
 @click.command()
@@ -63,6 +64,7 @@ def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q
     if given and not quantize:
         option = "--" + given[0].replace("_", "-")
         raise click.UsageError(f"{option} needs -q/--quantize.")
+    check_report_options(no_report)
     result = run_conversion(
         source, out_dir, revision=revision, dtype=dtype, tokenizer=tokenizer, force=force,
         quantize=quantize, q_bits=q_bits, q_group_size=q_group_size,
@@ -80,16 +82,19 @@ def convert(ctx, source, out_dir, revision, dtype, tokenizer, force, quantize, q
 
 def summary(result) -> str:
     """The lines printed after a conversion."""
+    from mlx_slm.apps.model_info import quantization_summary
+    from mlx_slm.sizes import human_bytes
+
     revision = f" (revision {result.revision[:12]})" if result.revision else ""
     q = result.quantization
-    quantized = f"{q['bits']}-bit, group size {q['group_size']}" if q else "not quantized"
+    quantized = quantization_summary(q) if q else "not quantized"
     kind = "Instruct (chat format on)" if result.instruct else "base model"
     files = len(result.files)
-    size = f"{result.bytes / 1e9:.2f} GB" if result.bytes >= 1e9 else f"{result.bytes / 1e6:.1f} MB"
+    size = human_bytes(result.bytes)
     tok = result.tokenizer
     return "\n".join([
         f"Converted {result.source}{revision} -> {result.out_dir}",
-        f"  {size} ({files} weight file{'s' if files > 1 else ''}), "
+        f"  {size} of weights on disk ({files} file{'s' if files > 1 else ''}), "
         f"{result.dtype}, {quantized}, {kind}",
         f"  tokenizer sha256 {tok.sha256[:8]}...{tok.sha256[-4:]} (Llama-2, from {tok.origin})",
         f"  took {result.seconds:.1f} s",

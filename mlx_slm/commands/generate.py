@@ -21,6 +21,7 @@ def _non_empty(ctx, param, values):
 
 
 @click.command()
+@click.argument("prompt_argument", metavar="[PROMPT]", required=False)
 @model_option
 @click.option("--prompt", "-p", default=None,
               help='The prompt ("-" reads stdin; so does a pipe). Default: "What is the capital '
@@ -36,11 +37,18 @@ def _non_empty(ctx, param, values):
 @format_options
 @draft_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def generate(model, prompt, max_tokens, sampling, ignore_eos, stop_strings, constraint, load,
-             prompt_format, draft, as_json):
-    """Generate text from a prompt, with speed and memory stats."""
+def generate(prompt_argument, model, prompt, max_tokens, sampling, ignore_eos, stop_strings,
+             constraint, load, prompt_format, draft, as_json):
+    """Generate text from a prompt, with speed and memory stats.
+
+    The prompt is PROMPT or -p TEXT (not both), else stdin when it is a pipe or a file.
+    """
     from mlx_slm.apps.generate import GenerationRequest, run_generation, stdin_prompt
 
+    if prompt_argument is not None:
+        if prompt is not None:
+            raise click.UsageError("Give the prompt once: as PROMPT or with -p, not both.")
+        prompt = prompt_argument
     if prompt is None or prompt == "-":
         prompt = stdin_prompt(explicit=prompt == "-")
     request = GenerationRequest(

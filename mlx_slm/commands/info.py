@@ -10,20 +10,7 @@ def info(model_dir, as_json):
     """Show a model directory's size, parameters, precision and layer shapes."""
     import json
 
-    from mlx_slm.apps.model_info import describe
+    from mlx_slm.apps.model_info import describe, format_info
 
     report = describe(model_dir)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    for key in ("path", "source", "parameters", "dtype", "precision", "quantization",
-                "size_on_disk_gb",
-                "weight_memory_gb", "bits_per_weight", "tokenizer", "backend", "blas",
-                "kernels"):
-        value = report.get(key)
-        if value is not None:
-            click.echo(f"{key:>17}: {value}")
-    click.echo("\nlayer  q_heads  kv_heads  ffn_dim      params")
-    for row in report["layers"]:
-        click.echo(f"{row['layer']:>5}  {row['q_heads']:>7}  {row['kv_heads']:>8}  "
-                   f"{row['ffn_dim']:>7}  {row['params']:>10,}")
+    click.echo(json.dumps(report, indent=2) if as_json else format_info(report))

@@ -46,9 +46,25 @@ def _grouped(options: list, fields: tuple[str, ...], name: str, build):
     return decorator
 
 
+def _given(name: str) -> bool:
+    """Whether the user typed option `name` (rather than it taking its default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
 def _sampling(**values):
     from mlx_slm.sample import SamplingOptions
 
+    if values["temperature"] == 0:  # greedy: the filters and the seed change nothing
+        idle = [f"--{name.replace('_', '-')}" for name in ("top_p", "top_k", "min_p", "seed")
+                if _given(name)]
+        if idle:
+            verb = "changes" if len(idle) == 1 else "change"
+            click.echo(f"[note: {', '.join(idle)} {verb} nothing at --temp 0 (greedy); give "
+                       "--temp above 0 to sample]", err=True)
+    if values["repetition_penalty"] == 1 and _given("repetition_context"):
+        click.echo("[note: --repetition-context changes nothing with --repetition-penalty 1 "
+                   "(off)]", err=True)
     return SamplingOptions(**values)
 
 
@@ -112,6 +128,9 @@ format_options.__doc__ = "--chat/--no-chat and --system -> prompt_format (Prompt
 def _draft(draft_model, num_draft_tokens):
     from mlx_slm.apps.drafting import DraftOptions
 
+    if num_draft_tokens is not None and draft_model is None:
+        raise click.UsageError("--num-draft-tokens needs --draft-model (it sets how many "
+                               "tokens the draft model proposes per round).")
     return DraftOptions(draft_model, num_draft_tokens)
 
 
@@ -139,8 +158,8 @@ def scoring_options(dtype_help: str):
     def decorator(fn):
         for option in reversed([
             click.option("--text", "text_path", default=None, metavar="FILE",
-                         help="UTF-8 text to score (default: the built-in English sample, "
-                              "~4,300 tokens)."),
+                         help="UTF-8 text to score, - for stdin (default: the built-in "
+                              "English sample, ~4,300 tokens)."),
             click.option("--max-tokens", type=click.IntRange(min=1), default=None,
                          help="Score only the first N tokens of the text."),
             click.option("--dtype", type=DTYPE_CHOICE, default="float32", show_default=True,
@@ -174,6 +193,13 @@ def quantization_options(fn):
     ]):
         fn = option(fn)
     return fn
+
+
+def check_report_options(no_report: bool) -> None:
+    """--report-tokens with --no-report would be ignored: a usage error."""
+    if no_report and _given("report_tokens"):
+        raise click.UsageError("--report-tokens sets the quality report, which --no-report "
+                               "skips; give one of them.")
 
 
 def constraint_options(fn):

@@ -2,7 +2,7 @@
 
 import click
 
-from mlx_slm.commands.options import quantization_options
+from mlx_slm.commands.options import check_report_options, quantization_options
 
 
 @click.command()
@@ -20,6 +20,8 @@ def quantize(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force, no_report,
     """
     from mlx_slm.apps.quality_report import compare, format_quality_report
     from mlx_slm.apps.quantize import quantize_directory
+
+    check_report_options(no_report)
 
     result = quantize_directory(src_dir, dst_dir, q_bits, q_group_size, q_recipe, force)
     q = result.quantization

@@ -52,6 +52,20 @@ def check_destination(dest: Path, force: bool) -> None:
             )
 
 
+def check_apart(source: Path, dest: Path) -> None:
+    """Refuse a destination equal to, inside or containing the source: replacing it
+    (`--force`) or writing into it would delete or change the source."""
+    src, out = Path(source).expanduser().resolve(), Path(dest).expanduser().resolve()
+    if out == src:
+        raise SlmError(f"{dest} is the source directory; choose another output directory.")
+    if out.is_relative_to(src):
+        raise SlmError(f"{dest} is inside the source directory {source}; choose an output "
+                       "directory outside it.")
+    if src.is_relative_to(out):
+        raise SlmError(f"{dest} contains the source directory {source}, which replacing it "
+                       "would delete; choose another output directory.")
+
+
 @contextmanager
 def staged_directory(dest: Path, force: bool = False) -> Iterator[Path]:
     """Yield an empty directory that becomes `dest` when the block completes without error.
