@@ -108,8 +108,10 @@ def record_format(record, where: str) -> str:
         _check_messages(record["messages"], where)
     elif any(not isinstance(v, str) for v in fields):
         raise SlmError(f"{where}: {' and '.join(FORMATS[kind])} must be strings.")
-    elif not fields[-1].strip() or (kind == "completion" and not fields[0].strip()):
-        raise SlmError(f"{where}: empty {FORMATS[kind][-1] if not fields[-1].strip() else 'prompt'}.")
+    else:
+        for key, value in zip(FORMATS[kind], fields):
+            if not value.strip():
+                raise SlmError(f"{where}: empty {key}.")
     return kind
 
 

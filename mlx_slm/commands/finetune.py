@@ -113,8 +113,9 @@ class Printer:
         from mlx_slm.progress import progress_bar
         from mlx_slm.sizes import human_bytes
 
+        peak = human_bytes(event["peak_memory_bytes"])
         stats = (f"loss {event['loss']:.3f}, lr {event['learning_rate']:.2e}, "
-                 f"{event['tokens_per_s']:.0f} tok/s, peak {human_bytes(event['peak_memory_bytes'])}")
+                 f"{event['tokens_per_s']:.0f} tok/s, peak {peak}")
         if self.bar is None:
             self.bar = progress_bar(event["total_steps"], "Training", unit="step")
         self.bar.update(event["step"] - self.bar.n)
