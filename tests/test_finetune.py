@@ -98,3 +98,23 @@ def test_mask_prompt_puts_the_loss_on_the_answer_tokens_only(tmp_path, tokenizer
         answer_text = record.get("completion", reply)
         turns = [Turn("user", question), Turn("assistant", answer_text)]
         assert m.ids == conversation_ids(tokenizer, turns, add_generation_prompt=False)
+
+
+def test_the_python_api_takes_the_cli_options_by_name(tmp_path, tiny_dir):
+    import mlx_slm
+    from mlx_slm.adapters import read_adapter_config
+
+    data = write_chat_data(tmp_path / "data", valid=False)
+    events = []
+    result = mlx_slm.finetune(str(tiny_dir), str(data), adapter_path=str(tmp_path / "a"),
+                              iters=3, batch_size=2, rank=4, targets=["qkv_proj"],
+                              num_layers=1, mask_prompt=True, steps_per_report=1,
+                              on_event=events.append)
+    assert result.steps == 3 and not result.interrupted and result.val_loss is None
+    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3]
+    config = read_adapter_config(tmp_path / "a")
+    assert config["num_layers"] == 1
+    assert config["lora_parameters"] == {"rank": 4, "scale": 20.0, "dropout": 0.0,
+                                         "keys": ["attn.qkv_proj"]}
+    with pytest.raises(TypeError, match="unknown option 'rnak'"):
+        mlx_slm.finetune(str(tiny_dir), str(data), rnak=4)

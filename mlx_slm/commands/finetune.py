@@ -142,8 +142,8 @@ class Printer:
 @lora_options
 @train_options
 @click.option("--recipe", type=click.Choice(["corenet"]), default=None,
-              help="corenet: Apple's recipe (rank 32, alpha 32, dropout 0.1, AdamW, cosine "
-                   "3e-4 -> 3e-5).")
+              help="corenet: Apple's recipe (rank 32, alpha 32, dropout 0.1, AdamW with "
+                   "weight decay 0.1, cosine 3e-4 -> 3e-5); it replaces those options.")
 @click.option("--dtype", type=DTYPE_CHOICE, default=None,
               help="Compute dtype of the base (default: the model's own).")
 @click.option("--resume", is_flag=True, help="Continue the run checkpointed in --adapter-path.")
