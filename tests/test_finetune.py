@@ -118,3 +118,26 @@ def test_the_python_api_takes_the_cli_options_by_name(tmp_path, tiny_dir):
                                          "keys": ["attn.qkv_proj"]}
     with pytest.raises(TypeError, match="unknown option 'rnak'"):
         mlx_slm.finetune(str(tiny_dir), str(data), rnak=4)
+
+
+def test_generate_applies_an_adapter_and_names_a_missing_one(tmp_path, tiny_dir):
+    import mlx_slm
+
+    data = write_chat_data(tmp_path / "data", valid=False)
+    mlx_slm.finetune(str(tiny_dir), str(data), adapter_path=str(tmp_path / "a"), iters=2,
+                     batch_size=2)
+    args = ("generate", "-m", tiny_dir, "-p", "the capital of ohio", "-n", 3, "--chat")
+    assert run(*args, "--adapter", tmp_path / "a").exit_code == 0
+    missing = run(*args, "--adapter", tmp_path / "nope")
+    assert missing.exit_code == 1
+    assert missing.output.strip() == f"Error: Adapter directory {tmp_path / 'nope'} does not exist."
+
+
+def test_a_run_that_will_not_fit_is_refused_up_front(tmp_path, tiny_dir):
+    data = write_chat_data(tmp_path / "data")
+    result = run("finetune", "-m", tiny_dir, "--data", data, "--adapter-path", tmp_path / "a",
+                 "--batch-size", 4, "--max-seq-length", 10**9)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: This run needs about ")
+    assert "--grad-checkpoint" in result.output and "--force" in result.output
+    assert not (tmp_path / "a").exists()
