@@ -76,3 +76,18 @@ def test_resume_refuses_other_settings(tmp_path, setup):
     done = subprocess.run(changed, capture_output=True, text=True)
     assert done.returncode == 1
     assert "rank=8" in done.stderr and "resume with the same settings" in done.stderr
+
+
+def test_sigterm_saves_the_adapter_so_far(tmp_path, setup):
+    model, data = setup
+    adapter = tmp_path / "a"
+    proc = subprocess.Popen(command(model, data, adapter), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if json.loads(line).get("step", 0) >= 3:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "continue with --resume" in err
+    loaded, _ = load_model(model, adapter=adapter)
+    assert loaded(mx.array([[1, 5]])).shape == (1, 2, 300)

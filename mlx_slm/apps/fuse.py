@@ -35,22 +35,22 @@ def _fused_paths(model) -> list[str]:
 
 def fuse_directory(model_dir, adapter_dir, out_dir, quantize: bool = False, bits: int = 4,
                    group_size: int = 64, force: bool = False) -> Fused:
-    """Write `out_dir`: the model of `model_dir` with the adapter in `adapter_dir` merged."""
+    """Write `out_dir`: the model of `model_dir` (a directory or a Hub id's conversion) with
+    the adapter in `adapter_dir` merged."""
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
     import mlx_slm.lora as lora
     import mlx_slm.quant as quant
     from mlx_slm.adapters import load_adapter
+    from mlx_slm.apps.models import resolve_model_dir
     from mlx_slm.loader import load_model
     from mlx_slm.store.manifest import write_manifest
     from mlx_slm.store.staging import check_destination, check_disk_space, staged_directory
     from mlx_slm.weights import read_config, read_headers, save_weights, write_json
 
     start = time.perf_counter()
-    model_dir, out_dir = Path(model_dir), Path(out_dir).expanduser().absolute()
-    if not model_dir.is_dir():
-        raise SlmError(f"Model directory {model_dir} does not exist.")
+    model_dir, out_dir = resolve_model_dir(str(model_dir)), Path(out_dir).expanduser().absolute()
     if out_dir.exists() and out_dir.resolve() in (model_dir.resolve(),
                                                   Path(adapter_dir).resolve()):
         raise SlmError(f"{out_dir} is an input directory; choose another output directory.")

@@ -6,7 +6,7 @@ from mlx_slm.recipes import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES
 
 
 @click.command()
-@click.argument("model_dir", type=click.Path(path_type=str))
+@click.argument("model", type=str)
 @click.argument("adapter_dir", type=click.Path(path_type=str))
 @click.argument("out_dir", type=click.Path(path_type=str))
 @click.option("-q", "--quantize", is_flag=True,
@@ -21,16 +21,21 @@ from mlx_slm.recipes import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES
               help="Tokens of the built-in sample text the report scores.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (once the new one is "
                                             "complete).")
-def fuse(model_dir, adapter_dir, out_dir, quantize, q_bits, q_group_size, no_report,
+def fuse(model, adapter_dir, out_dir, quantize, q_bits, q_group_size, no_report,
          report_tokens, force):
     """Merge an adapter into a new model directory, optionally re-quantized.
+
+    MODEL is a converted directory or a Hub repo id; ADAPTER_DIR holds adapters.safetensors
+    and adapter_config.json (mlx-slm finetune's or mlx_lm.lora's).
 
     Then reports how closely the fused model follows the base with the adapter unfused:
     perplexity of both, KL divergence, top-1 agreement, size.
     """
     from mlx_slm.apps.fuse import fuse_directory, fuse_report
+    from mlx_slm.apps.models import resolve_model_dir
     from mlx_slm.apps.quality_report import format_quality_report
 
+    model_dir = resolve_model_dir(model)
     result = fuse_directory(model_dir, adapter_dir, out_dir, quantize, q_bits, q_group_size,
                             force)
     q = result.quantization
