@@ -37,11 +37,6 @@ class Batch:
     targets: mx.array
     mask: mx.array
 
-    @property
-    def tokens(self) -> int:
-        """Positions in the batch, padding included (what the model computes)."""
-        return self.inputs.size
-
 
 def make_batch(examples: list[Example], max_length: int) -> Batch:
     """Pad `examples` (each at most max_length + 1 tokens) to one rectangle."""

@@ -138,28 +138,28 @@ def _valid_batches(examples, batch_size: int, max_length: int, limit: int):
     return [make_batch(examples[s : s + batch_size], max_length) for s in starts]
 
 
-def finetune(request: FinetuneRequest,
-             on_event: Callable[[dict], None] = lambda event: None) -> FinetuneResult:
-    """Train an adapter as `request` says; see the module docstring."""
-    import mlx.core as mx
-    import mlx.optimizers as optim
+@dataclass
+class Plan:
+    """What `plan_run` checked and found: everything a run needs except the model."""
 
+    model_dir: Path
+    config: dict
+    data: object  # finetune_data.Dataset
+    fingerprint: str
+    total: int
+    identity: dict
+    adapter_dir: Path
+    checkpoint: tuple | None  # (adapter tensors, optimizer state, state.json) on resume
+
+
+def plan_run(request: FinetuneRequest) -> Plan:
+    """Check everything that can be refused (model, data, adapter directory, resume, memory)
+    before anything is loaded or written."""
     import mlx_slm.apps.finetune_state as files
-    import mlx_slm.lora as lora
     from mlx_slm.apps.finetune_data import load_dataset
     from mlx_slm.apps.models import resolve_model_dir
     from mlx_slm.chat_format import is_instruct
-    from mlx_slm.loader import load_model
-    from mlx_slm.memory import mlx_peak_bytes, reset_mlx_peak
     from mlx_slm.tokenizer import TOKENIZER_FILE, Tokenizer
-    from mlx_slm.training import (
-        TrainStep,
-        checkpoint_gradients,
-        evaluate,
-        make_batch,
-        restore_optimizer_state,
-        schedule,
-    )
     from mlx_slm.weights import read_config
 
     train = request.train
@@ -167,48 +167,80 @@ def finetune(request: FinetuneRequest,
     config = read_config(model_dir)
     if not (model_dir / TOKENIZER_FILE).is_file():
         raise SlmError(f"{model_dir} has no {TOKENIZER_FILE}; convert the model first.")
-    tokenizer = Tokenizer(model_dir / TOKENIZER_FILE)
-    chat = request.data.chat if request.data.chat is not None else is_instruct(
-        config, model_dir.name)
-    data = load_dataset(request.data, tokenizer, chat)
-    examples = data.splits["train"]
-    if len(examples) < train.batch_size:
-        raise SlmError(f"{data.files['train']} has {len(examples)} examples, fewer than "
+    request.lora.check(config["num_transformer_layers"])
+    chat = request.data.chat
+    if chat is None:
+        chat = is_instruct(config, model_dir.name)
+    data = load_dataset(request.data, Tokenizer(model_dir / TOKENIZER_FILE), chat)
+    count = len(data.splits["train"])
+    if count < train.batch_size:
+        raise SlmError(f"{data.files['train']} has {count} examples, fewer than "
                        f"--batch-size {train.batch_size}.")
-    per_epoch = len(examples) // train.batch_size // train.grad_accumulation
+    per_epoch = count // train.batch_size // train.grad_accumulation
     total = max(1, round(train.epochs * per_epoch)) if train.epochs else train.iters
-    lora.LoRAOptions.check(request.lora, config["num_transformer_layers"])
     adapter_dir = Path(request.adapter_path).expanduser()
-    identity = _identity(request, model_dir)
+    identity, fingerprint = _identity(request, model_dir), data.fingerprint()
+    checkpoint = None
     if request.resume:
-        saved_adapter, saved_optimizer, state = files.load_checkpoint(adapter_dir)
-        files.check_resumable(state, identity, data.fingerprint())
+        checkpoint = files.load_checkpoint(adapter_dir)
+        files.check_resumable(checkpoint[2], identity, fingerprint)
     else:
         files.check_new_run(adapter_dir, request.overwrite)
     tokens = train.batch_size * request.data.max_seq_length
     files.check_training_fits(files.training_bytes(
         model_dir, config, request.lora, request.dtype, tokens, train.grad_checkpoint),
         request.force)
+    return Plan(model_dir, config, data, fingerprint, total, identity, adapter_dir, checkpoint)
 
-    model, _ = load_model(model_dir, request.dtype, prepare=False)
+
+def build(request: FinetuneRequest, plan: Plan):
+    """(model with fresh or resumed adapters, its optimizer, the first step to run)."""
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    import mlx_slm.lora as lora
+    from mlx_slm.apps.finetune_state import CHECKPOINT_DIR
+    from mlx_slm.loader import load_model
+    from mlx_slm.training import checkpoint_gradients, restore_optimizer_state, schedule
+
+    train = request.train
+    # model.py's formulation: the CPU backend's swapped layers are for inference only.
+    model, _ = load_model(plan.model_dir, request.dtype, prepare=False)
     mx.random.seed(train.seed)
     lora.apply(model, request.lora)
     if train.grad_checkpoint:
         checkpoint_gradients(model)
     optimizer = optim.AdamW(
-        learning_rate=schedule(train.learning_rate, total, train.warmup,
+        learning_rate=schedule(train.learning_rate, plan.total, train.warmup,
                                train.min_learning_rate),
         weight_decay=train.weight_decay)
     optimizer.init(model.trainable_parameters())
     start = 0
-    if request.resume:
-        lora.load_adapter_weights(model, saved_adapter, adapter_dir / files.CHECKPOINT_DIR)
-        restore_optimizer_state(optimizer, saved_optimizer)
+    if plan.checkpoint is not None:
+        adapter, optimizer_state, state = plan.checkpoint
+        lora.load_adapter_weights(model, adapter, plan.adapter_dir / CHECKPOINT_DIR)
+        restore_optimizer_state(optimizer, optimizer_state)
         start = state["step"]
     mx.eval(model.parameters(), optimizer.state)
+    return model, optimizer, start
+
+
+def finetune(request: FinetuneRequest,
+             on_event: Callable[[dict], None] = lambda event: None) -> FinetuneResult:
+    """Train an adapter as `request` says; see the module docstring."""
+    import mlx.core as mx
+
+    import mlx_slm.apps.finetune_state as files
+    from mlx_slm.memory import mlx_peak_bytes, reset_mlx_peak
+    from mlx_slm.training import TrainStep, evaluate, make_batch
+
+    train, max_length = request.train, request.data.max_seq_length
+    plan = plan_run(request)
+    model, optimizer, start = build(request, plan)
     step_fn = TrainStep(model, optimizer, train.grad_accumulation)
-    valid = _valid_batches(data.splits.get("valid", []), train.batch_size,
-                           request.data.max_seq_length, train.val_batches)
+    examples, total = plan.data.splits["train"], plan.total
+    valid = _valid_batches(plan.data.splits.get("valid", []), train.batch_size, max_length,
+                           train.val_batches)
 
     def validate(step: int) -> float | None:
         if not valid:
@@ -220,10 +252,10 @@ def finetune(request: FinetuneRequest,
         return loss
 
     def save(step: int) -> None:
-        files.save_checkpoint(adapter_dir, model, request.lora, optimizer, {
-            "step": step, "total_steps": total, "data_sha256": data.fingerprint(),
-            "settings": identity})
-        on_event({"event": "checkpoint", "step": step, "path": str(adapter_dir)})
+        files.save_checkpoint(plan.adapter_dir, model, request.lora, optimizer, {
+            "step": step, "total_steps": total, "data_sha256": plan.fingerprint,
+            "settings": plan.identity})
+        on_event({"event": "checkpoint", "step": step, "path": str(plan.adapter_dir)})
 
     reset_mlx_peak()
     window_loss, window_tokens, window_count, trained = 0.0, 0, 0, 0
@@ -234,11 +266,9 @@ def finetune(request: FinetuneRequest,
             # Dropout's draws depend on the step alone, so a resumed run repeats them.
             mx.random.seed(train.seed * 1_000_003 + step)
             for j in range(train.grad_accumulation):
-                index = step * train.grad_accumulation + j
-                batch = make_batch([examples[i] for i in batch_order(
-                    len(examples), train.batch_size, train.seed, index)],
-                    request.data.max_seq_length)
-                loss, count = step_fn(batch)
+                order = batch_order(len(examples), train.batch_size, train.seed,
+                                    step * train.grad_accumulation + j)
+                loss, count = step_fn(make_batch([examples[i] for i in order], max_length))
                 mx.eval(loss, count, model.state, optimizer.state)
                 window_loss += loss.item()
                 window_count += 1
@@ -263,8 +293,7 @@ def finetune(request: FinetuneRequest,
         interrupted = step < total
         if interrupted and step > start:
             save(step)
-    result = FinetuneResult(adapter_dir, step, total, last_loss, val_loss, interrupted,
-                            data.cut)
     on_event({"event": "interrupted" if interrupted else "done", "step": step,
-              "total_steps": total, "adapter_path": str(adapter_dir)})
-    return result
+              "total_steps": total, "adapter_path": str(plan.adapter_dir)})
+    return FinetuneResult(plan.adapter_dir, step, total, last_loss, val_loss, interrupted,
+                          plan.data.cut)
