@@ -44,7 +44,9 @@ def options_from_config(config: dict, total_layers: int, where) -> lora.LoRAOpti
     if unknown:
         raise SlmError(f"{where}: adapter key {unknown[0]!r} is not a layer mlx-slm adapts "
                        f"(it adapts {', '.join(by_path)}).")
-    num_layers = config.get("num_layers", total_layers)
+    num_layers = config.get("num_layers") or total_layers
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int):
+        raise SlmError(f"{where}: num_layers must be an integer, got {num_layers!r}.")
     return lora.LoRAOptions(
         rank=int(params["rank"]), scale=float(params["scale"]),
         dropout=float(params.get("dropout", 0.0)),

@@ -68,8 +68,9 @@ def data_files(path: str | Path) -> dict[str, Path]:
     return files
 
 
-def read_records(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; all lines have the same format."""
+def read_records(path: Path) -> tuple[str, list[tuple[int, dict]]]:
+    """The file's format and (line number, object) for each non-blank line; all lines
+    must have the same format."""
     from mlx_slm.store.files import read_utf8
 
     records, first = [], None
@@ -91,7 +92,7 @@ def read_records(path: Path) -> list[tuple[int, dict]]:
         records.append((number, record))
     if not records:
         raise SlmError(f"{path} holds no examples.")
-    return records
+    return first[0], records
 
 
 def record_format(record, where: str) -> str:
@@ -177,8 +178,7 @@ def load_dataset(options: DataOptions, tokenizer, chat: bool) -> Dataset:
     splits, long = {}, []
     limit = options.max_seq_length
     for split, path in files.items():
-        records = read_records(path)
-        kind = record_format(records[0][1], f"{path}:{records[0][0]}")
+        kind, records = read_records(path)
         if options.mask_prompt and kind == "text":
             raise SlmError(f"{path}: --mask-prompt needs prompt/completion or messages data, "
                            'but this file holds {"text"} lines.')
