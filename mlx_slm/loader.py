@@ -16,10 +16,12 @@ from mlx_slm.weights import FLOAT_DTYPES, load_weights, read_config
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to load: a compute dtype override, and whether to skip the memory check."""
+    """How to load: a compute dtype override, whether to skip the memory check, and an
+    adapter directory to apply without fusing."""
 
     dtype: str | None = None
     force: bool = False
+    adapter: str | None = None
 
 
 def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
@@ -82,9 +84,10 @@ def model_from_weights(config: dict, weights: dict[str, mx.array], where,
     return model
 
 
-def load_model(model_dir: Path, dtype: str | None = None,
-               prepare: bool = True) -> tuple[Model, dict]:
-    """The model of an MLX (or Hub-layout) directory and its config dict.
+def load_model(model_dir: Path, dtype: str | None = None, prepare: bool = True,
+               adapter: str | Path | None = None) -> tuple[Model, dict]:
+    """The model of an MLX (or Hub-layout) directory and its config dict, with the LoRA
+    adapter in the directory `adapter` applied (not fused) if given.
 
     `prepare=False` keeps model.py's formulation on every backend (for parity tests).
     """
@@ -93,14 +96,20 @@ def load_model(model_dir: Path, dtype: str | None = None,
         raise SlmError(f"Model directory {model_dir} does not exist.")
     config = read_config(model_dir)
     model = model_from_weights(config, load_weights(model_dir), model_dir, dtype)
+    if adapter is not None:
+        from mlx_slm.adapters import load_adapter
+
+        load_adapter(model, adapter)
     mx.eval(model.parameters())
     if prepare:
         backend.prepare(model)
     return model, config
 
 
-def load(model_dir: Path, dtype: str | None = None) -> tuple[Model, Tokenizer]:
-    """Load a converted model directory: the model and its tokenizer."""
+def load(model_dir: Path, dtype: str | None = None,
+         adapter: str | Path | None = None) -> tuple[Model, Tokenizer]:
+    """Load a converted model directory: the model (with `adapter` applied) and its
+    tokenizer."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise SlmError(f"Model directory {model_dir} does not exist.")
@@ -111,7 +120,7 @@ def load(model_dir: Path, dtype: str | None = None) -> tuple[Model, Tokenizer]:
             f"{tokenizer.path} has {tokenizer.vocab_size} pieces but config.json's vocab_size "
             f"is {vocab}: it is not this model's tokenizer; copy the Llama-2 tokenizer.model."
         )
-    model, _ = load_model(model_dir, dtype)
+    model, _ = load_model(model_dir, dtype, adapter=adapter)
     return model, tokenizer
 
 

@@ -14,10 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["base", "store", "engine", "convert", "apps", "bench", "shell"]
 BASE = {"mlx_slm.errors", "mlx_slm.version"}
 # The flat engine's modules by name: a new one is placed here on purpose, not by default.
-ENGINE = {"backend", "batch_cache", "batch_generation", "cache", "chat_format", "chooser",
-          "constrain", "draft_policy", "generation", "loader", "memory", "model",
-          "prefix_cache", "progress", "quant", "recipes", "sample", "sizes", "speculative",
-          "synthetic", "tokenizer", "weights"}
+ENGINE = {"adapters", "backend", "batch_cache", "batch_generation", "cache", "chat_format",
+          "chooser", "constrain", "draft_policy", "generation", "loader", "lora", "memory",
+          "model", "prefix_cache", "progress", "quant", "recipes", "sample", "sizes",
+          "speculative", "synthetic", "tokenizer", "training", "weights"}
 PACKAGES = {"cpu": "engine", "data": "engine", "store": "store", "convert": "convert",
             "apps": "apps", "bench": "bench", "commands": "shell"}
 

@@ -83,7 +83,7 @@ def _load(name: str, path: Path, config: dict, options: LoadOptions) -> LoadedMo
     from mlx_slm.loader import load
 
     start = time.perf_counter()
-    model, tokenizer = load(path, options.dtype)
+    model, tokenizer = load(path, options.dtype, options.adapter)
     return LoadedModel(name, path, config, model, tokenizer, time.perf_counter() - start)
 
 

@@ -18,6 +18,8 @@ COMMANDS = {
     "chat": "Chat with a model in the terminal.",
     "compare": "Ask several models the same prompt, answers side by side.",
     "convert": "Convert an OpenELM checkpoint (Hub repo or local dir) to an MLX directory.",
+    "finetune": "Fine-tune a model with a LoRA adapter (QLoRA on a quantized model).",
+    "fuse": "Merge an adapter into a new model directory, optionally re-quantized.",
     "generate": "Generate text from a prompt, with speed and memory stats.",
     "info": "Show a model directory's size, parameters, precision and layer shapes.",
     "models": "List, remove and pull the models converted into the cache.",

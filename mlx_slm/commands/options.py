@@ -112,8 +112,11 @@ load_options = _grouped([
                  help="Compute dtype override (default: the model's own)."),
     click.option("--force", is_flag=True,
                  help="Load even if the memory check says it will not fit."),
-], ("dtype", "force"), "load", _load)
-load_options.__doc__ = "--dtype and --force -> load (LoadOptions)."
+    click.option("--adapter", default=None, metavar="DIR",
+                 help="Apply a LoRA/DoRA adapter directory (mlx-slm finetune's or "
+                      "mlx_lm.lora's) without fusing it."),
+], ("dtype", "force", "adapter"), "load", _load)
+load_options.__doc__ = "--dtype, --force and --adapter -> load (LoadOptions)."
 
 format_options = _grouped([
     click.option("--chat/--no-chat", "chat", default=None,
