@@ -22,6 +22,7 @@ from mlx_slm.apps.serve.protocol import (
     completion_params,
     parse_body,
 )
+from mlx_slm.apps.serve.tools import ToolText
 from mlx_slm.apps.serve.worker import Worker
 from mlx_slm.chat_format import TURN_HEADERS, Turn, conversation_ids
 
@@ -65,6 +66,13 @@ def make_app(worker: Worker, api_key: str | None = None,
                 for name in worker.served]
         return JSONResponse({"object": "list", "data": data})
 
+    async def model(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in worker.served:
+            raise ApiError(404, f"The model {name!r} is not served here; GET /v1/models lists "
+                           "them.", param="model", code="model_not_found")
+        return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "mlx-slm"})
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "models": list(worker.served),
                              "running": worker.running, "queued": worker.queue_depth})
@@ -80,6 +88,7 @@ def make_app(worker: Worker, api_key: str | None = None,
         served = worker.served[name]
         tokenizer = served.loaded.tokenizer
         prompt = _prompt_ids(tokenizer, params, chat)
+        _check_ids(tokenizer, [i for i, _ in params.sampling.logit_bias], "logit_bias")
         context = served.loaded.model.args.max_context_length
         if len(prompt) >= context:
             raise ApiError(400, f"The prompt has {len(prompt)} tokens but the model's context is "
@@ -95,9 +104,13 @@ def make_app(worker: Worker, api_key: str | None = None,
             except RuntimeError:  # the loop has closed: nobody is listening any more
                 job.cancel()
 
-        job = Job(name, prompt, params, max_tokens, emit, stop_ids=(tokenizer.eos_id,))
+        job = Job(name, prompt, params, max_tokens, emit,
+                  stop_ids=() if params.ignore_eos else (tokenizer.eos_id,))
         stop = params.stop + (TURN_HEADERS if chat else ())
-        out = Output(job, chat, name, TextStream(tokenizer, stop), served.report)
+        if params.tools is not None and params.tools.forced:
+            stop = ()  # the grammar ends a call; a stop string could only cut it
+        text = TextStream(tokenizer, stop)
+        out = Output(job, chat, name, ToolText(text) if params.tools else text, served.report)
         worker.submit(job)
         metrics.count_prompt(len(prompt))
         if params.stream:
@@ -113,6 +126,7 @@ def make_app(worker: Worker, api_key: str | None = None,
 
     routes = [
         Route("/v1/models", endpoint(models), methods=["GET"]),
+        Route("/v1/models/{name:path}", endpoint(model), methods=["GET"]),
         Route("/health", endpoint(health, counted=False), methods=["GET"]),
         Route("/metrics", endpoint(prometheus), methods=["GET"]),
         Route("/v1/completions", endpoint(completions), methods=["POST"]),
@@ -173,10 +187,11 @@ async def _sse(out: Output, events, worker: Worker, metrics):
         if out.chat:
             yield _event(out.chunk(role=True))
         async for piece, entries, finish in _next(events, out, metrics):
-            if piece or entries or finish:
+            if piece or entries:
                 yield _event(out.chunk(piece, entries=entries))
             if finish:
-                yield _event(out.chunk(finish=finish))
+                for chunk in out.finish_chunks(finish):
+                    yield _event(chunk)
         if out.job.params.include_usage:
             yield _event(out.chunk(usage=out.usage(worker.memory["peak_bytes"])))
         yield "data: [DONE]\n\n"
@@ -210,6 +225,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _model_name(worker: Worker, requested: str | None) -> str:
     if requested is None and len(worker.served) == 1:
         return next(iter(worker.served))
+    if requested is None:
+        raise ApiError(400, "'model' is required when several models are served: "
+                       f"{', '.join(worker.served)}.", param="model", code="missing_model")
     if requested in worker.served:
         return requested
     raise ApiError(404, f"The model {requested!r} is not served here; GET /v1/models lists "
@@ -224,10 +242,14 @@ def _prompt_ids(tokenizer, params: Params, chat: bool) -> list[int]:
         return conversation_ids(tokenizer, turns, system)
     if isinstance(params.prompt, str):
         return tokenizer.encode(params.prompt)
-    if not all(0 <= t < tokenizer.vocab_size for t in params.prompt):
-        raise ApiError(400, f"Token ids must be between 0 and {tokenizer.vocab_size - 1}.",
-                       param="prompt", code="invalid_value")
+    _check_ids(tokenizer, params.prompt, "prompt")
     return list(params.prompt)
+
+
+def _check_ids(tokenizer, ids: list[int], param: str) -> None:
+    if not all(0 <= t < tokenizer.vocab_size for t in ids):
+        raise ApiError(400, f"Token ids must be between 0 and {tokenizer.vocab_size - 1}.",
+                       param=param, code="invalid_value")
 
 
 async def _not_found(request: Request, exc) -> Response:

@@ -63,7 +63,7 @@ class Row:
         options = p.sampling
         self.job = job
         self.sampler = options.sampler()
-        self.processors = options.logits_processors()
+        self.processors = options.logits_processors(len(job.prompt))
         # A response_format's grammar (the vocabulary is the served model's, built once).
         self.constraint = Constraint(p.constraint, vocab) if p.constraint is not None else None
         self.plain = options.temperature == 0 and not self.processors and self.constraint is None

@@ -5,6 +5,7 @@ import time
 import uuid
 
 from mlx_slm.apps.serve.jobs import Job
+from mlx_slm.apps.serve.tools import ToolText
 
 
 class TextStream:
@@ -104,11 +105,32 @@ class Output:
             choice["message"] = {"role": "assistant", "content": text}
         return choice
 
+    def _call(self) -> dict | None:
+        """The tool call the answer made (tools.ToolText holds it), if any."""
+        return self.text.call() if isinstance(self.text, ToolText) else None
+
     def whole(self, text: str, finish: str, peak_bytes: int) -> dict:
+        call = self._call()
+        if isinstance(self.text, ToolText):
+            text += self.text.leftover()
+        choice = self._choice(text, "tool_calls" if call else finish, self.logprobs, False)
+        if call:
+            choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
-                "created": self.created, "model": self.model,
-                "choices": [self._choice(text, finish, self.logprobs, delta=False)],
+                "created": self.created, "model": self.model, "choices": [choice],
                 "usage": self.usage(peak_bytes)}
+
+    def finish_chunks(self, finish: str) -> list[dict]:
+        """The stream's last chunks: a held-back call as `delta.tool_calls` (whole, in one
+        piece, as OpenAI's clients accept), or held text; then the finish reason."""
+        chunks, call = [], self._call()
+        if call:
+            chunks.append(self.chunk())
+            chunks[-1]["choices"][0]["delta"] = {"tool_calls": [{"index": 0, **call}]}
+            finish = "tool_calls"
+        elif isinstance(self.text, ToolText) and self.text.leftover():
+            chunks.append(self.chunk(self.text.leftover()))
+        return chunks + [self.chunk(finish=finish)]
 
     def chunk(self, text: str = "", finish: str | None = None, role: bool = False,
               usage: dict | None = None, entries: list[dict] | None = None) -> dict:
