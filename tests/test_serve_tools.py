@@ -198,3 +198,20 @@ def test_bad_definitions_are_a_400_naming_the_field(server, extra, param):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and "\n" not in error["message"], error
+
+
+def test_stop_strings_end_text_but_never_cut_a_call(server):
+    from mlx_slm.apps.serve.output import TextStream
+    from mlx_slm.apps.serve.tools import ToolText
+
+    tokenizer = next(iter(server.worker.served.values())).loaded.tokenizer
+
+    def run(text):
+        stream = ToolText(TextStream(tokenizer, ("<|user|>",)))
+        shown = "".join(stream.add(t) for t in tokenizer.encode(text, bos=False))
+        return shown + ("" if stream.stopped else stream.finish()), stream.call()
+
+    assert run("Sunny.<|user|> more") == ("Sunny.", None)
+    assert run("<tool") == ("<tool", None)
+    shown, call = run('<tool_call>{"name": "f", "arguments": {"a": "<|user|>"}}')
+    assert shown == "" and json.loads(call["function"]["arguments"]) == {"a": "<|user|>"}

@@ -228,7 +228,8 @@ class ToolText:
         self.held += piece
         if self.mode is None:
             if self.held.startswith(MARKER):
-                self.mode = "call"
+                # The grammar ends a call; a stop string inside its JSON must not cut it.
+                self.mode, self.inner.stop = "call", ()
             elif MARKER.startswith(self.held) and not final:
                 return ""
             else:
