@@ -163,3 +163,18 @@ def test_serve_options_port_help_and_an_empty_key():
     empty = subprocess.run([sys.executable, "-m", "mlx_slm", "serve", "--api-key", ""],
                            capture_output=True, text=True, timeout=60)
     assert empty.returncode == 2 and "--api-key" in empty.stderr
+
+
+def test_metrics_break_down_the_worker_time(client, http, models):
+    def scrape() -> dict:
+        return {name: float(value) for name, value in
+                (line.rsplit(" ", 1) for line in http.get("/metrics").text.splitlines()
+                 if line.startswith(("mlx_slm_worker_seconds", "mlx_slm_decode_steps")))}
+
+    before = scrape()
+    client.completions.create(model=models[1], prompt="Count", max_tokens=5, temperature=0)
+    after = scrape()
+    assert after["mlx_slm_decode_steps_total"] - before["mlx_slm_decode_steps_total"] >= 4
+    for phase in ("admission", "forward", "sampling", "emit", "copies"):
+        key = f'mlx_slm_worker_seconds_total{{phase="{phase}"}}'
+        assert after[key] > before[key], phase

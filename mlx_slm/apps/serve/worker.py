@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from mlx_slm.apps.serve.jobs import Job, Row
+from mlx_slm.apps.serve.metrics import StepTimes
 from mlx_slm.apps.serve.protocol import ApiError
 from mlx_slm.batch_decode import DecodeBatch, prefill_rows
 from mlx_slm.cache import make_cache
@@ -76,6 +77,7 @@ class Worker:
         self.memory = {"active_bytes": 0, "peak_bytes": 0}
         self.tokens_generated = 0
         self.peak_running = 0  # the most requests decoded together so far
+        self.step_times = StepTimes()
         self.thread = threading.Thread(target=self._main, name="mlx-worker", daemon=True)
 
     def start(self) -> None:
@@ -172,8 +174,11 @@ class Worker:
                     code="insufficient_memory", kind="server_error")))
                 continue
             joining.setdefault(job.model, []).append(self.pending.popleft())
+        start = time.perf_counter()
         for name, jobs in joining.items():
             self._guarded(self.served[name], self._start, *jobs)
+        if joining:  # not the idle wait above
+            self.step_times.add("admission", start)
 
     @staticmethod
     def _count(joining: dict[str, list[Job]]) -> int:
@@ -220,17 +225,25 @@ class Worker:
 
     def _step(self, served: Served) -> None:
         """One decode step of every running row; rows that end leave the batch."""
-        rows = served.rows
+        rows, times = served.rows, self.step_times
+        start = time.perf_counter()
         for row in rows:
             row.sequence.append(row.token)
         logits = served.batch(mx.array([r.token for r in rows], dtype=mx.uint32))
-        keep = [self._advance(r, *pick) for r, pick in zip(rows, self._pick(rows, logits))]
+        mx.eval(logits)  # apart from sampling, so /metrics can tell the two (one more sync)
+        start = times.add("forward", start)
+        picks = self._pick(rows, logits)
+        start = times.add("sampling", start)
+        keep = [self._advance(r, *pick) for r, pick in zip(rows, picks)]
+        start = times.add("emit", start)
+        times.steps += 1
         gone = [i for i, k in enumerate(keep) if not k]
         if gone:
             for i in gone:
                 served.prefix.store(rows[i].sequence, served.batch.row_cache(i))
             served.batch.remove(gone)
             served.rows = [r for r, k in zip(rows, keep) if k]
+            times.add("copies", start)
 
     @staticmethod
     def _pick(rows: list[Row], logits: mx.array) -> list[tuple[int, dict | None]]:
