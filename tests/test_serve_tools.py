@@ -92,6 +92,20 @@ def test_auto_gives_text_or_a_valid_call(client, server, seed):
         assert not choice.message.content.startswith("<tool_call>")
 
 
+def test_auto_streams_the_same_answer_as_whole(client, server):
+    options = dict(model=server.model, messages=MESSAGES, tools=TOOLS, max_tokens=30,
+                   temperature=1.0, seed=3)
+    whole = client.chat.completions.create(**options).choices[0]
+    chunks = [c for c in client.chat.completions.create(**options, stream=True) if c.choices]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    calls = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
+    if whole.message.tool_calls:
+        assert calls[0].function.arguments == whole.message.tool_calls[0].function.arguments
+    else:
+        assert text == whole.message.content and not calls
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason
+
+
 def test_the_auto_grammar_allows_text_or_a_valid_call_only(server):
     from mlx_slm.apps.serve.tools import parse_tools
     from mlx_slm.constrain import Constraint
