@@ -33,7 +33,7 @@ class TokenChooser:
         self.sampling = sampling
         self.sampler = sampler or sampling.sampler()
         self.custom = sampler is not None
-        self.processors = sampling.logits_processors() + list(processors)
+        self.processors = sampling.logits_processors(len(history)) + list(processors)
         self.constraint = constraint
         self.greedy = self.sampler is greedy
         self.history = mx.array(list(history), dtype=mx.uint32) if self.processors else None

@@ -20,7 +20,7 @@ from mlx_slm.tokenizer import Tokenizer
 
 # Fixed separators, not free whitespace: a model cannot wander in blanks, and output is tidy.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-KINDS = ("json_schema", "json_object", "regex", "choice")
+KINDS = ("json_schema", "json_object", "regex", "choice", "lark")
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,12 @@ def choice(options: list[str] | tuple[str, ...]) -> ConstraintSpec:
         raise SlmError("Each choice must be a non-empty string, and at least one is needed.")
     lark = "start: " + " | ".join(json.dumps(o) for o in dict.fromkeys(options))
     return _checked("choice", options, llguidance.LLMatcher.grammar_from_lark(lark))
+
+
+def lark(grammar: str) -> ConstraintSpec:
+    """Output belongs to a grammar in llguidance's Lark syntax (which can embed JSON schemas
+    with `%json`): for forms that mix text and JSON, such as the server's tool calls."""
+    return _checked("lark", grammar, llguidance.LLMatcher.grammar_from_lark(grammar))
 
 
 def _checked(kind: str, value, grammar: str) -> ConstraintSpec:

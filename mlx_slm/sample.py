@@ -125,6 +125,32 @@ def make_repetition_penalty(penalty: float, context_size: int = 64) -> LogitsPro
     return process
 
 
+def make_occurrence_penalty(frequency: float = 0.0, presence: float = 0.0,
+                            start: int = 0) -> LogitsProcessor:
+    """OpenAI's frequency and presence penalties: each token's logit less `frequency` times
+    its count in `tokens[start:]` (the generated part), less `presence` if it occurs there."""
+
+    def process(tokens: mx.array, logits: mx.array) -> mx.array:
+        generated = tokens[start:]
+        if generated.size == 0:
+            return logits
+        counts = mx.zeros((logits.shape[-1],), logits.dtype).at[generated].add(1)
+        return logits - (frequency * counts + presence * (counts > 0)).astype(logits.dtype)
+
+    return process
+
+
+def make_logit_bias(bias: tuple[tuple[int, float], ...]) -> LogitsProcessor:
+    """OpenAI's logit_bias: (token id, value) pairs added to those tokens' logits."""
+    ids = mx.array([i for i, _ in bias], dtype=mx.uint32)
+    values = mx.array([v for _, v in bias], dtype=mx.float32)
+
+    def process(tokens: mx.array, logits: mx.array) -> mx.array:
+        return logits.at[:, ids].add(values.astype(logits.dtype))
+
+    return process
+
+
 def make_logits_processors(repetition_penalty: float | None = None,
                            repetition_context: int = 64) -> list[LogitsProcessor]:
     if repetition_penalty is None or repetition_penalty == 1.0:
@@ -144,12 +170,23 @@ class SamplingOptions:
     repetition_penalty: float = 1.2
     repetition_context: int = 64
     seed: int | None = None
+    # OpenAI's fields (the server's); the defaults add no processor.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def sampler(self) -> Sampler:
         return make_sampler(self.temperature, self.top_p, self.top_k, self.min_p)
 
-    def logits_processors(self) -> list[LogitsProcessor]:
-        return make_logits_processors(self.repetition_penalty, self.repetition_context)
+    def logits_processors(self, prompt_length: int = 0) -> list[LogitsProcessor]:
+        """`prompt_length`: the history's prompt, which the OpenAI penalties skip."""
+        processors = make_logits_processors(self.repetition_penalty, self.repetition_context)
+        if self.frequency_penalty or self.presence_penalty:
+            processors.append(make_occurrence_penalty(
+                self.frequency_penalty, self.presence_penalty, prompt_length))
+        if self.logit_bias:
+            processors.append(make_logit_bias(self.logit_bias))
+        return processors
 
     def as_dict(self) -> dict:
         return asdict(self)

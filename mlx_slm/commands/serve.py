@@ -12,7 +12,8 @@ from mlx_slm.commands.options import DEFAULT_MODEL, load_options
               help=f"A model directory or Hub repo id (repeatable). Default: {DEFAULT_MODEL}.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind (loopback by default; 0.0.0.0 exposes it to the network).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="TCP port to listen on.")
 @click.option("--api-key", default=None,
               help="Require `Authorization: Bearer KEY` (default: $MLX_SLM_API_KEY, else none).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
@@ -22,6 +23,10 @@ from mlx_slm.commands.options import DEFAULT_MODEL, load_options
 @load_options
 def serve(models, host, port, api_key, max_batch, prefix_cache_mb, load):
     """Serve models over an OpenAI-compatible HTTP API (chat and completions, streaming)."""
+    if api_key is not None and not api_key.strip():
+        # An empty key would leave the server open while looking locked.
+        raise click.BadParameter("must not be empty (leave it out for no key).",
+                                 param_hint="'--api-key'")
     from mlx_slm.apps.serve.run import require_extra
 
     require_extra()

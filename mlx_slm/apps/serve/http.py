@@ -15,7 +15,15 @@ from starlette.routing import Route
 from mlx_slm.apps.serve.metrics import Metrics
 from mlx_slm.apps.serve.output import Output
 from mlx_slm.apps.serve.protocol import ApiError, chat_params, completion_params, parse_body
-from mlx_slm.apps.serve.worker import InternalError, ModelNotServed, ShuttingDown, WontFit, Worker
+from mlx_slm.apps.serve.worker import (
+    InternalError,
+    InvalidLogitBias,
+    ModelNotNamed,
+    ModelNotServed,
+    ShuttingDown,
+    WontFit,
+    Worker,
+)
 from mlx_slm.errors import InvalidPrompt, PromptTooLong, SlmError
 
 MAX_BODY_BYTES = 4 * 2**20
@@ -59,6 +67,10 @@ def make_app(worker: Worker, api_key: str | None = None,
                 for name in worker.models]
         return JSONResponse({"object": "list", "data": data})
 
+    async def model(request: Request) -> Response:
+        name = worker.model_name(request.path_params["name"])
+        return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "mlx-slm"})
+
     async def health(request: Request) -> Response:
         stats = worker.stats()
         return JSONResponse({"status": "ok", "models": stats["models"],
@@ -101,6 +113,7 @@ def make_app(worker: Worker, api_key: str | None = None,
 
     routes = [
         Route("/v1/models", endpoint(models), methods=["GET"]),
+        Route("/v1/models/{name:path}", endpoint(model), methods=["GET"]),
         Route("/health", endpoint(health, counted=False), methods=["GET"]),
         Route("/metrics", endpoint(prometheus), methods=["GET"]),
         Route("/v1/completions", endpoint(completions), methods=["POST"]),
@@ -117,7 +130,7 @@ async def _next(events: asyncio.Queue, out: Output, metrics: Metrics):
         if event[0] == "error":
             raise api_error(event[1])
         if event[0] == "end":
-            _, reason, held = event
+            _, reason, held, out.call = event
             yield held, [], reason
             return
         _, _, piece, info = event
@@ -157,10 +170,11 @@ async def _sse(out: Output, events, worker: Worker, metrics):
         if out.chat:
             yield _event(out.chunk(role=True))
         async for piece, entries, finish in _next(events, out, metrics):
-            if piece or entries or finish:
+            if piece or entries:
                 yield _event(out.chunk(piece, entries=entries))
             if finish:
-                yield _event(out.chunk(finish=finish))
+                for chunk in out.finish_chunks(finish):
+                    yield _event(chunk)
         if out.job.params.include_usage:
             yield _event(out.chunk(usage=out.usage(worker.stats()["peak_bytes"])))
         yield "data: [DONE]\n\n"
@@ -191,27 +205,30 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-# Engine errors -> (status, code, type): the one place that knows HTTP statuses.
+# Engine errors -> (status, code, OpenAI error type, field): the one place that knows HTTP
+# statuses. A field of None is the caller's (the prompt or the messages).
 STATUSES = [
-    (ModelNotServed, 404, "model_not_found", "invalid_request_error"),
-    (PromptTooLong, 400, "context_length_exceeded", "invalid_request_error"),
-    (InvalidPrompt, 400, "invalid_value", "invalid_request_error"),
-    (ShuttingDown, 503, None, "server_error"),
-    (WontFit, 507, "insufficient_memory", "server_error"),
-    (InternalError, 500, "internal_error", "server_error"),
-    (SlmError, 400, "invalid_value", "invalid_request_error"),
+    (ModelNotServed, 404, "model_not_found", "invalid_request_error", "model"),
+    (ModelNotNamed, 400, "missing_model", "invalid_request_error", "model"),
+    (InvalidLogitBias, 400, "invalid_value", "invalid_request_error", "logit_bias"),
+    (PromptTooLong, 400, "context_length_exceeded", "invalid_request_error", None),
+    (InvalidPrompt, 400, "invalid_value", "invalid_request_error", None),
+    (ShuttingDown, 503, None, "server_error", None),
+    (WontFit, 507, "insufficient_memory", "server_error", None),
+    (InternalError, 500, "internal_error", "server_error", None),
+    (SlmError, 400, "invalid_value", "invalid_request_error", None),
 ]
 
 
 def api_error(err: Exception, param: str | None = None) -> ApiError:
-    """An ApiError as is; an engine error with its status, code and OpenAI error type."""
+    """An ApiError as is; an engine error with its status, code, OpenAI error type and the
+    field it concerns (`param` where the error does not name one)."""
     if isinstance(err, ApiError):
         return err
-    for kind, status, code, error_type in STATUSES:
+    for kind, status, code, error_type, field in STATUSES:
         if isinstance(err, kind):
-            if kind is ModelNotServed:
-                param = "model"
-            return ApiError(status, str(err), param=param, code=code, kind=error_type)
+            return ApiError(status, str(err), param=field or param, code=code,
+                            kind=error_type)
     raise err
 
 

@@ -7,6 +7,26 @@ from collections import Counter, deque
 WINDOW_S = 10.0  # generation tok/s is the rate over this many recent seconds
 
 
+class StepTimes:
+    """Where the worker's time goes, summed over its loop (written by the worker thread only):
+    admission (taking jobs in: prefix-cache look-ups, prefill, joining the batch), decode
+    (the batched forward and choosing each row's token: pipelined, so not told apart),
+    emit (turning tokens into events) and copies (a leaving row's keys and values kept for
+    the prefix cache)."""
+
+    PHASES = ("admission", "decode", "emit", "copies")
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.steps = 0  # decode steps (one per model with running rows, per loop)
+
+    def add(self, phase: str, start: float) -> float:
+        """Count the time since `start` to `phase`; returns now, the next phase's start."""
+        now = time.perf_counter()
+        self.seconds[phase] += now - start
+        return now
+
+
 class Metrics:
     """Request, prompt and token counters, updated by the HTTP side (any thread)."""
 
@@ -67,4 +87,9 @@ class Metrics:
                [("", stats["active_bytes"])])
         metric("memory_peak_bytes", "gauge", "MLX peak memory.",
                [("", stats["peak_bytes"])])
+        times = stats["step_times"]
+        metric("worker_seconds_total", "counter",
+               "Worker time by phase (admission includes prefill).",
+               [(f'{{phase="{phase}"}}', times.seconds[phase]) for phase in times.PHASES])
+        metric("decode_steps_total", "counter", "Batched decode steps.", [("", times.steps)])
         return "\n".join(lines) + "\n"

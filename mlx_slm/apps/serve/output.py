@@ -16,6 +16,7 @@ class Output:
         self.created = int(time.time())
         self.extras = job.report  # backend, BLAS, dtype: which kernels produced the figures
         self.logprobs: list[dict] = []
+        self.call: dict | None = None  # the tool call the answer made, given with its end
 
     def add_logprobs(self, info: dict | None) -> None:
         if info is not None:
@@ -64,10 +65,23 @@ class Output:
         return choice
 
     def whole(self, text: str, finish: str, peak_bytes: int) -> dict:
+        call = self.call
+        choice = self._choice(text, "tool_calls" if call else finish, self.logprobs, False)
+        if call:
+            choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
-                "created": self.created, "model": self.model,
-                "choices": [self._choice(text, finish, self.logprobs, delta=False)],
+                "created": self.created, "model": self.model, "choices": [choice],
                 "usage": self.usage(peak_bytes)}
+
+    def finish_chunks(self, finish: str) -> list[dict]:
+        """The stream's last chunks: a held-back call as `delta.tool_calls` (whole, in one
+        piece, as OpenAI's clients accept), then the finish reason."""
+        chunks, call = [], self.call
+        if call:
+            chunks.append(self.chunk())
+            chunks[-1]["choices"][0]["delta"] = {"tool_calls": [{"index": 0, **call}]}
+            finish = "tool_calls"
+        return chunks + [self.chunk(finish=finish)]
 
     def chunk(self, text: str = "", finish: str | None = None, role: bool = False,
               usage: dict | None = None, entries: list[dict] | None = None) -> dict:

@@ -7,6 +7,8 @@ that names the field and never touches the model.
 import json
 from dataclasses import dataclass, replace
 
+from mlx_slm.apps.serve import tools
+from mlx_slm.apps.serve.tools import ToolError
 from mlx_slm.errors import SlmError
 from mlx_slm.sample import SamplingOptions, check_range
 
@@ -42,7 +44,9 @@ class Params:
     top_logprobs: int = 0
     messages: list | None = None
     prompt: str | list[int] | None = None
-    constraint: object = None  # from response_format: a constrain.ConstraintSpec, or None
+    constraint: object = None  # from response_format or tools: a constrain.ConstraintSpec
+    tools: object = None  # chat's tools and tool_choice: a tools.Tools, or None
+    ignore_eos: bool = False  # generate past EOS (benchmarks), as vLLM's extension
 
 
 MAX_STOP = 4
@@ -57,6 +61,12 @@ def parse_body(raw: bytes) -> dict:
                        code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    try:
+        # JSON escapes can spell lone surrogates ("\\ud800"), which no tokenizer can encode.
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError as err:
+        raise ApiError(400, f"The request body is not valid UTF-8: {err.reason} "
+                       f"{err.object[err.start:err.end]!r}.", code="invalid_encoding") from None
     return body
 
 
@@ -87,6 +97,13 @@ def _sampling(body: dict, params: Params) -> None:
             raise ApiError(400, str(err).replace(name.replace("_", "-"), name), param=name,
                            code="invalid_value") from None
         values[name] = value
+    for name in ("frequency_penalty", "presence_penalty"):  # OpenAI's range
+        value = _get(body, name, (float,), 0.0)
+        if not -2.0 <= value <= 2.0:
+            raise ApiError(400, f"{name} must be between -2 and 2, got {value}.", param=name,
+                           code="invalid_value")
+        values[name] = value
+    values["logit_bias"] = _logit_bias(body)
     if "temperature" in body and values["temperature"] > 2.0:
         raise ApiError(400, f"temperature must be between 0 and 2, got {values['temperature']}.",
                        param="temperature", code="invalid_value")
@@ -97,7 +114,32 @@ def _sampling(body: dict, params: Params) -> None:
     params.sampling = replace(params.sampling, **values, seed=seed)
 
 
+def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
+    """{"token id": bias in [-100, 100]} as sorted pairs (ids are checked against the
+    vocabulary once the model is known)."""
+    bias = _get(body, "logit_bias", (dict,), {})
+    pairs = []
+    for key, value in bias.items():
+        ok = isinstance(key, str) and key.isdigit() and isinstance(value, (int, float)) \
+            and not isinstance(value, bool) and -100 <= value <= 100
+        if not ok:
+            raise ApiError(400, "logit_bias maps token ids (as strings) to numbers between -100 "
+                           f"and 100, got {key!r:.20}: {value!r:.20}.", param="logit_bias",
+                           code="invalid_value")
+        pairs.append((int(key), float(value)))
+    return tuple(sorted(pairs))
+
+
+# Fields of OpenAI's API that change the answer and that we do not do: refused, not ignored.
+UNSUPPORTED = {"echo": lambda v: v not in (None, False), "suffix": lambda v: v is not None,
+               "best_of": lambda v: v not in (None, 1)}
+
+
 def _common(body: dict, params: Params) -> None:
+    for name, used in UNSUPPORTED.items():
+        if used(body.get(name)):
+            raise ApiError(400, f"'{name}' is not supported by this server.", param=name,
+                           code="unsupported_parameter")
     params.model = _get(body, "model", (str,))
     max_tokens = _get(body, "max_completion_tokens", (int,))
     max_tokens = _get(body, "max_tokens", (int,), max_tokens)
@@ -118,7 +160,14 @@ def _common(body: dict, params: Params) -> None:
     params.stream = _get(body, "stream", (bool,), False)
     options = _get(body, "stream_options", (dict,), {})
     params.include_usage = _get(options, "include_usage", (bool,), False)
+    params.ignore_eos = _get(body, "ignore_eos", (bool,), False)
     params.constraint = _response_format(body)
+    if params.tools is not None:
+        if params.constraint is not None:
+            raise ApiError(400, "response_format cannot be combined with tools (unless "
+                           "tool_choice is none).", param="response_format",
+                           code="invalid_value")
+        params.constraint = _tool_grammar(params.tools)
 
 
 def _response_format(body: dict):
@@ -154,9 +203,25 @@ def _top_logprobs(body: dict, name: str, most: int) -> int | None:
     return top
 
 
+def _tools(body: dict):
+    try:
+        return tools.parse_tools(body.get("tools"), body.get("tool_choice"))
+    except tools.ToolError as err:
+        raise ApiError(400, str(err), param=err.param, code="invalid_value") from None
+
+
+def _tool_grammar(tools):
+    try:
+        return tools.grammar()
+    except SlmError as err:
+        raise ApiError(400, str(err), param="tools", code="invalid_value") from None
+
+
 def chat_params(body: dict) -> Params:
     """Check a /v1/chat/completions body."""
-    params = Params(messages=_messages(body))
+    params = Params(messages=_messages(body), tools=_tools(body))
+    if params.tools is not None:  # stated after the caller's system text
+        params.messages.append(("system", params.tools.system_text()))
     params.logprobs = _get(body, "logprobs", (bool,), False)
     params.top_logprobs = _top_logprobs(body, "top_logprobs", MAX_TOP_LOGPROBS) or 0
     if params.top_logprobs and not params.logprobs:
@@ -190,7 +255,7 @@ def _messages(body: dict) -> list[tuple[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list.", param="messages",
                        code="invalid_value")
-    out = []
+    out, names = [], {}  # names: tool_call_id -> the function it called
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -198,11 +263,38 @@ def _messages(body: dict) -> list[tuple[str, str]]:
         role = message.get("role")
         if role == "developer":
             role = "system"
-        if role not in ("system", "user", "assistant"):
-            raise ApiError(400, f"{where}.role must be system, user or assistant, got "
-                           f"{role!r:.40}.", param=f"{where}.role", code="invalid_value")
-        out.append((role, _content(message.get("content"), f"{where}.content")))
+        if role not in ("system", "user", "assistant", "tool"):
+            raise ApiError(400, f"{where}.role must be system, developer, user, assistant or "
+                           f"tool, got {role!r:.40}.", param=f"{where}.role",
+                           code="invalid_value")
+        try:
+            out.append(_message(role, message, where, names))
+        except ToolError as err:
+            raise ApiError(400, str(err), param=err.param, code="invalid_value") from None
     return out
+
+
+def _message(role: str, message: dict, where: str, names: dict) -> tuple[str, str]:
+    """One message as (role, text) in the Instruct format's roles: a tool call is written as
+    the model writes one, a tool's result as a user turn (tools.py says how)."""
+    content = message.get("content")
+    calls = message.get("tool_calls") if role == "assistant" else None
+    if calls:
+        for call in calls if isinstance(calls, list) else ():
+            if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                names[call.get("id")] = call["function"].get("name")
+        text = tools.history_calls(calls, f"{where}.tool_calls")
+        if content is not None:
+            text = _content(content, f"{where}.content") + "\n" + text
+        return role, text
+    text = _content(content, f"{where}.content")
+    if role != "tool":
+        return role, text
+    call_id = message.get("tool_call_id")
+    if not isinstance(call_id, str):
+        raise ToolError(f"{where}.tool_call_id must be the id of the call answered.",
+                        f"{where}.tool_call_id")
+    return "user", tools.result_text(text, call_id, names.get(call_id))
 
 
 def _content(content, where: str) -> str:

@@ -1,7 +1,9 @@
 """Starting the server: load the models on the worker, then serve HTTP with uvicorn until
 SIGINT or SIGTERM, letting in-flight requests finish first."""
 
+import ipaddress
 import socket
+import sys
 import threading
 
 from mlx_slm.apps.serve.worker import Settings, Worker
@@ -46,10 +48,32 @@ def serve(names: list[str], host: str = "127.0.0.1", port: int = 8080,
     """Serve until SIGINT/SIGTERM; uvicorn stops accepting, drains, then the worker stops."""
     check_address(host, port)  # before the models load, not after
     worker, app = build(names, load, settings, api_key)
+    for line in startup_lines(names, host, port, api_key):
+        print(line, file=sys.stderr, flush=True)
     try:
         _server(app, host, port, "info").run()
     finally:
         worker.stop()
+
+
+def startup_lines(names: list[str], host: str, port: int, api_key: str | None) -> list[str]:
+    """What the log says once the models are loaded: the models, the URL, and a warning
+    when the server is reachable from the network with no key."""
+    shown = f"[{host}]" if ":" in host else host
+    lines = [f"Serving {', '.join(names)} at http://{shown}:{port}/v1"]
+    if api_key is None and not _loopback(host):
+        lines.append(f"Warning: {host} is reachable from the network and no API key is set; "
+                     "anyone who can connect can use the server (--api-key KEY).")
+    return lines
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only localhost is known to be local
+        return False
 
 
 def check_address(host: str, port: int) -> None:

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from mlx_slm.apps.serve.jobs import Job
+from mlx_slm.apps.serve.metrics import StepTimes
 from mlx_slm.apps.serve.protocol import Params
+from mlx_slm.apps.serve.tools import ToolText
 from mlx_slm.batch_cache import BatchCache
 from mlx_slm.batch_generation import BatchGenerator, Row
 from mlx_slm.chat_format import PromptFormat, Turn
@@ -32,6 +34,14 @@ from mlx_slm.tokenizer import TextStream
 
 class ModelNotServed(SlmError):
     """A request named a model this server does not serve."""
+
+
+class ModelNotNamed(SlmError):
+    """A request named no model while several are served."""
+
+
+class InvalidLogitBias(SlmError):
+    """A logit_bias entry for a token id outside the vocabulary."""
 
 
 class ShuttingDown(SlmError):
@@ -53,6 +63,7 @@ class ServedModel:
     name: str
     loaded: object  # apps.model_loading.LoadedModel
     prefix: PrefixCache
+    times: StepTimes  # the worker's, where leaving rows' copies are counted
     generator: BatchGenerator = None
     jobs: dict = field(default_factory=dict)  # Row -> Job, for the rows running
 
@@ -75,8 +86,10 @@ class ServedModel:
     def _keep_prefix(self, row: Row, cache: BatchCache) -> None:
         """A leaving row's keys and values, for later prompts that start the same way (a step
         queued ahead may have fed it one id more than it kept: an EOS)."""
+        start = time.perf_counter()
         ids = row.ids[: cache.lengths[cache.rows.index(row)]]
         self.prefix.store(ids, cache.row_cache(row, len(ids)))
+        self.times.add("copies", start)
 
 
 @dataclass
@@ -106,6 +119,7 @@ class Worker:
         self.memory = {"active_bytes": 0, "peak_bytes": 0}
         self.tokens_generated = 0
         self.peak_running = 0  # the most requests decoded together so far
+        self.step_times = StepTimes()
         self.thread = threading.Thread(target=self._main, name="mlx-worker", daemon=True)
 
     def start(self) -> None:
@@ -128,7 +142,7 @@ class Worker:
         """A request's Job: the model it names, its prompt in the model's format (chat
         messages or a completion prompt), fitted to the context. Tokenizing only: no MLX
         work happens on the caller's thread."""
-        name = self._model_name(params.model)
+        name = self.model_name(params.model)
         served = self.served[name]
         if chat:
             system = "\n".join(c for role, c in params.messages if role == "system") or None
@@ -137,8 +151,14 @@ class Worker:
         else:
             prompt, prompt_format = params.prompt, PromptFormat(chat=False)
         loaded = served.loaded
-        prepared = prompt_format.prepare(loaded.tokenizer, loaded.model.args, prompt,
-                                         max_tokens=params.max_tokens, stop=params.stop)
+        vocab = loaded.tokenizer.vocab_size
+        if any(not 0 <= i < vocab for i, _ in params.sampling.logit_bias):
+            raise InvalidLogitBias(f"logit_bias token ids must be between 0 and {vocab - 1}.")
+        # A forced tool call ends with its grammar: a stop string could only cut it.
+        forced = params.tools is not None and params.tools.forced
+        prepared = prompt_format.prepare(
+            loaded.tokenizer, loaded.model.args, prompt, max_tokens=params.max_tokens,
+            stop=() if forced else params.stop, turn_stops=not forced)
         return Job(name, prepared, params, served.report)
 
     def submit(self, job: Job) -> None:
@@ -150,11 +170,16 @@ class Worker:
     def stats(self) -> dict:
         """What /health and /metrics report, read at the time of asking."""
         return {"models": self.models, "running": self.running, "queued": self.queue_depth,
-                "kv_bytes": self.kv_bytes, "prefix_bytes": self.prefix_bytes, **self.memory}
+                "kv_bytes": self.kv_bytes, "prefix_bytes": self.prefix_bytes,
+                "step_times": self.step_times, **self.memory}
 
-    def _model_name(self, requested: str | None) -> str:
+    def model_name(self, requested: str | None) -> str:
+        """The served model a request means: the one named, or the only one served."""
         if requested is None and len(self.served) == 1:
             return next(iter(self.served))
+        if requested is None:
+            raise ModelNotNamed("'model' is required when several models are served: "
+                                f"{', '.join(self.served)}.")
         if requested in self.served:
             return requested
         raise ModelNotServed(f"The model {requested!r} is not served here; GET /v1/models "
@@ -205,7 +230,7 @@ class Worker:
         for name in self.names:
             loaded = open_model(name, self.load_options)
             prefix = PrefixCache(self.settings.prefix_cache_bytes)
-            self.served[name] = ServedModel(name, loaded, prefix)
+            self.served[name] = ServedModel(name, loaded, prefix, self.step_times)
         if self.kv_budget is None:
             available = available_bytes()
             self.kv_budget = (int(0.8 * available) - self.settings.prefix_cache_bytes
@@ -226,7 +251,7 @@ class Worker:
             job = self.pending[0]
             if job.cancelled.is_set():
                 self.pending.popleft()
-                job.emit(("end", "cancelled", ""))
+                job.emit(("end", "cancelled", "", None))
                 continue
             if not self._fits(self.served[job.model], job, joining.get(job.model, [])):
                 if self.running or joining:
@@ -236,8 +261,14 @@ class Worker:
                     "This request's KV cache would not fit in the memory available.")))
                 continue
             joining.setdefault(job.model, []).append(self.pending.popleft())
+        start = time.perf_counter()
+        start = time.perf_counter()
         for name, jobs in joining.items():
             self._guarded(self.served[name], self._start, *jobs)
+        if joining:  # not the idle wait above
+            self.step_times.add("admission", start)
+        if joining:  # not the idle wait above
+            self.step_times.add("admission", start)
 
     @staticmethod
     def _count(joining: dict[str, list[Job]]) -> int:
@@ -266,9 +297,10 @@ class Worker:
                 from mlx_slm.constrain import Constraint
 
                 grammar = Constraint(p.constraint, served.vocab)
+            stream = TextStream(tokenizer, job.prepared.stop_strings)
             row = Row(job.prompt, TokenChooser(p.sampling, job.prompt, grammar), job.max_tokens,
-                      stop_ids=(tokenizer.eos_id,),
-                      stream=TextStream(tokenizer, job.prepared.stop_strings),
+                      stop_ids=() if p.ignore_eos else (tokenizer.eos_id,),
+                      stream=ToolText(stream) if p.tools is not None else stream,
                       want_logprobs=p.logprobs, cached=job.cached_tokens)
             rows.append(row)
             prefixes.append(cache)
@@ -286,9 +318,18 @@ class Worker:
                 row.end("cancelled")
                 served.generator.leave(row)
                 self._emit(served, row)
-        if len(served.generator):
-            for row in served.generator.step():
-                self._emit(served, row)
+        if not len(served.generator):
+            return
+        times = self.step_times
+        start, copies = time.perf_counter(), times.seconds["copies"]
+        rows = served.generator.step()
+        # Leaving rows' copies for the prefix cache are counted apart (_keep_prefix).
+        times.seconds["decode"] += time.perf_counter() - start - (times.seconds["copies"] - copies)
+        times.steps += 1
+        start = time.perf_counter()
+        for row in rows:
+            self._emit(served, row)
+        times.add("emit", start)
 
     def _emit(self, served: ServedModel, row: Row) -> None:
         """Send the row's new token (and its end, if it ended) to its request."""
@@ -302,7 +343,10 @@ class Worker:
             job.emit(("token", row.tokens[-1], row.piece, self._logprobs(row, job)))
         if row.finish_reason is not None:
             held = row.stream.finish() if row.finish_reason in ("length", "stop") else ""
-            job.emit(("end", row.finish_reason, held))
+            call = None
+            if isinstance(row.stream, ToolText):  # a call is given whole, never as text
+                held, call = held + row.stream.leftover(), row.stream.call()
+            job.emit(("end", row.finish_reason, held, call))
             del served.jobs[row]
 
     @staticmethod
