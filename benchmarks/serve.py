@@ -39,9 +39,9 @@ WORDS = ["river", "mountain", "city", "lake", "forest", "desert", "ocean", "isla
          "bridge"]
 # Single-token words (Llama-2 tokenizer) that open the prompts: prompt i starts with a word
 # of its own, so no prompt shares a prefix with another (nor with the warm-up's).
-OPENERS = ["Red", "Blue", "Green", "Black", "White", "Brown", "Gold", "Silver", "Pink",
+OPENERS = ["Red", "Blue", "Green", "Black", "White", "Brown", "Gold", "Silver", "Gray",
            "Orange", "North", "South", "East", "West", "Old", "New", "Big", "Small", "Long",
-           "Short", "High", "Low", "Hot", "Cold", "Dark", "Light", "Fast", "Slow", "Early",
+           "Short", "High", "Low", "Hot", "Cold", "Dark", "Light", "Fast", "Deep", "Early",
            "Late", "First", "Last", "Good", "Bad", "Young", "Great", "Little", "Open"]
 
 
