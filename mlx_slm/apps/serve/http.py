@@ -63,13 +63,11 @@ def make_app(worker: Worker, api_key: str | None = None,
         return wrapped
 
     async def models(request: Request) -> Response:
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "mlx-slm"}
-                for name in worker.models]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list",
+                             "data": [worker.model_card(name) for name in worker.models]})
 
     async def model(request: Request) -> Response:
-        name = worker.model_name(request.path_params["name"])
-        return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "mlx-slm"})
+        return JSONResponse(worker.model_card(worker.model_name(request.path_params["name"])))
 
     async def health(request: Request) -> Response:
         stats = worker.stats()

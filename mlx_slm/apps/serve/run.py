@@ -48,7 +48,7 @@ def serve(names: list[str], host: str = "127.0.0.1", port: int = 8080,
     """Serve until SIGINT/SIGTERM; uvicorn stops accepting, drains, then the worker stops."""
     check_address(host, port)  # before the models load, not after
     worker, app = build(names, load, settings, api_key)
-    for line in startup_lines(names, host, port, api_key):
+    for line in startup_lines(worker.models, host, port, api_key):
         print(line, file=sys.stderr, flush=True)
     try:
         _server(app, host, port, "info").run()

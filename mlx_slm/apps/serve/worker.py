@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
 
@@ -98,6 +98,9 @@ class Settings:
 
     max_batch: int = 16
     prefix_cache_bytes: int = 256 * 2**20
+    # Adapters served as models of their own: (served name, adapter directory) on the first
+    # model (each loaded as its own copy of that model, the adapter applied unfused).
+    adapters: tuple[tuple[str, str], ...] = ()
     # Running batches' KV caches; None: 80% of the memory available after loading, less the
     # prefix cache's own bound.
     kv_budget_bytes: int | None = None
@@ -137,6 +140,14 @@ class Worker:
     @property
     def models(self) -> list[str]:
         return list(self.served)
+
+    def model_card(self, name: str) -> dict:
+        """/v1/models' entry for a served model; an adapter's names its base and directory."""
+        card = {"id": name, "object": "model", "created": 0, "owned_by": "mlx-slm"}
+        adapter = dict(self.settings.adapters).get(name)
+        if adapter is not None:
+            card.update(parent=self.names[0], adapter=adapter)
+        return card
 
     def prepare(self, params: Params, chat: bool) -> Job:
         """A request's Job: the model it names, its prompt in the model's format (chat
@@ -227,8 +238,11 @@ class Worker:
         from mlx_slm.apps.model_loading import open_model
         from mlx_slm.memory import available_bytes
 
-        for name in self.names:
-            loaded = open_model(name, self.load_options)
+        models = [(name, name, self.load_options) for name in self.names] + [
+            (alias, self.names[0], replace(self.load_options, adapter=adapter))
+            for alias, adapter in self.settings.adapters]
+        for name, model, options in models:
+            loaded = open_model(model, options)
             prefix = PrefixCache(self.settings.prefix_cache_bytes)
             self.served[name] = ServedModel(name, loaded, prefix, self.step_times)
         if self.kv_budget is None:
