@@ -189,4 +189,5 @@ class SamplingOptions:
         return processors
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The settings as JSON has them (logit_bias as OpenAI writes it: id -> bias)."""
+        return {**asdict(self), "logit_bias": {str(i): v for i, v in self.logit_bias}}
