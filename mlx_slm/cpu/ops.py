@@ -14,10 +14,13 @@ import mlx.core as mx
 
 from mlx_slm.cpu import kernels
 
-# Half-precision products with at least this many input rows (prompt chunks) upcast the
-# weight and use float32 BLAS, whose GEMM outruns a matrix-vector kernel there; so do
-# quantized ones without the native kernels. Fewer rows (decoding) use the kernels.
-BLAS_MIN_ROWS = 8
+# Products with fewer input rows than this (decoding, batched decoding, speculative
+# verification) run on the native kernels where built: their rows are bit-identical to
+# one-row products, so every batch size decodes the same tokens. Half-precision and float32
+# products with more rows (prompt chunks) use float32 BLAS, whose GEMM outruns the kernels
+# there (half-precision weights are upcast a slice at a time); so do quantized ones without
+# the native kernels.
+BLAS_MIN_ROWS = 17
 HALF = (mx.float16, mx.bfloat16)
 # The float32 copy of weight rows that one stream makes at a time for a prompt chunk: the
 # transient memory of half-precision and quantized models stays small next to the weights.
@@ -74,6 +77,14 @@ def dense_product(x32: mx.array, make_rows, out_features: int, in_features: int,
         mx.eval(chunk)
         outputs += chunk
     return outputs[0] if len(outputs) == 1 else mx.concatenate(outputs, axis=-1)
+
+
+def float_linear(x: mx.array, weight: mx.array, weight_t: mx.array) -> mx.array:
+    """x @ weight.T for a float32 weight; `weight_t` is its transpose (x @ W.T costs 3-4x
+    x @ W in MLX's CPU products)."""
+    if _rows(x) < BLAS_MIN_ROWS and kernels.available():
+        return kernels.matmul_t(x, weight)
+    return x @ weight_t
 
 
 def half_linear(x: mx.array, weight: mx.array) -> mx.array:

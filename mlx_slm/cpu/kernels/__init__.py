@@ -5,7 +5,8 @@ AVX-512 variants chosen at run time and a persistent thread pool.
 Every function here falls back to MLX's own op wherever the native one cannot run: the
 extension was not built (macOS, no compiler) or not importable (an mlx other than the one it
 was built against), `MLX_SLM_KERNELS=off`, a GPU default device, or an unsupported format.
-`MLX_SLM_THREADS=N` sets the pool's size (default: all cores). `MLX_SLM_KERNELS=int8`
+`MLX_SLM_THREADS=N` sets the pool's size (default: all cores); `MLX_SLM_KERNELS_ISA`
+names the variant (see runnable_isas). `MLX_SLM_KERNELS=int8`
 opts in to int8 activations for 4- and 8-bit weights (see quant_method)."""
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def status() -> str:
         return f"mlx ({reason})"
     int8 = ", int8 activations" if ext.quant_method(4) == "int8" else ""
     return f"native {ext.isa()} {ext.threads()} threads{int8}"
+
+
+def runnable_isas() -> list[str]:
+    """The variants this CPU can run, widest first: the values MLX_SLM_KERNELS_ISA takes
+    (it picks a narrower one, to test it on a wide CPU). Empty without the extension."""
+    ext = _load()[0]
+    return ext.runnable_isas() if ext is not None else []
 
 
 def supports(group_size: int, bits: int) -> bool:

@@ -1,6 +1,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
 #include "ops.h"
 
@@ -21,6 +22,8 @@ NB_MODULE(_ext, m) {
   m.def("set_int8_activations", &k::set_int8_activations, "on"_a,
         "Round x to int8 per block of 32 for 4/8-bit weights where the ISA allows.");
   m.def("isa", &k::isa, "The instruction set the kernels were selected for.");
+  m.def("runnable_isas", &k::runnable_isas,
+        "The variants this CPU can run, widest first (values of MLX_SLM_KERNELS_ISA).");
   m.def("threads", &k::threads, "The thread pool's size (the calling thread included).");
   m.def("set_threads", &k::set_threads, "n"_a, "Resize the pool; call only when idle.");
 }

@@ -6,6 +6,7 @@
 #include <memory>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include "kernels.h"
 #include "mlx/allocator.h"
@@ -17,20 +18,30 @@ namespace mlx_slm_kernels {
 
 namespace {
 
-// MLX_SLM_KERNELS_ISA=generic|avx2 selects a narrower variant (to test it on a wide CPU).
-const KernelTable& select_table() {
-  const char* forced = std::getenv("MLX_SLM_KERNELS_ISA");
-  const std::string want = forced ? forced : "";
+// The variants this CPU can run, widest first.
+std::vector<const KernelTable*> runnable_tables() {
+  std::vector<const KernelTable*> tables;
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c");
-  if (avx512 && (want.empty() || want == "avx512")) return kernels_avx512();
-  if (avx2 && (want.empty() || want == "avx512" || want == "avx2")) return kernels_avx2();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    tables.push_back(&kernels_avx512());
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    tables.push_back(&kernels_avx2());
 #endif
-  return kernels_generic();
+  tables.push_back(&kernels_generic());
+  return tables;
+}
+
+// The widest variant, or the one MLX_SLM_KERNELS_ISA names if this CPU can run it (to test
+// a narrower variant on a wide CPU; isa() says which one runs).
+const KernelTable& select_table() {
+  const auto tables = runnable_tables();
+  if (const char* forced = std::getenv("MLX_SLM_KERNELS_ISA"))
+    for (const KernelTable* t : tables)
+      if (std::strcmp(t->name, forced) == 0) return *t;
+  return *tables.front();
 }
 
 const KernelTable& table() {
@@ -135,6 +146,21 @@ Scratch& scratch() {
   return s;
 }
 
+// The set-up every product shares: x gathered into contiguous float32; y written straight
+// into a float32 output, or into scratch and rounded to the output's dtype afterwards.
+// body(scratch, x, y, M, K) computes y[M, N] from x[M, K].
+template <typename Body>
+void run_product(const mx::array& x, mx::array& out, Body&& body) {
+  Scratch& s = scratch();
+  s.x.resize(x.size());
+  to_float32(x, s.x.data());
+  const bool direct = out.dtype() == mx::float32;
+  if (!direct) s.y.resize(out.size());
+  const int K = x.shape(-1);
+  body(s, s.x.data(), direct ? out.data<float>() : s.y.data(), int(x.size() / K), K);
+  if (!direct) store_output(s.y.data(), out);
+}
+
 void run_quantized(
     const mx::array& x,
     const mx::array& w,
@@ -144,51 +170,36 @@ void run_quantized(
     int group_size,
     int bits) {
   const KernelTable& t = table();
-  Scratch& s = scratch();
-  const int K = x.shape(-1), N = w.shape(0), M = int(x.size() / K);
-  s.x.resize(x.size());
-  to_float32(x, s.x.data());
-  const bool direct = out.dtype() == mx::float32;
-  if (!direct) s.y.resize(out.size());
-  QuantArgs a{
-      s.x.data(),
-      nullptr,
-      static_cast<const uint8_t*>(contiguous_bytes(w, s.w)),
-      contiguous_bytes(scales, s.scales),
-      contiguous_bytes(biases, s.biases),
-      scalar_type(scales.dtype()),
-      direct ? out.data<float>() : s.y.data(),
-      M,
-      N,
-      K,
-      group_size,
-      bits,
-      int8_activations.load() && t.has_int8(bits)};
-  s.prepared.resize(t.quant_scratch(a));
-  a.prepared = s.prepared.data();
-  t.prepare_quant(a);
-  parallel_columns(N, [&](int n0, int n1) { t.quant_matmul(a, n0, n1); });
-  if (!direct) store_output(s.y.data(), out);
+  const int N = w.shape(0);
+  run_product(x, out, [&](Scratch& s, const float* xf, float* y, int M, int K) {
+    QuantArgs a{
+        xf,
+        nullptr,
+        static_cast<const uint8_t*>(contiguous_bytes(w, s.w)),
+        contiguous_bytes(scales, s.scales),
+        contiguous_bytes(biases, s.biases),
+        scalar_type(scales.dtype()),
+        y,
+        M,
+        N,
+        K,
+        group_size,
+        bits,
+        int8_activations.load() && t.has_int8(bits)};
+    s.prepared.resize(t.quant_scratch(a));
+    a.prepared = s.prepared.data();
+    t.prepare_quant(a);
+    parallel_columns(N, [&](int n0, int n1) { t.quant_matmul(a, n0, n1); });
+  });
 }
 
 void run_dense(const mx::array& x, const mx::array& w, mx::array& out) {
   const KernelTable& t = table();
-  Scratch& s = scratch();
-  const int K = x.shape(-1), N = w.shape(0), M = int(x.size() / K);
-  s.x.resize(x.size());
-  to_float32(x, s.x.data());
-  const bool direct = out.dtype() == mx::float32;
-  if (!direct) s.y.resize(out.size());
-  DenseArgs a{
-      s.x.data(),
-      contiguous_bytes(w, s.w),
-      scalar_type(w.dtype()),
-      direct ? out.data<float>() : s.y.data(),
-      M,
-      N,
-      K};
-  parallel_columns(N, [&](int n0, int n1) { t.dense_matmul(a, n0, n1); });
-  if (!direct) store_output(s.y.data(), out);
+  const int N = w.shape(0);
+  run_product(x, out, [&](Scratch& s, const float* xf, float* y, int M, int K) {
+    const DenseArgs a{xf, contiguous_bytes(w, s.w), scalar_type(w.dtype()), y, M, N, K};
+    parallel_columns(N, [&](int n0, int n1) { t.dense_matmul(a, n0, n1); });
+  });
 }
 
 mx::Stream cpu_stream(mx::StreamOrDevice s) {
@@ -225,6 +236,12 @@ void set_int8_activations(bool on) {
 
 std::string isa() {
   return table().name;
+}
+
+std::vector<std::string> runnable_isas() {
+  std::vector<std::string> names;
+  for (const KernelTable* t : runnable_tables()) names.push_back(t->name);
+  return names;
 }
 
 int threads() {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
@@ -33,6 +34,8 @@ void set_int8_activations(bool on);
 
 // "avx2", "avx512" or "generic", and the thread pool's size.
 std::string isa();
+// The variants this CPU can run (MLX_SLM_KERNELS_ISA may name any), widest first.
+std::vector<std::string> runnable_isas();
 int threads();
 void set_threads(int n);
 

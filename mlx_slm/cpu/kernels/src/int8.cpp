@@ -1,4 +1,4 @@
-// Included by kernels.cpp inside its anonymous namespace.
+// The int8 path, compiled once per ISA variant like kernels.cpp.
 //
 // 4- and 8-bit weights on x86 (AVX2 and up): x is rounded to int8 per block of 32 elements
 // (a float scale each, as llama.cpp does for its q8 activations) and meets the packed weights
@@ -6,13 +6,26 @@
 // The products use the centred weights s * (q - c), c = 2^(bits-1), and the rest,
 // (b + c * s) * sum(x), uses x itself, so x's rounding meets weights of the size of w.
 // Error per output: at most sum_k |s * (q_k - c)| * max|x_block| / 254, plus round-off.
-#if defined(__AVX2__)
+#include "int8.h"
 
-constexpr int QB = 32;  // elements of x per int8 block
+#include "variant.h"
+
+namespace mlx_slm_kernels {
+namespace KERNEL_NAME {
 
 bool int8_path(int bits) {
+#if defined(__AVX2__)
   return bits == 4 || bits == 8;
+#else
+  (void)bits;
+  return false;
+#endif
 }
+
+#if defined(__AVX2__)
+namespace {
+
+constexpr int QB = 32;  // elements of x per int8 block
 
 // The prepared x, carved out of the scratch buffer.
 struct Int8View {
@@ -39,6 +52,8 @@ Int8View int8_view(void* base, int M, int K, int group_size) {
   v.corr = reinterpret_cast<float*>(p);
   return v;
 }
+
+}  // namespace
 
 size_t int8_scratch(int M, int K, int group_size) {
   const size_t groups = K / group_size;
@@ -78,6 +93,8 @@ void int8_prepare(const QuantArgs& a) {
     }
   }
 }
+
+namespace {
 
 inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -171,18 +188,13 @@ void int8_columns(const QuantArgs& a, const Int8View& v, int n0, int n1, int m0)
 template <int BITS>
 void int8_matmul_bits(const QuantArgs& a, int n0, int n1) {
   const Int8View v = int8_view(a.prepared, a.M, a.K, a.group_size);
-  for (int nb = n0; nb < n1; nb += kColumnTile) {
-    const int ne = nb + kColumnTile < n1 ? nb + kColumnTile : n1;
-    int m = 0;
-    for (; m + 4 <= a.M; m += 4) int8_columns<BITS, 4, 1>(a, v, nb, ne, m);
-    switch (a.M - m) {
-      case 1: int8_columns<BITS, 1, 4>(a, v, nb, ne, m); break;
-      case 2: int8_columns<BITS, 2, 2>(a, v, nb, ne, m); break;
-      case 3: int8_columns<BITS, 3, 1>(a, v, nb, ne, m); break;
-      default: break;
-    }
-  }
+  for_tiles<4>(a.M, n0, n1, [&](auto rows, int nb, int ne, int m) {
+    constexpr int MT = decltype(rows)::value;
+    int8_columns<BITS, MT, MT == 1 ? 4 : (MT == 2 ? 2 : 1)>(a, v, nb, ne, m);
+  });
 }
+
+}  // namespace
 
 void int8_quant_matmul(const QuantArgs& a, int n0, int n1) {
   if (a.bits == 4) return int8_matmul_bits<4>(a, n0, n1);
@@ -190,3 +202,6 @@ void int8_quant_matmul(const QuantArgs& a, int n0, int n1) {
 }
 
 #endif  // __AVX2__
+
+}  // namespace KERNEL_NAME
+}  // namespace mlx_slm_kernels
