@@ -2,6 +2,7 @@
 ceiling, run, and return the rows. The benchmarks/ scripts call this too."""
 
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ def iter_bench(request: BenchRequest,
     ones; `on_plan` first receives what will run and a time estimate."""
     from mlx_slm.bench.bandwidth import resolve_bandwidth
     from mlx_slm.bench.engines import OurEngine
-    from mlx_slm.bench.machine import machine_info
+    from mlx_slm.bench.machine import load_warning, machine_info
     from mlx_slm.bench.plan import describe_plan, directory_source, plan, synthetic_sources
     from mlx_slm.bench.runner import Settings, run_sweep
     from mlx_slm.memory_guard import available_bytes
@@ -81,10 +82,13 @@ def iter_bench(request: BenchRequest,
     settings = Settings(reps=request.reps, warmup=request.warmup, seed=request.seed,
                         bandwidth_gbs=gbs, bandwidth_source=where,
                         time_limit_s=request.time_limit)
+    machine = machine_info()
+    if (warning := load_warning(machine["load_average"])) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     if on_plan is not None:
         on_plan(describe_plan(groups, settings.reps, settings.warmup, gbs, len(engines)))
     try:
-        yield from run_sweep(groups, settings, machine_info(), on_progress, engines=engines)
+        yield from run_sweep(groups, settings, machine, on_progress, engines=engines)
     finally:
         for engine in engines:
             engine.close()
