@@ -65,42 +65,70 @@ inline vf load_weights(const void* base, size_t i) {
 }
 
 // ---------------------------------------------------------------- quantized
-// A block is VL packed bytes = VL * (8 / bits) elements. prepare_x permutes each whole block
-// of x so that shift t of those bytes meets x[t * VL .. t * VL + VL) (no in-register
+// Element k of a weight row is s_g * (q_k - c) + (b_g + c * s_g), c = 2^(bits-1), g its
+// group. The inner loop takes the centred integers (q - c) times x, one FMA per vector;
+// each group's sum is scaled by s_g once, and (b_g + c * s_g) meets the group's sum of x,
+// made once per product. Centring keeps the summed terms as small as the weights.
+//
+// A block is VL packed bytes = VL * (8 / bits) elements. prepare_quant permutes each whole
+// block of x so that shift t of those bytes meets x[t * VL .. t * VL + VL) (no in-register
 // shuffles); a tail shorter than a block stays in order.
 
-void permute_x(const float* x, float* xp, int M, int K, int bits) {
-  const int per = 8 / bits, blk = VL * per, whole = K / blk * blk;
-  for (size_t r = 0; r < size_t(M); ++r) {
-    const float* src = x + r * K;
-    float* dst = xp + r * K;
+// The prepared x, carved out of the scratch buffer.
+struct FloatView {
+  float* x;     // [M, K] permuted
+  float* xsum;  // [M, groups] sums of x per group
+};
+
+FloatView float_view(void* base, int M, int K) {
+  float* p = static_cast<float*>(base);
+  return {p, p + size_t(M) * K};
+}
+
+size_t float_scratch(const QuantArgs& a) {
+  return (size_t(a.M) * a.K + size_t(a.M) * (a.K / a.group_size)) * sizeof(float);
+}
+
+void float_prepare(const QuantArgs& a) {
+  const int per = 8 / a.bits, blk = VL * per, K = a.K, whole = K / blk * blk;
+  const int gs = a.group_size, groups = K / gs;
+  const FloatView v = float_view(a.prepared, a.M, K);
+  for (size_t r = 0; r < size_t(a.M); ++r) {
+    const float* src = a.x + r * K;
+    float* dst = v.x + r * K;
     for (int b0 = 0; b0 < whole; b0 += blk)
       for (int t = 0; t < per; ++t)
         for (int j = 0; j < VL; ++j) dst[b0 + t * VL + j] = src[b0 + j * per + t];
     for (int k = whole; k < K; ++k) dst[k] = src[k];
+    for (int g = 0; g < groups; ++g) {
+      float sum = 0.0f;
+      for (int k = g * gs; k < (g + 1) * gs; ++k) sum += src[k];
+      v.xsum[r * groups + g] = sum;
+    }
   }
 }
 
-// The scale (or bias) of each lane of the block at element k0: one splat when a group
-// spans whole blocks; else lane j (elements k0 + j * per ..) takes its own group's.
+// The scale of each lane of the block at element k0: one splat when a group spans whole
+// blocks; else lane j (elements k0 + j * per ..) takes its own group's.
 template <int PER>
-inline vf lane_groups(const void* p, size_t row0, size_t k0, size_t gs, ScalarType t) {
-  if (gs >= size_t(VL * PER)) return splat(scalar_at(p, row0 + k0 / gs, t));
+inline vf lane_scales(const QuantArgs& a, size_t row0, size_t k0) {
+  const size_t gs = a.group_size;
+  if (gs >= size_t(VL * PER)) return splat(scalar_at(a.scales, row0 + k0 / gs, a.sb_type));
   vf v;
-  for (int j = 0; j < VL; ++j) v[j] = scalar_at(p, row0 + (k0 + j * PER) / gs, t);
+  for (int j = 0; j < VL; ++j) v[j] = scalar_at(a.scales, row0 + (k0 + j * PER) / gs, a.sb_type);
   return v;
 }
 
 template <int BITS, int MT>
-inline void quant_block_fma(
-    vf (&acc)[MT][kChains], const uint8_t* wq, const float* x, size_t K, vf s, vf b, int c0) {
+inline void quant_block_fma(vf (&acc)[MT][kChains], const uint8_t* wq, const float* x, size_t K, int c0) {
   constexpr int PER = 8 / BITS;
+  constexpr int32_t kCentre = 1 << (BITS - 1);
   const vu q = widen_bytes(wq);
 #pragma GCC unroll 8
   for (int t = 0; t < PER; ++t) {
     vu qt = q;
     if constexpr (BITS < 8) qt = (q >> (t * BITS)) & ((1u << BITS) - 1);
-    const vf w = to_float(qt) * s + b;
+    const vf w = __builtin_convertvector((vi)qt - kCentre, vf);
     const int c = (c0 + t) % kChains;
 #pragma GCC unroll 8
     for (int m = 0; m < MT; ++m) acc[m][c] += w * load_f32(x + m * K + t * VL);
@@ -108,43 +136,50 @@ inline void quant_block_fma(
 }
 
 template <int BITS, int MT>
-void quant_rows(const QuantArgs& a, int n0, int n1, int m0) {
+void quant_rows(const QuantArgs& a, const FloatView& v, int n0, int n1, int m0) {
   constexpr int PER = 8 / BITS, BLK = VL * PER;
+  constexpr float kCentre = 1 << (BITS - 1);
   // Blocks per unrolled step: spread one step's vectors over all the chains.
   constexpr int U = kChains / PER > 1 ? kChains / PER : 1;
   const size_t K = a.K, gs = a.group_size, groups = K / gs;
   const size_t row_bytes = K * BITS / 8;
-  // A span shares its scale and bias vectors: a group, or one block holding several groups.
+  // A span shares its scale vector: a group, or one block holding several groups.
   const size_t span = gs > size_t(BLK) ? gs : BLK, whole = K / span * span;
   const bool unroll = (span / BLK) % U == 0;
-  const float* x = a.x + size_t(m0) * K;
+  const float* x = v.x + size_t(m0) * K;
+  const float* xsum = v.xsum + size_t(m0) * groups;
   for (int n = n0; n < n1; ++n) {
     const uint8_t* wr = a.w + size_t(n) * row_bytes;
     const size_t row0 = size_t(n) * groups;
-    vf acc[MT][kChains] = {};
+    vf acc[MT] = {};
     for (size_t k0 = 0; k0 < whole; k0 += span) {
-      const vf s = lane_groups<PER>(a.scales, row0, k0, gs, a.sb_type);
-      const vf b = lane_groups<PER>(a.biases, row0, k0, gs, a.sb_type);
+      vf part[MT][kChains] = {};
       size_t k = k0;
       if (unroll) {
         for (; k < k0 + span; k += U * BLK)
 #pragma GCC unroll 4
           for (int u = 0; u < U; ++u)
-            quant_block_fma<BITS, MT>(
-                acc, wr + (k + u * BLK) / PER, x + k + u * BLK, K, s, b, u * PER);
+            quant_block_fma<BITS, MT>(part, wr + (k + u * BLK) / PER, x + k + u * BLK, K, u * PER);
       } else {
-        for (; k < k0 + span; k += BLK)
-          quant_block_fma<BITS, MT>(acc, wr + k / PER, x + k, K, s, b, 0);
+        for (; k < k0 + span; k += BLK) quant_block_fma<BITS, MT>(part, wr + k / PER, x + k, K, 0);
+      }
+      const vf s = lane_scales<PER>(a, row0, k0);
+      for (int m = 0; m < MT; ++m) {
+        vf t = part[m][0];
+        for (int c = 1; c < kChains; ++c) t += part[m][c];
+        acc[m] += t * s;
       }
     }
     for (int m = 0; m < MT; ++m) {
-      float y = sum_chains(acc[m]);
+      float y = hsum(acc[m]);
+      for (size_t g = 0; g < groups; ++g) {
+        const float s = scalar_at(a.scales, row0 + g, a.sb_type);
+        y += (scalar_at(a.biases, row0 + g, a.sb_type) + kCentre * s) * xsum[m * groups + g];
+      }
       // Elements past the last whole block (only when groups are shorter than a block).
       for (size_t k = whole; k < K; ++k) {
         const float q = (wr[k / PER] >> (k % PER * BITS)) & ((1u << BITS) - 1);
-        const size_t gi = row0 + k / gs;
-        const float w = q * scalar_at(a.scales, gi, a.sb_type) + scalar_at(a.biases, gi, a.sb_type);
-        y += w * x[m * K + k];
+        y += (q - kCentre) * scalar_at(a.scales, row0 + k / gs, a.sb_type) * x[m * K + k];
       }
       a.y[size_t(m0 + m) * a.N + n] = y;
     }
@@ -153,18 +188,17 @@ void quant_rows(const QuantArgs& a, int n0, int n1, int m0) {
 
 template <int BITS>
 void quant_matmul_bits(const QuantArgs& a, int n0, int n1) {
+  const FloatView v = float_view(a.prepared, a.M, a.K);
   for_tiles<kMaxRows>(a.M, n0, n1, [&](auto rows, int nb, int ne, int m) {
-    quant_rows<BITS, decltype(rows)::value>(a, nb, ne, m);
+    quant_rows<BITS, decltype(rows)::value>(a, v, nb, ne, m);
   });
 }
 
 void float_quant_matmul(const QuantArgs& a, int n0, int n1) {
-  QuantArgs p = a;
-  p.x = static_cast<const float*>(a.prepared);
   switch (a.bits) {
-    case 2: return quant_matmul_bits<2>(p, n0, n1);
-    case 4: return quant_matmul_bits<4>(p, n0, n1);
-    default: return quant_matmul_bits<8>(p, n0, n1);
+    case 2: return quant_matmul_bits<2>(a, n0, n1);
+    case 4: return quant_matmul_bits<4>(a, n0, n1);
+    default: return quant_matmul_bits<8>(a, n0, n1);
   }
 }
 
@@ -178,14 +212,14 @@ size_t quant_scratch(const QuantArgs& a) {
 #if defined(__AVX2__)
   if (a.int8) return int8_scratch(a.M, a.K, a.group_size);
 #endif
-  return size_t(a.M) * a.K * sizeof(float);
+  return float_scratch(a);
 }
 
 void prepare_quant(const QuantArgs& a) {
 #if defined(__AVX2__)
   if (a.int8) return int8_prepare(a);
 #endif
-  permute_x(a.x, static_cast<float*>(a.prepared), a.M, a.K, a.bits);
+  float_prepare(a);
 }
 
 void quant_matmul(const QuantArgs& a, int n0, int n1) {
