@@ -2,7 +2,7 @@
 //
 // 4- and 8-bit weights on x86 (AVX2 and up): x is rounded to int8 per block of 32 elements
 // (a float scale each, as llama.cpp does for its q8 activations) and meets the packed weights
-// in integer dot products (vpmaddubsw), 32 weights per instruction instead of 8 float FMAs.
+// in integer dot products (vpdpbusd with AVX512-VNNI, else vpmaddubsw), 32 weights per instruction instead of 8 float FMAs.
 // The products use the centred weights s * (q - c), c = 2^(bits-1), and the rest,
 // (b + c * s) * sum(x), uses x itself, so x's rounding meets weights of the size of w.
 // Error per output: at most sum_k |s * (q_k - c)| * max|x_block| / 254, plus round-off.
@@ -103,8 +103,21 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// vpdpbusd (AVX512-VNNI) sums unsigned-by-signed byte products into int32 lanes without
+// saturating, so it takes every width's weights as unsigned q; vpmaddubsw needs 8-bit ones
+// centred (signed).
+#if defined(__AVX512VNNI__)
+constexpr bool kVnni = true;
+#else
+constexpr bool kVnni = false;
+#endif
+// Whether the dot products meet q itself; the centring, c * sum(x_q), is then subtracted
+// per group (Int8View::corr).
+template <int BITS>
+constexpr bool kUncentred = BITS == 4 || kVnni;
+
 // 32 weights as 32 bytes in the order of x's block: 4-bit unsigned nibbles
-// [even elements, odd elements]; 8-bit w - 128 as signed bytes.
+// [even elements, odd elements]; 8-bit q (VNNI) or q - 128 as signed bytes.
 template <int BITS>
 inline __m256i load_w32(const uint8_t* p) {
   if constexpr (BITS == 4) {
@@ -113,8 +126,8 @@ inline __m256i load_w32(const uint8_t* p) {
         _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1);
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
   } else {
-    return _mm256_xor_si256(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), _mm256_set1_epi8(char(0x80)));
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return kVnni ? raw : _mm256_xor_si256(raw, _mm256_set1_epi8(char(0x80)));
   }
 }
 
@@ -123,12 +136,16 @@ inline __m256i load_w32(const uint8_t* p) {
 // |w - 128| * (xq * sign(w - 128)), at most 128 * 127 * 2.
 template <int BITS>
 inline __m256i dot32(__m256i w, __m256i xq) {
+#if defined(__AVX512VNNI__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, xq);
+#else
   __m256i p16;
   if constexpr (BITS == 4)
     p16 = _mm256_maddubs_epi16(w, xq);
   else
     p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xq, w));
   return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+#endif
 }
 
 // NR weight rows from n against MT rows of x from m0.
@@ -168,7 +185,7 @@ void int8_rows(const QuantArgs& a, const Int8View& v, int n, int m0) {
         acc[r][m] = _mm256_fmadd_ps(accg[r][m], _mm256_set1_ps(s), acc[r][m]);
         const size_t xg = (m0 + m) * groups + g;
         constexpr float c = 1 << (BITS - 1);
-        extra[r][m] += (b + c * s) * v.xsum[xg] - (BITS == 4 ? c * s * v.corr[xg] : 0.0f);
+        extra[r][m] += (b + c * s) * v.xsum[xg] - (kUncentred<BITS> ? c * s * v.corr[xg] : 0.0f);
       }
     }
   }

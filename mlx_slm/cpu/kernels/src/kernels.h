@@ -53,6 +53,7 @@ const KernelTable& kernels_generic();
 #if defined(__x86_64__)
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+const KernelTable& kernels_avx512vnni();
 #endif
 
 }  // namespace mlx_slm_kernels

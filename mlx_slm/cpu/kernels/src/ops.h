@@ -32,7 +32,7 @@ std::string quant_method(int bits);
 // Opt in to the int8 path where the ISA has one (off by default: it rounds x).
 void set_int8_activations(bool on);
 
-// "avx2", "avx512" or "generic", and the thread pool's size.
+// The variant in use ("avx512vnni", "avx512", "avx2" or "generic"), and the pool's size.
 std::string isa();
 // The variants this CPU can run (MLX_SLM_KERNELS_ISA may name any), widest first.
 std::vector<std::string> runnable_isas();
