@@ -1,5 +1,5 @@
-// The kernel interface shared by the ISA variants (kernels.cpp compiled once per ISA) and
-// the MLX primitives (ops.cpp). Plain C types only: this header is included by translation
+// The kernel interface shared by the ISA variants (kernels.cpp and int8.cpp, compiled once
+// per ISA) and the MLX primitives (ops.cpp). Plain C types only: this header is included by translation
 // units built with AVX2/AVX-512 flags, whose inline code must never leak to other CPUs.
 #pragma once
 
