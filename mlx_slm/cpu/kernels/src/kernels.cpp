@@ -119,6 +119,29 @@ inline vf lane_scales(const QuantArgs& a, size_t row0, size_t k0) {
   return v;
 }
 
+// sum_g (b_g + c * s_g) * xsum_g over one weight row's groups, in a fixed order.
+template <ScalarType T>
+float bias_term_of(const QuantArgs& a, size_t row0, const float* xsum, float c) {
+  const size_t groups = a.K / a.group_size, gv = groups / VL * VL;
+  vf acc = {};
+  for (size_t g = 0; g < gv; g += VL) {
+    const vf b = load_weights<T>(a.biases, row0 + g) + c * load_weights<T>(a.scales, row0 + g);
+    acc += b * load_f32(xsum + g);
+  }
+  float y = hsum(acc);
+  for (size_t g = gv; g < groups; ++g)
+    y += (scalar_at(a.biases, row0 + g, T) + c * scalar_at(a.scales, row0 + g, T)) * xsum[g];
+  return y;
+}
+
+float bias_term(const QuantArgs& a, size_t row0, const float* xsum, float c) {
+  switch (a.sb_type) {
+    case kFloat32: return bias_term_of<kFloat32>(a, row0, xsum, c);
+    case kFloat16: return bias_term_of<kFloat16>(a, row0, xsum, c);
+    default: return bias_term_of<kBFloat16>(a, row0, xsum, c);
+  }
+}
+
 template <int BITS, int MT>
 inline void quant_block_fma(vf (&acc)[MT][kChains], const uint8_t* wq, const float* x, size_t K, int c0) {
   constexpr int PER = 8 / BITS;
@@ -171,11 +194,7 @@ void quant_rows(const QuantArgs& a, const FloatView& v, int n0, int n1, int m0) 
       }
     }
     for (int m = 0; m < MT; ++m) {
-      float y = hsum(acc[m]);
-      for (size_t g = 0; g < groups; ++g) {
-        const float s = scalar_at(a.scales, row0 + g, a.sb_type);
-        y += (scalar_at(a.biases, row0 + g, a.sb_type) + kCentre * s) * xsum[m * groups + g];
-      }
+      float y = hsum(acc[m]) + bias_term(a, row0, xsum + m * groups, kCentre);
       // Elements past the last whole block (only when groups are shorter than a block).
       for (size_t k = whole; k < K; ++k) {
         const float q = (wr[k / PER] >> (k % PER * BITS)) & ((1u << BITS) - 1);
