@@ -142,16 +142,31 @@ float bias_term(const QuantArgs& a, size_t row0, const float* xsum, float c) {
   }
 }
 
+// The centred codes q - c as floats, for shift t of the packed bytes q. AVX-512 looks 2- and
+// 4-bit codes up in a 16-entry table: vpermps reads only the low 4 bits of each lane, so
+// one instruction does the mask, the subtraction and the conversion.
+template <int BITS>
+inline vf centred_codes(vu q, int t) {
+  constexpr int32_t kCentre = 1 << (BITS - 1);
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+#if defined(__AVX512F__) && VECTOR_BYTES == 64
+  if constexpr (BITS <= 4) {
+    vf table;
+    for (int i = 0; i < 16; ++i) table[i] = float(int32_t(i & kMask) - kCentre);
+    return (vf)_mm512_permutexvar_ps((__m512i)(q >> (t * BITS)), (__m512)table);
+  }
+#endif
+  if constexpr (BITS < 8) q = (q >> (t * BITS)) & kMask;
+  return __builtin_convertvector((vi)q - kCentre, vf);
+}
+
 template <int BITS, int MT>
 inline void quant_block_fma(vf (&acc)[MT][kChains], const uint8_t* wq, const float* x, size_t K, int c0) {
   constexpr int PER = 8 / BITS;
-  constexpr int32_t kCentre = 1 << (BITS - 1);
   const vu q = widen_bytes(wq);
 #pragma GCC unroll 8
   for (int t = 0; t < PER; ++t) {
-    vu qt = q;
-    if constexpr (BITS < 8) qt = (q >> (t * BITS)) & ((1u << BITS) - 1);
-    const vf w = __builtin_convertvector((vi)qt - kCentre, vf);
+    const vf w = centred_codes<BITS>(q, t);
     const int c = (c0 + t) % kChains;
 #pragma GCC unroll 8
     for (int m = 0; m < MT; ++m) acc[m][c] += w * load_f32(x + m * K + t * VL);
