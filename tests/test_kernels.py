@@ -138,6 +138,37 @@ def test_rows_are_batch_invariant(precision, method):
             assert mx.array_equal(y[i : i + 1], singles[i]), (m, i)
 
 
+def attention64(q, k, v, causal):
+    """Grouped-query softmax attention in float64, the causal block aligned to the end."""
+    q, k, v = f64(q), f64(k), f64(v)
+    B, n_q, L, hd = q.shape
+    S, groups = k.shape[2], n_q // k.shape[1]
+    k, v = np.repeat(k, groups, axis=1), np.repeat(v, groups, axis=1)
+    scores = q @ k.swapaxes(-1, -2)
+    if causal:
+        scores = np.where(np.arange(S) <= np.arange(S - L, S)[:, None], scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    return (probs / probs.sum(-1, keepdims=True)) @ v
+
+
+@native
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_matches_float64_and_decoding_row_by_row(causal):
+    B, n_kv, groups, L, S, hd = 2, 3, 4, 5, 37, 64
+    q = mx.random.normal((B, n_kv * groups, L, hd)) * 0.3
+    # Keys and values as a KV cache's slice: rows contiguous, strided along S and heads.
+    cache = mx.random.normal((2, B, n_kv, 64, hd))
+    k, v = cache[0, :, :, :S], cache[1, :, :, :S]
+    y = kernels.attention(q, k, v, causal)
+    ref = attention64(q, k, v, causal)
+    assert y.shape == q.shape and np.abs(f64(y) - ref).max() < 1e-5
+    if causal:  # position l alone, over its own keys, as one decoding step computes it
+        for pos in range(L):
+            keys = S - L + pos + 1
+            one = kernels.attention(q[:, :, pos : pos + 1], k[:, :, :keys], v[:, :, :keys], False)
+            assert mx.array_equal(one, y[:, :, pos : pos + 1]), pos
+
+
 @native
 def test_quantized_strided_and_batched_inputs(method):
     k, gs, bits = 256, 64, 4

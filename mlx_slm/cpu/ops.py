@@ -144,6 +144,12 @@ def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, mask)
     of the keys) or a boolean/additive array broadcastable to [B, 1, L, S] or [S].
     """
     B, n_q, L, hd = queries.shape
+    if L < BLAS_MIN_ROWS and (mask is None or isinstance(mask, str)):
+        # Decoding and speculative verification: the native kernel computes each position
+        # alone, where BLAS's sums depend on the matrix sizes (and so on the batch).
+        out = kernels.attention(queries, keys, values, causal=mask is not None)
+        if out is not None:
+            return out
     n_kv, S = keys.shape[1], keys.shape[2]
     groups = n_q // n_kv
     scores = queries.reshape(B, n_kv, groups * L, hd) @ keys.swapaxes(-1, -2)

@@ -125,3 +125,14 @@ def matmul_t(x: mx.array, w: mx.array) -> mx.array:
     if ext is not None and w.ndim == 2 and x.dtype in _FLOATS and w.dtype in _FLOATS:
         return ext.matmul_t(x, w)
     return x @ w.T
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, causal: bool) -> mx.array | None:
+    """Softmax attention for float32 q [B, n_q, L, hd] (pre-scaled) over k, v [B, n_kv, S, hd]
+    (grouped-query), each query row computed alone: a block of positions is bit-identical
+    to decoding them one at a time. `causal`: position l sees keys 0 .. S - L + l. None where
+    the native kernels do not run (the caller keeps MLX's ops)."""
+    ext = _native()
+    if ext is None or not (q.dtype == k.dtype == v.dtype == mx.float32):
+        return None
+    return ext.attention(q, k, v, causal)

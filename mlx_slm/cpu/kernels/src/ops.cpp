@@ -121,19 +121,23 @@ void store_output(const float* y, mx::array& out) {
   store_from_float(y, out.data<mx::bfloat16_t>(), out.size());
 }
 
-// Splits N output columns into tasks of whole column tiles, a few per thread so that a
-// thread slowed by other work does not hold up the rest.
-void parallel_columns(int N, const std::function<void(int, int)>& fn) {
+// Splits N items (output columns, or attention's query rows) into tasks of whole granules,
+// a few per thread so that a thread slowed by other work does not hold up the rest.
+void parallel_split(int N, int granule, const std::function<void(int, int)>& fn) {
   ThreadPool& p = pool();
-  constexpr int kMinColumns = 16;
   const int tasks_wanted = p.size() == 1 ? 1 : p.size() * 4;
   int chunk = (N + tasks_wanted - 1) / tasks_wanted;
-  chunk = (chunk + kMinColumns - 1) / kMinColumns * kMinColumns;
+  chunk = (chunk + granule - 1) / granule * granule;
   const int tasks = (N + chunk - 1) / chunk;
   p.run(tasks, [&](int i) {
     const int n0 = i * chunk;
     fn(n0, std::min(N, n0 + chunk));
   });
+}
+
+// Output columns go in whole column tiles of the kernels.
+void parallel_columns(int N, const std::function<void(int, int)>& fn) {
+  parallel_split(N, 16, fn);
 }
 
 // Per-stream-thread scratch space, reused across calls.
@@ -200,6 +204,37 @@ void run_dense(const mx::array& x, const mx::array& w, mx::array& out) {
   run_product(x, out, [&](Scratch& s, const float* xf, float* y, int M, int K) {
     const DenseArgs a{xf, contiguous_bytes(w, s.w), scalar_type(w.dtype()), y, M, N, K};
     parallel_columns(N, [&](int n0, int n1) { t.dense_matmul(a, n0, n1); });
+  });
+}
+
+void run_attention(
+    const mx::array& q,
+    const mx::array& k,
+    const mx::array& v,
+    mx::array& out,
+    bool causal) {
+  const KernelTable& t = table();
+  Scratch& s = scratch();
+  s.x.resize(q.size());
+  to_float32(q, s.x.data());
+  // Keys and values are read in place (a KV cache's slice) where their rows are contiguous
+  // and their strides agree; otherwise from contiguous copies.
+  const bool in_place = k.strides() == v.strides() && k.strides()[3] == 1;
+  const float* kp = in_place ? k.data<float>() : static_cast<const float*>(contiguous_bytes(k, s.w));
+  const float* vp =
+      in_place ? v.data<float>() : static_cast<const float*>(contiguous_bytes(v, s.scales));
+  const int hd = q.shape(3), S = k.shape(2), n_kv = k.shape(1);
+  const int64_t strides[3] = {
+      in_place ? int64_t(k.strides()[0]) : int64_t(n_kv) * S * hd,
+      in_place ? int64_t(k.strides()[1]) : int64_t(S) * hd,
+      in_place ? int64_t(k.strides()[2]) : hd};
+  const AttentionArgs a{
+      s.x.data(), kp, vp, strides, out.data<float>(), q.shape(0), q.shape(1), n_kv, q.shape(2),
+      S,          hd, causal};
+  parallel_split(a.B * n_kv * a.L, 1, [&](int u0, int u1) {
+    thread_local std::vector<float> scores;
+    scores.resize(size_t(a.n_q / n_kv) * S);
+    t.attention_rows(a, u0, u1, scores.data());
   });
 }
 
@@ -294,6 +329,22 @@ mx::array matmul_t(const mx::array& x, const mx::array& w, mx::StreamOrDevice s)
       {x, w});
 }
 
+mx::array attention(
+    const mx::array& q,
+    const mx::array& k,
+    const mx::array& v,
+    bool causal,
+    mx::StreamOrDevice s) {
+  if (q.ndim() != 4 || k.ndim() != 4 || v.shape() != k.shape() || q.dtype() != mx::float32 ||
+      k.dtype() != mx::float32 || v.dtype() != mx::float32)
+    throw std::invalid_argument("attention: float32 q [B, n_q, L, hd], k and v [B, n_kv, S, hd]");
+  if (q.shape(0) != k.shape(0) || q.shape(3) != k.shape(3) || q.shape(1) % k.shape(1) != 0 ||
+      q.shape(1) / k.shape(1) > 64 || (causal && q.shape(2) > k.shape(2)))
+    throw std::invalid_argument("attention: q, k and v disagree on their shapes");
+  return mx::array(
+      q.shape(), mx::float32, std::make_shared<Attention>(cpu_stream(s), causal), {q, k, v});
+}
+
 void QuantizedMatmul::eval_cpu(
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs) {
@@ -335,6 +386,30 @@ void MatmulT::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
 
 std::vector<mx::Shape> MatmulT::output_shapes(const std::vector<mx::array>& inputs) {
   return {output_shape(inputs[0], inputs[1].shape(0))};
+}
+
+void Attention::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  mx::array& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) encoder.set_input_array(a);
+  encoder.set_output_array(out);
+  encoder.dispatch([inputs, out, causal = causal_]() mutable {
+    run_attention(inputs[0], inputs[1], inputs[2], out, causal);
+  });
+}
+
+void Attention::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("SlmAttention runs on the CPU only");
+}
+
+bool Attention::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const Attention*>(&other);
+  return o && o->causal_ == causal_;
+}
+
+std::vector<mx::Shape> Attention::output_shapes(const std::vector<mx::array>& inputs) {
+  return {inputs[0].shape()};
 }
 
 }  // namespace mlx_slm_kernels

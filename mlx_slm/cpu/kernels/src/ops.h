@@ -24,6 +24,16 @@ mx::array quantized_matmul(
 // x[..., K] @ w.T for float32, float16 or bfloat16 w [N, K].
 mx::array matmul_t(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = {});
 
+// Softmax attention, float32: q [B, n_q, L, hd] (pre-scaled) over k, v [B, n_kv, S, hd],
+// query head h meeting kv head h / (n_q / n_kv); causal: position l of L sees keys
+// 0 .. S - L + l. Each query row is computed alone, bit-identical to decoding it.
+mx::array attention(
+    const mx::array& q,
+    const mx::array& k,
+    const mx::array& v,
+    bool causal,
+    mx::StreamOrDevice s = {});
+
 // Whether quantized_matmul handles this format with the selected ISA.
 bool supports_quantized(int group_size, int bits);
 
@@ -72,6 +82,23 @@ class MatmulT : public mx::Primitive {
     return typeid(*this) == typeid(other);
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+};
+
+class Attention : public mx::Primitive {
+ public:
+  Attention(mx::Stream stream, bool causal) : mx::Primitive(stream), causal_(causal) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
+      override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
+      override;
+  const char* name() const override {
+    return "SlmAttention";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  bool causal_;
 };
 
 }  // namespace mlx_slm_kernels

@@ -50,10 +50,13 @@ inline vf splat(float s) {
   return vf{} + s;
 }
 
+// The sum of a vector's lanes, by halving (a short dependency chain, in a fixed order).
 inline float hsum(vf v) {
-  float s = 0.0f;
-  for (int i = 0; i < VL; ++i) s += v[i];
-  return s;
+  float t[VL];
+  memcpy(t, &v, sizeof v);
+  for (int w = VL / 2; w > 0; w /= 2)
+    for (int i = 0; i < w; ++i) t[i] += t[i + w];
+  return t[0];
 }
 
 // The sum of a row's accumulator chains, in a fixed order.
