@@ -82,11 +82,11 @@ def iter_bench(request: BenchRequest,
     settings = Settings(reps=request.reps, warmup=request.warmup, seed=request.seed,
                         bandwidth_gbs=gbs, bandwidth_source=where,
                         time_limit_s=request.time_limit)
+    if on_plan is not None:
+        on_plan(describe_plan(groups, settings.reps, settings.warmup, gbs, len(engines)))
     machine = machine_info()
     if (warning := load_warning(machine["load_average"])) is not None:
         print(f"warning: {warning}", file=sys.stderr)
-    if on_plan is not None:
-        on_plan(describe_plan(groups, settings.reps, settings.warmup, gbs, len(engines)))
     try:
         yield from run_sweep(groups, settings, machine, on_progress, engines=engines)
     finally:
