@@ -138,7 +138,7 @@ def test_rows_are_batch_invariant(precision, method):
             assert mx.array_equal(y[i : i + 1], singles[i]), (m, i)
 
 
-def attention64(q, k, v, causal):
+def attention64(q, k, v, causal, mask=None):
     """Grouped-query softmax attention in float64, the causal block aligned to the end."""
     q, k, v = f64(q), f64(k), f64(v)
     B, n_q, L, hd = q.shape
@@ -147,6 +147,8 @@ def attention64(q, k, v, causal):
     scores = q @ k.swapaxes(-1, -2)
     if causal:
         scores = np.where(np.arange(S) <= np.arange(S - L, S)[:, None], scores, -np.inf)
+    if mask is not None:
+        scores = np.where(np.array(mask), scores, -np.inf)
     probs = np.exp(scores - scores.max(-1, keepdims=True))
     return (probs / probs.sum(-1, keepdims=True)) @ v
 
@@ -167,6 +169,26 @@ def test_attention_matches_float64_and_decoding_row_by_row(causal):
             keys = S - L + pos + 1
             one = kernels.attention(q[:, :, pos : pos + 1], k[:, :, :keys], v[:, :, :keys], False)
             assert mx.array_equal(one, y[:, :, pos : pos + 1]), pos
+
+
+@native
+@pytest.mark.parametrize("L", [1, 3])
+def test_attention_with_padding_equals_each_row_alone(L):
+    """A batch whose rows are left-padded to one length (the padding masked out) gives each
+    row bit for bit what that row gets alone, unpadded."""
+    B, n_kv, groups, S, hd = 3, 2, 4, 20, 64
+    pads = [0, 3, 7]
+    q = mx.random.normal((B, n_kv * groups, L, hd)) * 0.3
+    k, v = mx.random.normal((B, n_kv, S, hd)), mx.random.normal((B, n_kv, S, hd))
+    # Row b sees keys pads[b] .. and, within the block, the positions up to its own.
+    causal = mx.arange(S)[None] <= mx.arange(S - L, S)[:, None]
+    mask = (mx.arange(S)[None] >= mx.array(pads)[:, None])[:, None, None] & causal[None, None]
+    y = kernels.attention(q, k, v, False, mask)
+    assert np.abs(f64(y) - attention64(q, k, v, False, mask)).max() < 1e-5
+    for b, pad in enumerate(pads):
+        alone = kernels.attention(q[b : b + 1], k[b : b + 1, :, pad:], v[b : b + 1, :, pad:],
+                                  L > 1)
+        assert mx.array_equal(alone, y[b : b + 1]), b
 
 
 @native

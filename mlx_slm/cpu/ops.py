@@ -144,10 +144,13 @@ def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, mask)
     of the keys) or a boolean/additive array broadcastable to [B, 1, L, S] or [S].
     """
     B, n_q, L, hd = queries.shape
-    if L < BLAS_MIN_ROWS and (mask is None or isinstance(mask, str)):
-        # Decoding and speculative verification: the native kernel computes each position
-        # alone, where BLAS's sums depend on the matrix sizes (and so on the batch).
-        out = kernels.attention(queries, keys, values, causal=mask is not None)
+    boolean = mask is None or isinstance(mask, str) or mask.dtype == mx.bool_
+    if L < BLAS_MIN_ROWS and boolean:
+        # Decoding, batched decoding and speculative verification: the native kernel computes
+        # each position alone over the keys it sees, where BLAS's sums depend on the matrix
+        # sizes (and so on the batch and its padding).
+        causal = isinstance(mask, str)
+        out = kernels.attention(queries, keys, values, causal, None if causal else mask)
         if out is not None:
             return out
     n_kv, S = keys.shape[1], keys.shape[2]

@@ -127,12 +127,19 @@ def matmul_t(x: mx.array, w: mx.array) -> mx.array:
     return x @ w.T
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, causal: bool) -> mx.array | None:
+def attention(q: mx.array, k: mx.array, v: mx.array, causal: bool,
+              mask: mx.array | None = None) -> mx.array | None:
     """Softmax attention for float32 q [B, n_q, L, hd] (pre-scaled) over k, v [B, n_kv, S, hd]
-    (grouped-query), each query row computed alone: a block of positions is bit-identical
-    to decoding them one at a time. `causal`: position l sees keys 0 .. S - L + l. None where
-    the native kernels do not run (the caller keeps MLX's ops)."""
+    (grouped-query), each query row computed alone over the keys it sees, in order: a block
+    of positions, or a padded batch, is bit-identical to decoding each row alone. `causal`:
+    position l sees keys 0 .. S - L + l; `mask`: bool, [S] or [B or 1, 1, L or 1, S], hides
+    more. None where the native kernels do not run (the caller keeps MLX's ops)."""
     ext = _native()
     if ext is None or not (q.dtype == k.dtype == v.dtype == mx.float32):
         return None
-    return ext.attention(q, k, v, causal)
+    if mask is not None:
+        if mask.ndim == 1:
+            mask = mask.reshape(1, 1, 1, -1)
+        if mask.dtype != mx.bool_ or mask.ndim != 4 or mask.shape[1] != 1:
+            return None
+    return ext.attention(q, k, v, causal, mask)

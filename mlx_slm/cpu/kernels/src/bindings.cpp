@@ -1,4 +1,5 @@
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
@@ -16,8 +17,8 @@ NB_MODULE(_ext, m) {
         "x @ dequantize(w, scales, biases).T in MLX's affine format, on the CPU stream.");
   m.def("matmul_t", &k::matmul_t, "x"_a, "w"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x @ w.T for float32/float16/bfloat16 w, on the CPU stream.");
-  m.def("attention", &k::attention, "q"_a, "k"_a, "v"_a, "causal"_a, nb::kw_only(),
-        "stream"_a = nb::none(),
+  m.def("attention", &k::attention, "q"_a, "k"_a, "v"_a, "causal"_a, "mask"_a = nb::none(),
+        nb::kw_only(), "stream"_a = nb::none(),
         "Softmax attention per query row, float32 (grouped-query), on the CPU stream.");
   m.def("supports_quantized", &k::supports_quantized, "group_size"_a, "bits"_a);
   m.def("quant_method", &k::quant_method, "bits"_a,

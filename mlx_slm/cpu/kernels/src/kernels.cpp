@@ -340,18 +340,30 @@ inline vf exp_nonpositive(vf x) {
 
 // Units [u0, u1) of B * n_kv * L: position l of kv head h of batch row b, for the n_q / n_kv
 // query heads that share it (each key and value row is loaded once for all of them).
-// `scores` holds (n_q / n_kv) * S floats. Every query row runs the same sequence of
-// operations however many share its unit: row by row, results are batch-invariant.
-void attention_rows(const AttentionArgs& a, int u0, int u1, float* scores) {
+// Every query row runs the same sequence of operations over its visible keys, however many
+// rows share its unit or how many keys are hidden: row by row, results are batch-invariant.
+void attention_rows(const AttentionArgs& a, int u0, int u1, float* scores, int* visible) {
   const int hd = a.hd, groups = a.n_q / a.n_kv, S = a.S;
   for (int u = u0; u < u1; ++u) {
     const int l = u % a.L, kv = (u / a.L) % a.n_kv, b = u / (a.L * a.n_kv);
     const int64_t base = b * a.kv_strides[0] + kv * a.kv_strides[1], step = a.kv_strides[2];
-    const int keys = a.causal ? S - a.L + l + 1 : S;
+    const int last = a.causal ? S - a.L + l + 1 : S;
+    int keys = 0;
+    if (a.mask) {
+      const bool* m = a.mask + b * a.mask_strides[0] + l * a.mask_strides[1];
+      for (int s = 0; s < last; ++s)
+        if (m[s * a.mask_strides[2]]) visible[keys++] = s;
+    } else {
+      for (int s = 0; s < last; ++s) visible[keys++] = s;
+    }
     // Query (and output) row of head kv * groups + g at position l.
     const auto row = [&](int g) { return (size_t(b) * a.n_q + kv * groups + g) * a.L + l; };
+    if (keys == 0) {  // nothing visible: zeros (MLX's ops would give NaN or a uniform mix)
+      for (int g = 0; g < groups; ++g) memset(a.out + row(g) * hd, 0, hd * sizeof(float));
+      continue;
+    }
     for (int s = 0; s < keys; ++s) {
-      const float* k = a.k + base + s * step;
+      const float* k = a.k + base + visible[s] * step;
       for (int g = 0; g < groups; ++g) scores[g * S + s] = dot(a.q + row(g) * hd, k, hd);
     }
     float inv[64];  // 1 / the softmax's sum, per query head (groups <= 64, checked in ops.cpp)
@@ -376,7 +388,7 @@ void attention_rows(const AttentionArgs& a, int u0, int u1, float* scores) {
       for (int d = 0; d < hd; ++d) out[d] = 0.0f;
     }
     for (int s = 0; s < keys; ++s) {
-      const float* v = a.v + base + s * step;
+      const float* v = a.v + base + visible[s] * step;
       for (int g = 0; g < groups; ++g) {
         float* out = a.out + row(g) * hd;
         const float w = scores[g * S + s];

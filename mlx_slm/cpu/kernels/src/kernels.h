@@ -37,14 +37,17 @@ struct DenseArgs {
 
 // Softmax attention of query rows over keys/values, float32 throughout. Query row
 // (b, h, l) meets kv head h / (n_q / n_kv) and keys 0 .. S - L + l when causal (all S keys
-// otherwise): exactly what one-position decoding of that position computes, so a block of
-// positions (speculative verification) is bit-identical to decoding them one by one.
+// otherwise), less those its mask hides, in order: exactly what decoding that position
+// alone computes. So a block of positions (speculative verification), or a batch whose
+// padding is masked, is bit-identical to decoding each row alone.
 struct AttentionArgs {
   const float* q;          // [B, n_q, L, hd] contiguous, pre-scaled
   const float* k;          // element (b, h, s, d) at b * kv_strides[0] + h * [1] + s * [2] + d
   const float* v;          // the same layout and strides as k
   const int64_t* kv_strides;
   float* out;              // [B, n_q, L, hd]
+  const bool* mask;        // or null; key s visible to (b, l) at b * mask_strides[0] + l * [1] + s * [2]
+  const int64_t* mask_strides;
   int B, n_q, n_kv, L, S, hd;
   bool causal;
 };
@@ -62,8 +65,8 @@ struct KernelTable {
   void (*quant_matmul)(const QuantArgs& a, int n0, int n1);
   void (*dense_matmul)(const DenseArgs& a, int n0, int n1);
   // Units [u0, u1) of B * n_kv * L (a kv head at one position, with the query heads that
-  // share it); `scores` holds (n_q / n_kv) * S floats.
-  void (*attention_rows)(const AttentionArgs& a, int u0, int u1, float* scores);
+  // share it); `scores` holds (n_q / n_kv) * S floats and `visible` S ints.
+  void (*attention_rows)(const AttentionArgs& a, int u0, int u1, float* scores, int* visible);
 };
 
 const KernelTable& kernels_generic();

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -207,12 +208,8 @@ void run_dense(const mx::array& x, const mx::array& w, mx::array& out) {
   });
 }
 
-void run_attention(
-    const mx::array& q,
-    const mx::array& k,
-    const mx::array& v,
-    mx::array& out,
-    bool causal) {
+void run_attention(const std::vector<mx::array>& inputs, mx::array& out, bool causal) {
+  const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
   const KernelTable& t = table();
   Scratch& s = scratch();
   s.x.resize(q.size());
@@ -228,13 +225,24 @@ void run_attention(
       in_place ? int64_t(k.strides()[0]) : int64_t(n_kv) * S * hd,
       in_place ? int64_t(k.strides()[1]) : int64_t(S) * hd,
       in_place ? int64_t(k.strides()[2]) : hd};
+  // The mask, [B or 1, 1, L or 1, S] (broadcast by the caller), read through its strides.
+  const bool has_mask = inputs.size() == 4;
+  int64_t mask_strides[3] = {0, 0, 0};
+  if (has_mask) {
+    const mx::array& m = inputs[3];
+    const int dims[3] = {0, 2, 3};
+    for (int i = 0; i < 3; ++i)
+      mask_strides[i] = m.shape(dims[i]) == 1 ? 0 : int64_t(m.strides()[dims[i]]);
+  }
   const AttentionArgs a{
-      s.x.data(), kp, vp, strides, out.data<float>(), q.shape(0), q.shape(1), n_kv, q.shape(2),
-      S,          hd, causal};
+      s.x.data(), kp, vp, strides, out.data<float>(), has_mask ? inputs[3].data<bool>() : nullptr,
+      mask_strides, q.shape(0), q.shape(1), n_kv, q.shape(2), S, hd, causal};
   parallel_split(a.B * n_kv * a.L, 1, [&](int u0, int u1) {
     thread_local std::vector<float> scores;
+    thread_local std::vector<int> visible;
     scores.resize(size_t(a.n_q / n_kv) * S);
-    t.attention_rows(a, u0, u1, scores.data());
+    visible.resize(S);
+    t.attention_rows(a, u0, u1, scores.data(), visible.data());
   });
 }
 
@@ -334,6 +342,7 @@ mx::array attention(
     const mx::array& k,
     const mx::array& v,
     bool causal,
+    const std::optional<mx::array>& mask,
     mx::StreamOrDevice s) {
   if (q.ndim() != 4 || k.ndim() != 4 || v.shape() != k.shape() || q.dtype() != mx::float32 ||
       k.dtype() != mx::float32 || v.dtype() != mx::float32)
@@ -341,8 +350,17 @@ mx::array attention(
   if (q.shape(0) != k.shape(0) || q.shape(3) != k.shape(3) || q.shape(1) % k.shape(1) != 0 ||
       q.shape(1) / k.shape(1) > 64 || (causal && q.shape(2) > k.shape(2)))
     throw std::invalid_argument("attention: q, k and v disagree on their shapes");
+  std::vector<mx::array> inputs{q, k, v};
+  if (mask) {
+    const auto& m = *mask;
+    if (m.dtype() != mx::bool_ || m.ndim() != 4 || m.shape(1) != 1 || m.shape(3) != k.shape(2) ||
+        (m.shape(0) != 1 && m.shape(0) != q.shape(0)) ||
+        (m.shape(2) != 1 && m.shape(2) != q.shape(2)))
+      throw std::invalid_argument("attention: the mask must be bool [B or 1, 1, L or 1, S]");
+    inputs.push_back(m);
+  }
   return mx::array(
-      q.shape(), mx::float32, std::make_shared<Attention>(cpu_stream(s), causal), {q, k, v});
+      q.shape(), mx::float32, std::make_shared<Attention>(cpu_stream(s), causal), inputs);
 }
 
 void QuantizedMatmul::eval_cpu(
@@ -394,9 +412,8 @@ void Attention::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::a
   auto& encoder = mx::cpu::get_command_encoder(stream());
   for (const auto& a : inputs) encoder.set_input_array(a);
   encoder.set_output_array(out);
-  encoder.dispatch([inputs, out, causal = causal_]() mutable {
-    run_attention(inputs[0], inputs[1], inputs[2], out, causal);
-  });
+  encoder.dispatch(
+      [inputs, out, causal = causal_]() mutable { run_attention(inputs, out, causal); });
 }
 
 void Attention::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {

@@ -1,6 +1,7 @@
 // MLX primitives running the native kernels on the CPU stream.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,12 +27,14 @@ mx::array matmul_t(const mx::array& x, const mx::array& w, mx::StreamOrDevice s 
 
 // Softmax attention, float32: q [B, n_q, L, hd] (pre-scaled) over k, v [B, n_kv, S, hd],
 // query head h meeting kv head h / (n_q / n_kv); causal: position l of L sees keys
-// 0 .. S - L + l. Each query row is computed alone, bit-identical to decoding it.
+// 0 .. S - L + l; a bool mask [B or 1, 1, L or 1, S] hides more. Each query row is computed
+// alone over its visible keys, bit-identical to decoding it alone.
 mx::array attention(
     const mx::array& q,
     const mx::array& k,
     const mx::array& v,
     bool causal,
+    const std::optional<mx::array>& mask = std::nullopt,
     mx::StreamOrDevice s = {});
 
 // Whether quantized_matmul handles this format with the selected ISA.
