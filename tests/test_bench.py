@@ -29,7 +29,7 @@ from mlx_slm.synthetic import published_config, random_weights, tiny_config
 MACHINE = {"backend": "cpu", "blas": "openblas (x)", "kernels": "native avx2 2 threads",
            "mlx_version": "0.0", "mlx_slm_version": "0",
            "platform": "test", "cpu": "test cpu", "cores": 2, "ram_bytes": 8 * 10**9,
-           "date": "2025-01-01T00:00:00+00:00"}
+           "load_average": 0.1, "date": "2025-01-01T00:00:00+00:00"}
 EXPECTED_KEYS = {
     "model", "source", "precision", "dtype", "parameters", "weight_bytes", "bits_per_weight",
     "prompt_tokens", "gen_tokens", "repetitions", "warmup_runs", "status", "reason",
@@ -42,7 +42,7 @@ EXPECTED_KEYS = {
     "gen_tps_ratio", "draft_model", "num_draft_tokens", "draft_gen_tps", "draft_gen_tps_stdev",
     "draft_speedup", "acceptance_rate", "mean_accepted", "drafted", "accepted",
     "backend", "blas", "kernels", "mlx_version", "mlx_slm_version", "platform", "cpu",
-    "cores", "ram_bytes", "date", "runs",
+    "cores", "ram_bytes", "load_average", "date", "runs",
 }
 
 
@@ -394,3 +394,12 @@ def test_the_plot_labels_the_cells_that_did_not_run(tmp_path, monkeypatch):
     for axis in figures[0].axes:
         labels = sorted(t.get_text() for t in axis.texts)
         assert labels == ["4bit skipped", "float32 failed"]
+
+
+def test_machine_info_records_load_and_cpu_and_high_load_warns():
+    from mlx_slm.bench.machine import QUIET_LOAD, load_warning, machine_info
+
+    info = machine_info()
+    assert info["cpu"] and (info["load_average"] is None or info["load_average"] >= 0)
+    assert load_warning(None) is None and load_warning(QUIET_LOAD) is None
+    assert f"{QUIET_LOAD + 1:.2f}" in load_warning(QUIET_LOAD + 1)

@@ -215,8 +215,8 @@ def test_bad_definitions_are_a_400_naming_the_field(server, extra, param):
 
 
 def test_stop_strings_end_text_but_never_cut_a_call(server):
-    from mlx_slm.tokenizer import TextStream
     from mlx_slm.apps.serve.tools import ToolText
+    from mlx_slm.tokenizer import TextStream
 
     tokenizer = next(iter(server.worker.served.values())).loaded.tokenizer
 

@@ -1,4 +1,5 @@
-"""What produced a number: backend, BLAS, versions, platform, CPU, cores, memory, date."""
+"""What produced a number: backend, BLAS, versions, platform, CPU, cores, memory, load
+average, date."""
 
 import os
 import platform
@@ -30,6 +31,26 @@ def cpu_brand() -> str:
     return platform.processor() or platform.machine()
 
 
+# Above this 1-minute load average other work shares the cores, and figures are noise.
+QUIET_LOAD = 0.5
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS will not say."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def load_warning(load: float | None) -> str | None:
+    """A warning when the load average says other work is running, else None."""
+    if load is None or load <= QUIET_LOAD:
+        return None
+    return (f"load average {load:.2f} > {QUIET_LOAD}: other work is running, so these "
+            "figures are noisy; measure on a quiet machine")
+
+
 def machine_fingerprint() -> str:
     """A key that changes when the hardware does (a cached measurement is per machine)."""
     return f"{cpu_brand()} | {os.cpu_count()} cores | {total_ram_bytes()} bytes"
@@ -50,5 +71,6 @@ def machine_info() -> dict:
         "cpu": cpu_brand(),
         "cores": os.cpu_count(),
         "ram_bytes": total_ram_bytes(),
+        "load_average": load_average(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -34,7 +34,7 @@ ROW_KEYS = (
     "acceptance_rate", "mean_accepted", "drafted", "accepted",
     # where it ran
     "backend", "blas", "kernels", "mlx_version", "mlx_slm_version", "platform", "cpu", "cores",
-    "ram_bytes", "date",
+    "ram_bytes", "load_average", "date",
     # every timed repetition (JSON only)
     "runs",
 )
@@ -81,8 +81,9 @@ def header(rows: list[dict]) -> str:
     blas = (f", BLAS {r['blas'].split(' ')[0]}, kernels {r['kernels']}"
             if r["backend"] == "cpu" else "")
     ram = f", {r['ram_bytes'] / GB:.0f} GB RAM" if r["ram_bytes"] else ""
+    load = f", load {r['load_average']:.2f}" if r["load_average"] is not None else ""
     line = (f"{r['backend']} backend{blas} | MLX {r['mlx_version']} | {r['cpu']}, "
-            f"{r['cores']} cores{ram} | {r['date']}")
+            f"{r['cores']} cores{ram}{load} | {r['date']}")
     if r["bandwidth_gbs"]:
         line += f" | bandwidth {r['bandwidth_gbs']:.0f} GB/s ({r['bandwidth_source']})"
     if r["mlx_lm_version"]:

@@ -2,6 +2,7 @@
 ceiling, run, and return the rows. The benchmarks/ scripts call this too."""
 
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ def iter_bench(request: BenchRequest,
     ones; `on_plan` first receives what will run and a time estimate."""
     from mlx_slm.bench.bandwidth import resolve_bandwidth
     from mlx_slm.bench.engines import OurEngine
-    from mlx_slm.bench.machine import machine_info
+    from mlx_slm.bench.machine import load_warning, machine_info
     from mlx_slm.bench.plan import describe_plan, directory_source, plan, synthetic_sources
     from mlx_slm.bench.runner import Settings, run_sweep
     from mlx_slm.memory import available_bytes
@@ -87,8 +88,11 @@ def iter_bench(request: BenchRequest,
                         time_limit_s=request.time_limit)
     if on_plan is not None:
         on_plan(describe_plan(groups, settings.reps, settings.warmup, gbs, len(engines)))
+    machine = machine_info()
+    if (warning := load_warning(machine["load_average"])) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     try:
-        yield from run_sweep(groups, settings, machine_info(), on_progress, engines=engines)
+        yield from run_sweep(groups, settings, machine, on_progress, engines=engines)
     finally:
         for engine in engines:
             engine.close()

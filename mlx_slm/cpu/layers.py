@@ -19,6 +19,7 @@ import mlx.nn as nn
 from mlx_slm.backend import active_backend
 from mlx_slm.cpu.ops import (
     HALF,
+    float_linear,
     grouped_attention,
     half_linear,
     quantized_linear,
@@ -78,7 +79,10 @@ def _quantized_with_half_scales(model: nn.Module) -> bool:
 
 class CpuLinear(nn.Linear):
     def __call__(self, x):
-        y = half_linear(x, self.weight) if self.weight.dtype in HALF else x @ self.cpu.weight_t
+        if self.weight.dtype in HALF:
+            y = half_linear(x, self.weight)
+        else:
+            y = float_linear(x, self.weight, self.cpu.weight_t)
         return y + self.bias if "bias" in self else y
 
 
@@ -86,7 +90,7 @@ class CpuEmbedding(nn.Embedding):
     def as_linear(self, x):
         if self.weight.dtype in HALF:
             return half_linear(x, self.weight)
-        return x @ self.cpu.weight_t
+        return float_linear(x, self.weight, self.cpu.weight_t)
 
 
 class CpuQuantizedLinear(nn.QuantizedLinear):

@@ -15,10 +15,13 @@ import mlx.core as mx
 
 from mlx_slm.cpu import kernels
 
-# Half-precision products with at least this many input rows (prompt chunks) upcast the
-# weight and use float32 BLAS, whose GEMM outruns a matrix-vector kernel there; so do
-# quantized ones without the native kernels. Fewer rows (decoding) use the kernels.
-BLAS_MIN_ROWS = 8
+# Products with fewer input rows than this (decoding, batched decoding, speculative
+# verification) run on the native kernels where built: their rows are bit-identical to
+# one-row products, so every batch size decodes the same tokens. Half-precision and float32
+# products with more rows (prompt chunks) use float32 BLAS, whose GEMM outruns the kernels
+# there (half-precision weights are upcast a slice at a time); so do quantized ones without
+# the native kernels.
+BLAS_MIN_ROWS = 17
 HALF = (mx.float16, mx.bfloat16)
 # The float32 copy of weight rows that one stream makes at a time for a prompt chunk: the
 # transient memory of half-precision and quantized models stays small next to the weights.
@@ -79,6 +82,14 @@ def dense_product(x32: mx.array, make_rows, out_features: int, in_features: int,
     return outputs[0] if len(outputs) == 1 else mx.concatenate(outputs, axis=-1)
 
 
+def float_linear(x: mx.array, weight: mx.array, weight_t: mx.array) -> mx.array:
+    """x @ weight.T for a float32 weight; `weight_t` is its transpose (x @ W.T costs 3-4x
+    x @ W in MLX's CPU products)."""
+    if _rows(x) < BLAS_MIN_ROWS and kernels.available():
+        return kernels.matmul_t(x, weight)
+    return x @ weight_t
+
+
 def half_linear(x: mx.array, weight: mx.array) -> mx.array:
     """x @ weight.T for a float16/bfloat16 weight on the CPU backend."""
     if _rows(x) < BLAS_MIN_ROWS and kernels.available():
@@ -136,6 +147,15 @@ def grouped_attention(queries: mx.array, keys: mx.array, values: mx.array, mask)
     of the keys) or a boolean/additive array broadcastable to [B, 1, L, S] or [S].
     """
     B, n_q, L, hd = queries.shape
+    boolean = mask is None or isinstance(mask, str) or mask.dtype == mx.bool_
+    if L < BLAS_MIN_ROWS and boolean:
+        # Decoding, batched decoding and speculative verification: the native kernel computes
+        # each position alone over the keys it sees, where BLAS's sums depend on the matrix
+        # sizes (and so on the batch and its padding).
+        causal = isinstance(mask, str)
+        out = kernels.attention(queries, keys, values, causal, None if causal else mask)
+        if out is not None:
+            return out
     n_kv, S = keys.shape[1], keys.shape[2]
     groups = n_q // n_kv
     scores = queries.reshape(B, n_kv, groups * L, hd) @ keys.swapaxes(-1, -2)

@@ -5,7 +5,8 @@ AVX-512 variants chosen at run time and a persistent thread pool.
 Every function here falls back to MLX's own op wherever the native one cannot run: the
 extension was not built (macOS, no compiler) or not importable (an mlx other than the one it
 was built against), `MLX_SLM_KERNELS=off`, a GPU default device, or an unsupported format.
-`MLX_SLM_THREADS=N` sets the pool's size (default: all cores). `MLX_SLM_KERNELS=int8`
+`MLX_SLM_THREADS=N` sets the pool's size (default: all cores); `MLX_SLM_KERNELS_ISA`
+names the variant (see runnable_isas). `MLX_SLM_KERNELS=int8`
 opts in to int8 activations for 4- and 8-bit weights (see quant_method)."""
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def status() -> str:
         return f"mlx ({reason})"
     int8 = ", int8 activations" if ext.quant_method(4) == "int8" else ""
     return f"native {ext.isa()} {ext.threads()} threads{int8}"
+
+
+def runnable_isas() -> list[str]:
+    """The variants this CPU can run, widest first: the values MLX_SLM_KERNELS_ISA takes
+    (it picks a narrower one, to test it on a wide CPU). Empty without the extension."""
+    ext = _load()[0]
+    return ext.runnable_isas() if ext is not None else []
 
 
 def supports(group_size: int, bits: int) -> bool:
@@ -117,3 +125,21 @@ def matmul_t(x: mx.array, w: mx.array) -> mx.array:
     if ext is not None and w.ndim == 2 and x.dtype in _FLOATS and w.dtype in _FLOATS:
         return ext.matmul_t(x, w)
     return x @ w.T
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, causal: bool,
+              mask: mx.array | None = None) -> mx.array | None:
+    """Softmax attention for float32 q [B, n_q, L, hd] (pre-scaled) over k, v [B, n_kv, S, hd]
+    (grouped-query), each query row computed alone over the keys it sees, in order: a block
+    of positions, or a padded batch, is bit-identical to decoding each row alone. `causal`:
+    position l sees keys 0 .. S - L + l; `mask`: bool, [S] or [B or 1, 1, L or 1, S], hides
+    more. None where the native kernels do not run (the caller keeps MLX's ops)."""
+    ext = _native()
+    if ext is None or not (q.dtype == k.dtype == v.dtype == mx.float32):
+        return None
+    if mask is not None:
+        if mask.ndim == 1:
+            mask = mask.reshape(1, 1, 1, -1)
+        if mask.dtype != mx.bool_ or mask.ndim != 4 or mask.shape[1] != 1:
+            return None
+    return ext.attention(q, k, v, causal, mask)

@@ -1,6 +1,8 @@
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
 #include "ops.h"
 
@@ -15,12 +17,17 @@ NB_MODULE(_ext, m) {
         "x @ dequantize(w, scales, biases).T in MLX's affine format, on the CPU stream.");
   m.def("matmul_t", &k::matmul_t, "x"_a, "w"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x @ w.T for float32/float16/bfloat16 w, on the CPU stream.");
+  m.def("attention", &k::attention, "q"_a, "k"_a, "v"_a, "causal"_a, "mask"_a = nb::none(),
+        nb::kw_only(), "stream"_a = nb::none(),
+        "Softmax attention per query row, float32 (grouped-query), on the CPU stream.");
   m.def("supports_quantized", &k::supports_quantized, "group_size"_a, "bits"_a);
   m.def("quant_method", &k::quant_method, "bits"_a,
         "How x meets the weights: 'int8' (rounded per block of 32) or 'float'.");
   m.def("set_int8_activations", &k::set_int8_activations, "on"_a,
         "Round x to int8 per block of 32 for 4/8-bit weights where the ISA allows.");
   m.def("isa", &k::isa, "The instruction set the kernels were selected for.");
+  m.def("runnable_isas", &k::runnable_isas,
+        "The variants this CPU can run, widest first (values of MLX_SLM_KERNELS_ISA).");
   m.def("threads", &k::threads, "The thread pool's size (the calling thread included).");
   m.def("set_threads", &k::set_threads, "n"_a, "Resize the pool; call only when idle.");
 }

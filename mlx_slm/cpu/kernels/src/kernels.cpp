@@ -1,42 +1,18 @@
 // The hot loops, written once with GCC/Clang vector extensions and compiled once per ISA
-// (CMakeLists.txt: generic, AVX2+FMA+F16C, AVX-512). KERNEL_TABLE names this variant's
-// table and VECTOR_BYTES its SIMD width. Everything else has internal linkage, so code built
-// with wide-ISA flags cannot be merged into (and run from) another variant.
-#include <cstring>
+// (CMakeLists.txt: generic, AVX2+FMA+F16C, AVX-512); KERNEL_NAME names the variant and
+// VECTOR_BYTES its SIMD width. The int8 path lives in int8.cpp, attention in attention.cpp.
+#include "attention.h"
+#include "int8.h"
+#include "variant.h"
 
-#include "kernels.h"
-
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
-#ifndef VECTOR_BYTES
-#define VECTOR_BYTES 16
-#endif
-#ifndef KERNEL_TABLE
-#define KERNEL_TABLE kernels_generic
-#endif
+#define PASTE2(a, b) a##b
+#define PASTE(a, b) PASTE2(a, b)
 #define STR2(x) #x
 #define STR(x) STR2(x)
 
 namespace mlx_slm_kernels {
+namespace KERNEL_NAME {
 namespace {
-
-constexpr int VL = VECTOR_BYTES / 4;  // floats per vector
-typedef float vf __attribute__((vector_size(VECTOR_BYTES)));
-typedef uint32_t vu __attribute__((vector_size(VECTOR_BYTES)));
-typedef int32_t vi __attribute__((vector_size(VECTOR_BYTES)));
-typedef uint16_t vh __attribute__((vector_size(VL * 2)));
-
-inline vf load_f32(const float* p) {
-  vf v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline vf splat(float s) {
-  return vf{} + s;
-}
 
 // VL bytes -> VL uint32 lanes. GCC scalarizes __builtin_convertvector from narrow integer
 // vectors on x86, hence the intrinsics.
@@ -56,41 +32,11 @@ inline vf to_float(vu u) {
   return __builtin_convertvector((vi)u, vf);
 }
 
-inline float hsum(vf v) {
-  float s = 0.0f;
-  for (int i = 0; i < VL; ++i) s += v[i];
-  return s;
-}
-
-// float16 bits -> float32 by exponent rebias (exact for finite values, subnormals included;
-// weights and scales are finite).
+// float16 bits -> float32 by exponent rebias (as half_to_float, a vector at a time).
 inline vu half_bits_to_float_bits(vu u) {
   const vu sign = (u & 0x8000u) << 16;
   const vf mag = (vf)((u & 0x7fffu) << 13) * 0x1p112f;
   return (vu)mag | sign;
-}
-
-inline float scalar_at(const void* p, size_t i, ScalarType t) {
-  uint32_t u;
-  float f;
-  switch (t) {
-    case kFloat32:
-      return static_cast<const float*>(p)[i];
-    case kBFloat16:
-      u = uint32_t(static_cast<const uint16_t*>(p)[i]) << 16;
-      break;
-    default: {
-      const uint32_t h = static_cast<const uint16_t*>(p)[i];
-      const uint32_t sign = (h & 0x8000u) << 16;
-      u = (h & 0x7fffu) << 13;
-      memcpy(&f, &u, 4);
-      f *= 0x1p112f;
-      memcpy(&u, &f, 4);
-      u |= sign;
-    }
-  }
-  memcpy(&f, &u, 4);
-  return f;
 }
 
 template <ScalarType T>
@@ -100,11 +46,13 @@ inline vf load_weights(const void* base, size_t i) {
   } else {
     const uint16_t* p = static_cast<const uint16_t*>(base) + i;
 #if defined(__AVX512F__) && VECTOR_BYTES == 64
-    const vu u = (vu)_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    if constexpr (T == kFloat16) return (vf)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (T == kFloat16) return (vf)_mm512_cvtph_ps(raw);
+    const vu u = (vu)_mm512_cvtepu16_epi32(raw);
 #elif defined(__AVX2__) && VECTOR_BYTES == 32
-    const vu u = (vu)_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    if constexpr (T == kFloat16) return (vf)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (T == kFloat16) return (vf)_mm256_cvtph_ps(raw);
+    const vu u = (vu)_mm256_cvtepu16_epi32(raw);
 #else
     vu u;
     for (int j = 0; j < VL; ++j) u[j] = p[j];
@@ -117,159 +65,209 @@ inline vf load_weights(const void* base, size_t i) {
   }
 }
 
-// Independent accumulator chains per output row: enough to hide FMA latency without
-// running out of the 16 AVX2 vector registers.
-template <int MT>
-constexpr int chains() {
-  return MT <= 2 ? 4 : (MT <= 4 ? 2 : 1);
+// ---------------------------------------------------------------- quantized
+// Element k of a weight row is s_g * (q_k - c) + (b_g + c * s_g), c = 2^(bits-1), g its
+// group. The inner loop takes the centred integers (q - c) times x, one FMA per vector;
+// each group's sum is scaled by s_g once, and (b_g + c * s_g) meets the group's sum of x,
+// made once per product. Centring keeps the summed terms as small as the weights.
+//
+// A block is VL packed bytes = VL * (8 / bits) elements. prepare_quant permutes each whole
+// block of x so that shift t of those bytes meets x[t * VL .. t * VL + VL) (no in-register
+// shuffles); a tail shorter than a block stays in order.
+
+// The prepared x, carved out of the scratch buffer.
+struct FloatView {
+  float* x;     // [M, K] permuted
+  float* xsum;  // [M, groups] sums of x per group
+};
+
+FloatView float_view(void* base, int M, int K) {
+  float* p = static_cast<float*>(base);
+  return {p, p + size_t(M) * K};
 }
 
-// ---------------------------------------------------------------- quantized
-// A block is VL packed bytes = VL * (8 / bits) elements. prepare_x permutes each block of x
-// so that shift t of those bytes meets x[t * VL .. t * VL + VL) (no in-register shuffles).
+size_t float_scratch(const QuantArgs& a) {
+  return (size_t(a.M) * a.K + size_t(a.M) * (a.K / a.group_size)) * sizeof(float);
+}
 
-void permute_x(const float* x, float* xp, int M, int K, int bits) {
-  const int per = 8 / bits, blk = VL * per;
-  for (size_t r = 0; r < size_t(M); ++r) {
-    const float* src = x + r * K;
-    float* dst = xp + r * K;
-    for (int b0 = 0; b0 < K; b0 += blk)
+void float_prepare(const QuantArgs& a) {
+  const int per = 8 / a.bits, blk = VL * per, K = a.K, whole = K / blk * blk;
+  const int gs = a.group_size, groups = K / gs;
+  const FloatView v = float_view(a.prepared, a.M, K);
+  for (size_t r = 0; r < size_t(a.M); ++r) {
+    const float* src = a.x + r * K;
+    float* dst = v.x + r * K;
+    for (int b0 = 0; b0 < whole; b0 += blk)
       for (int t = 0; t < per; ++t)
         for (int j = 0; j < VL; ++j) dst[b0 + t * VL + j] = src[b0 + j * per + t];
+    for (int k = whole; k < K; ++k) dst[k] = src[k];
+    for (int g = 0; g < groups; ++g) {
+      float sum = 0.0f;
+      for (int k = g * gs; k < (g + 1) * gs; ++k) sum += src[k];
+      v.xsum[r * groups + g] = sum;
+    }
   }
 }
 
-template <int BITS, int MT, int C>
-inline void quant_block_fma(
-    vf (&acc)[MT][C], const uint8_t* wq, const float* x, size_t K, vf s, vf b, int c0) {
+// The scale of each lane of the block at element k0: one splat when a group spans whole
+// blocks; else lane j (elements k0 + j * per ..) takes its own group's.
+template <int PER>
+inline vf lane_scales(const QuantArgs& a, size_t row0, size_t k0) {
+  const size_t gs = a.group_size;
+  if (gs >= size_t(VL * PER)) return splat(scalar_at(a.scales, row0 + k0 / gs, a.sb_type));
+  vf v;
+  for (int j = 0; j < VL; ++j) v[j] = scalar_at(a.scales, row0 + (k0 + j * PER) / gs, a.sb_type);
+  return v;
+}
+
+// sum_g (b_g + c * s_g) * xsum_g over one weight row's groups, in a fixed order.
+template <ScalarType T>
+float bias_term_of(const QuantArgs& a, size_t row0, const float* xsum, float c) {
+  const size_t groups = a.K / a.group_size, gv = groups / VL * VL;
+  vf acc = {};
+  for (size_t g = 0; g < gv; g += VL) {
+    const vf b = load_weights<T>(a.biases, row0 + g) + c * load_weights<T>(a.scales, row0 + g);
+    acc += b * load_f32(xsum + g);
+  }
+  float y = hsum(acc);
+  for (size_t g = gv; g < groups; ++g)
+    y += (scalar_at(a.biases, row0 + g, T) + c * scalar_at(a.scales, row0 + g, T)) * xsum[g];
+  return y;
+}
+
+float bias_term(const QuantArgs& a, size_t row0, const float* xsum, float c) {
+  switch (a.sb_type) {
+    case kFloat32: return bias_term_of<kFloat32>(a, row0, xsum, c);
+    case kFloat16: return bias_term_of<kFloat16>(a, row0, xsum, c);
+    default: return bias_term_of<kBFloat16>(a, row0, xsum, c);
+  }
+}
+
+// The centred codes q - c as floats, for shift t of the packed bytes q. AVX-512 looks 2- and
+// 4-bit codes up in a 16-entry table: vpermps reads only the low 4 bits of each lane, so
+// one instruction does the mask, the subtraction and the conversion.
+template <int BITS>
+inline vf centred_codes(vu q, int t) {
+  constexpr int32_t kCentre = 1 << (BITS - 1);
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+#if defined(__AVX512F__) && VECTOR_BYTES == 64
+  if constexpr (BITS <= 4) {
+    vf table;
+    for (int i = 0; i < 16; ++i) table[i] = float(int32_t(i & kMask) - kCentre);
+    return (vf)_mm512_permutexvar_ps((__m512i)(q >> (t * BITS)), (__m512)table);
+  }
+#endif
+  if constexpr (BITS < 8) q = (q >> (t * BITS)) & kMask;
+  return __builtin_convertvector((vi)q - kCentre, vf);
+}
+
+template <int BITS, int MT>
+inline void quant_block_fma(vf (&acc)[MT][kChains], const uint8_t* wq, const float* x, size_t K, int c0) {
   constexpr int PER = 8 / BITS;
   const vu q = widen_bytes(wq);
 #pragma GCC unroll 8
   for (int t = 0; t < PER; ++t) {
-    vu qt = q;
-    if constexpr (BITS < 8) qt = (q >> (t * BITS)) & ((1u << BITS) - 1);
-    const vf w = to_float(qt) * s + b;
-    const int c = (c0 + t) % C;
+    const vf w = centred_codes<BITS>(q, t);
+    const int c = (c0 + t) % kChains;
 #pragma GCC unroll 8
     for (int m = 0; m < MT; ++m) acc[m][c] += w * load_f32(x + m * K + t * VL);
   }
 }
 
 template <int BITS, int MT>
-void quant_rows(const QuantArgs& a, int n0, int n1, int m0) {
-  constexpr int PER = 8 / BITS, BLK = VL * PER, C = chains<MT>();
-  // Blocks per unrolled step: spread one step's vectors over all C chains.
-  constexpr int U = C / PER > 1 ? C / PER : 1;
+void quant_rows(const QuantArgs& a, const FloatView& v, int n0, int n1, int m0) {
+  constexpr int PER = 8 / BITS, BLK = VL * PER;
+  constexpr float kCentre = 1 << (BITS - 1);
+  // Blocks per unrolled step: spread one step's vectors over all the chains.
+  constexpr int U = kChains / PER > 1 ? kChains / PER : 1;
   const size_t K = a.K, gs = a.group_size, groups = K / gs;
   const size_t row_bytes = K * BITS / 8;
-  const float* x = a.x + size_t(m0) * K;
-  const bool unroll = (gs / BLK) % U == 0;
+  // A span shares its scale vector: a group, or one block holding several groups.
+  const size_t span = gs > size_t(BLK) ? gs : BLK, whole = K / span * span;
+  const bool unroll = (span / BLK) % U == 0;
+  const float* x = v.x + size_t(m0) * K;
+  const float* xsum = v.xsum + size_t(m0) * groups;
   for (int n = n0; n < n1; ++n) {
     const uint8_t* wr = a.w + size_t(n) * row_bytes;
-    vf acc[MT][C] = {};
-    for (size_t g = 0; g < groups; ++g) {
-      const size_t gi = size_t(n) * groups + g;
-      const vf s = splat(scalar_at(a.scales, gi, a.sb_type));
-      const vf b = splat(scalar_at(a.biases, gi, a.sb_type));
-      const size_t k1 = (g + 1) * gs;
-      size_t k = g * gs;
+    const size_t row0 = size_t(n) * groups;
+    vf acc[MT] = {};
+    for (size_t k0 = 0; k0 < whole; k0 += span) {
+      vf part[MT][kChains] = {};
+      size_t k = k0;
       if (unroll) {
-        for (; k < k1; k += U * BLK)
+        for (; k < k0 + span; k += U * BLK)
 #pragma GCC unroll 4
           for (int u = 0; u < U; ++u)
-            quant_block_fma<BITS, MT, C>(
-                acc, wr + (k + u * BLK) / PER, x + k + u * BLK, K, s, b, u * PER);
+            quant_block_fma<BITS, MT>(part, wr + (k + u * BLK) / PER, x + k + u * BLK, K, u * PER);
       } else {
-        for (; k < k1; k += BLK)
-          quant_block_fma<BITS, MT, C>(acc, wr + k / PER, x + k, K, s, b, 0);
+        for (; k < k0 + span; k += BLK) quant_block_fma<BITS, MT>(part, wr + k / PER, x + k, K, 0);
+      }
+      const vf s = lane_scales<PER>(a, row0, k0);
+      for (int m = 0; m < MT; ++m) {
+        vf t = part[m][0];
+        for (int c = 1; c < kChains; ++c) t += part[m][c];
+        acc[m] += t * s;
       }
     }
     for (int m = 0; m < MT; ++m) {
-      vf t = acc[m][0];
-      for (int c = 1; c < C; ++c) t += acc[m][c];
-      a.y[size_t(m0 + m) * a.N + n] = hsum(t);
+      float y = hsum(acc[m]) + bias_term(a, row0, xsum + m * groups, kCentre);
+      // Elements past the last whole block (only when groups are shorter than a block).
+      for (size_t k = whole; k < K; ++k) {
+        const float q = (wr[k / PER] >> (k % PER * BITS)) & ((1u << BITS) - 1);
+        y += (q - kCentre) * scalar_at(a.scales, row0 + k / gs, a.sb_type) * x[m * K + k];
+      }
+      a.y[size_t(m0 + m) * a.N + n] = y;
     }
   }
 }
-
-// Output columns in tiles, so that a tile's weights stay in cache while every chunk of
-// rows passes over them.
-constexpr int kColumnTile = 16;
 
 template <int BITS>
 void quant_matmul_bits(const QuantArgs& a, int n0, int n1) {
-  for (int nb = n0; nb < n1; nb += kColumnTile) {
-    const int ne = nb + kColumnTile < n1 ? nb + kColumnTile : n1;
-    int m = 0;
-    for (; m + 8 <= a.M; m += 8) quant_rows<BITS, 8>(a, nb, ne, m);
-    switch (a.M - m) {
-      case 1: quant_rows<BITS, 1>(a, nb, ne, m); break;
-      case 2: quant_rows<BITS, 2>(a, nb, ne, m); break;
-      case 3: quant_rows<BITS, 3>(a, nb, ne, m); break;
-      case 4: quant_rows<BITS, 4>(a, nb, ne, m); break;
-      case 5: quant_rows<BITS, 5>(a, nb, ne, m); break;
-      case 6: quant_rows<BITS, 6>(a, nb, ne, m); break;
-      case 7: quant_rows<BITS, 7>(a, nb, ne, m); break;
-      default: break;
-    }
-  }
+  const FloatView v = float_view(a.prepared, a.M, a.K);
+  for_tiles<kMaxRows>(a.M, n0, n1, [&](auto rows, int nb, int ne, int m) {
+    quant_rows<BITS, decltype(rows)::value>(a, v, nb, ne, m);
+  });
 }
 
 void float_quant_matmul(const QuantArgs& a, int n0, int n1) {
-  QuantArgs p = a;
-  p.x = static_cast<const float*>(a.prepared);
   switch (a.bits) {
-    case 2: return quant_matmul_bits<2>(p, n0, n1);
-    case 4: return quant_matmul_bits<4>(p, n0, n1);
-    default: return quant_matmul_bits<8>(p, n0, n1);
+    case 2: return quant_matmul_bits<2>(a, n0, n1);
+    case 4: return quant_matmul_bits<4>(a, n0, n1);
+    default: return quant_matmul_bits<8>(a, n0, n1);
   }
 }
 
-#include "kernels_int8.inc"
-
 bool quant_supported(int group_size, int bits) {
-  if (bits != 2 && bits != 4 && bits != 8) return false;
-  if (group_size != 32 && group_size != 64 && group_size != 128) return false;
-  return group_size % (VL * (8 / bits)) == 0;
+  return (bits == 2 || bits == 4 || bits == 8) &&
+      (group_size == 32 || group_size == 64 || group_size == 128);
 }
 
+// a.int8 is set only where int8_path allows it (AVX2 and up).
+size_t quant_scratch(const QuantArgs& a) {
 #if defined(__AVX2__)
-size_t quant_scratch(const QuantArgs& a) {
   if (a.int8) return int8_scratch(a.M, a.K, a.group_size);
-  return size_t(a.M) * a.K * sizeof(float);
-}
-
-void prepare_quant(const QuantArgs& a) {
-  if (a.int8) return int8_prepare(a);
-  permute_x(a.x, static_cast<float*>(a.prepared), a.M, a.K, a.bits);
-}
-
-void quant_matmul(const QuantArgs& a, int n0, int n1) {
-  if (a.int8) return int8_quant_matmul(a, n0, n1);
-  float_quant_matmul(a, n0, n1);
-}
-#else
-bool int8_path(int) {
-  return false;
-}
-
-size_t quant_scratch(const QuantArgs& a) {
-  return size_t(a.M) * a.K * sizeof(float);
-}
-
-void prepare_quant(const QuantArgs& a) {
-  permute_x(a.x, static_cast<float*>(a.prepared), a.M, a.K, a.bits);
-}
-
-void quant_matmul(const QuantArgs& a, int n0, int n1) {
-  float_quant_matmul(a, n0, n1);
-}
 #endif
+  return float_scratch(a);
+}
+
+void prepare_quant(const QuantArgs& a) {
+#if defined(__AVX2__)
+  if (a.int8) return int8_prepare(a);
+#endif
+  float_prepare(a);
+}
+
+void quant_matmul(const QuantArgs& a, int n0, int n1) {
+#if defined(__AVX2__)
+  if (a.int8) return int8_quant_matmul(a, n0, n1);
+#endif
+  float_quant_matmul(a, n0, n1);
+}
 
 // ---------------------------------------------------------------- dense
 template <ScalarType T, int MT>
 void dense_rows(const DenseArgs& a, int n0, int n1, int m0) {
-  constexpr int C = chains<MT>();
+  constexpr int C = kChains;
   const size_t K = a.K;
   const size_t kv = K / VL * VL, kc = K / (VL * C) * (VL * C);
   const float* x = a.x + size_t(m0) * K;
@@ -289,9 +287,7 @@ void dense_rows(const DenseArgs& a, int n0, int n1, int m0) {
       for (int m = 0; m < MT; ++m) acc[m][0] += w * load_f32(x + m * K + k);
     }
     for (int m = 0; m < MT; ++m) {
-      vf t = acc[m][0];
-      for (int c = 1; c < C; ++c) t += acc[m][c];
-      float s = hsum(t);
+      float s = sum_chains(acc[m]);
       for (size_t j = kv; j < K; ++j) s += scalar_at(a.w, row + j, T) * x[m * K + j];
       a.y[size_t(m0 + m) * a.N + n] = s;
     }
@@ -300,21 +296,9 @@ void dense_rows(const DenseArgs& a, int n0, int n1, int m0) {
 
 template <ScalarType T>
 void dense_matmul_type(const DenseArgs& a, int n0, int n1) {
-  for (int nb = n0; nb < n1; nb += kColumnTile) {
-    const int ne = nb + kColumnTile < n1 ? nb + kColumnTile : n1;
-    int m = 0;
-    for (; m + 8 <= a.M; m += 8) dense_rows<T, 8>(a, nb, ne, m);
-    switch (a.M - m) {
-      case 1: dense_rows<T, 1>(a, nb, ne, m); break;
-      case 2: dense_rows<T, 2>(a, nb, ne, m); break;
-      case 3: dense_rows<T, 3>(a, nb, ne, m); break;
-      case 4: dense_rows<T, 4>(a, nb, ne, m); break;
-      case 5: dense_rows<T, 5>(a, nb, ne, m); break;
-      case 6: dense_rows<T, 6>(a, nb, ne, m); break;
-      case 7: dense_rows<T, 7>(a, nb, ne, m); break;
-      default: break;
-    }
-  }
+  for_tiles<kMaxRows>(a.M, n0, n1, [&](auto rows, int nb, int ne, int m) {
+    dense_rows<T, decltype(rows)::value>(a, nb, ne, m);
+  });
 }
 
 void dense_matmul(const DenseArgs& a, int n0, int n1) {
@@ -326,13 +310,14 @@ void dense_matmul(const DenseArgs& a, int n0, int n1) {
 }
 
 constexpr KernelTable kTable = {
-    STR(KERNEL_NAME), VL, quant_supported, int8_path, quant_scratch, prepare_quant,
-    quant_matmul, dense_matmul};
+    STR(KERNEL_NAME), VL,           quant_supported, int8_path, quant_scratch,
+    prepare_quant,    quant_matmul, dense_matmul, attention_rows};
 
 }  // namespace
+}  // namespace KERNEL_NAME
 
-const KernelTable& KERNEL_TABLE() {
-  return kTable;
+const KernelTable& PASTE(kernels_, KERNEL_NAME)() {
+  return KERNEL_NAME::kTable;
 }
 
 }  // namespace mlx_slm_kernels

@@ -1,5 +1,5 @@
-// The kernel interface shared by the ISA variants (kernels.cpp compiled once per ISA) and
-// the MLX primitives (ops.cpp). Plain C types only: this header is included by translation
+// The kernel interface shared by the ISA variants (kernels.cpp and int8.cpp, compiled once
+// per ISA) and the MLX primitives (ops.cpp). Plain C types only: this header is included by translation
 // units built with AVX2/AVX-512 flags, whose inline code must never leak to other CPUs.
 #pragma once
 
@@ -35,6 +35,23 @@ struct DenseArgs {
   int M, N, K;
 };
 
+// Softmax attention of query rows over keys/values, float32 throughout. Query row
+// (b, h, l) meets kv head h / (n_q / n_kv) and keys 0 .. S - L + l when causal (all S keys
+// otherwise), less those its mask hides, in order: exactly what decoding that position
+// alone computes. So a block of positions (speculative verification), or a batch whose
+// padding is masked, is bit-identical to decoding each row alone.
+struct AttentionArgs {
+  const float* q;          // [B, n_q, L, hd] contiguous, pre-scaled
+  const float* k;          // element (b, h, s, d) at b * kv_strides[0] + h * [1] + s * [2] + d
+  const float* v;          // the same layout and strides as k
+  const int64_t* kv_strides;
+  float* out;              // [B, n_q, L, hd]
+  const bool* mask;        // or null; key s visible to (b, l) at b * mask_strides[0] + l * [1] + s * [2]
+  const int64_t* mask_strides;
+  int B, n_q, n_kv, L, S, hd;
+  bool causal;
+};
+
 // One ISA variant's kernels. Each call computes output columns [n0, n1) for all M rows.
 struct KernelTable {
   const char* name;
@@ -47,12 +64,16 @@ struct KernelTable {
   void (*prepare_quant)(const QuantArgs& a);
   void (*quant_matmul)(const QuantArgs& a, int n0, int n1);
   void (*dense_matmul)(const DenseArgs& a, int n0, int n1);
+  // Units [u0, u1) of B * n_kv * L (a kv head at one position, with the query heads that
+  // share it); `scores` holds (n_q / n_kv) * S floats and `visible` S ints.
+  void (*attention_rows)(const AttentionArgs& a, int u0, int u1, float* scores, int* visible);
 };
 
 const KernelTable& kernels_generic();
 #if defined(__x86_64__)
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+const KernelTable& kernels_avx512vnni();
 #endif
 
 }  // namespace mlx_slm_kernels

@@ -4,8 +4,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include "kernels.h"
 #include "mlx/allocator.h"
@@ -17,20 +19,31 @@ namespace mlx_slm_kernels {
 
 namespace {
 
-// MLX_SLM_KERNELS_ISA=generic|avx2 selects a narrower variant (to test it on a wide CPU).
-const KernelTable& select_table() {
-  const char* forced = std::getenv("MLX_SLM_KERNELS_ISA");
-  const std::string want = forced ? forced : "";
+// The variants this CPU can run, widest first.
+std::vector<const KernelTable*> runnable_tables() {
+  std::vector<const KernelTable*> tables;
 #if defined(__x86_64__)
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c");
-  if (avx512 && (want.empty() || want == "avx512")) return kernels_avx512();
-  if (avx2 && (want.empty() || want == "avx512" || want == "avx2")) return kernels_avx2();
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (avx512 && __builtin_cpu_supports("avx512vnni")) tables.push_back(&kernels_avx512vnni());
+  if (avx512) tables.push_back(&kernels_avx512());
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    tables.push_back(&kernels_avx2());
 #endif
-  return kernels_generic();
+  tables.push_back(&kernels_generic());
+  return tables;
+}
+
+// The widest variant, or the one MLX_SLM_KERNELS_ISA names if this CPU can run it (to test
+// a narrower variant on a wide CPU; isa() says which one runs).
+const KernelTable& select_table() {
+  const auto tables = runnable_tables();
+  if (const char* forced = std::getenv("MLX_SLM_KERNELS_ISA"))
+    for (const KernelTable* t : tables)
+      if (std::strcmp(t->name, forced) == 0) return *t;
+  return *tables.front();
 }
 
 const KernelTable& table() {
@@ -109,19 +122,23 @@ void store_output(const float* y, mx::array& out) {
   store_from_float(y, out.data<mx::bfloat16_t>(), out.size());
 }
 
-// Splits N output columns into tasks of whole column tiles, a few per thread so that a
-// thread slowed by other work does not hold up the rest.
-void parallel_columns(int N, const std::function<void(int, int)>& fn) {
+// Splits N items (output columns, or attention's query rows) into tasks of whole granules,
+// a few per thread so that a thread slowed by other work does not hold up the rest.
+void parallel_split(int N, int granule, const std::function<void(int, int)>& fn) {
   ThreadPool& p = pool();
-  constexpr int kMinColumns = 16;
   const int tasks_wanted = p.size() == 1 ? 1 : p.size() * 4;
   int chunk = (N + tasks_wanted - 1) / tasks_wanted;
-  chunk = (chunk + kMinColumns - 1) / kMinColumns * kMinColumns;
+  chunk = (chunk + granule - 1) / granule * granule;
   const int tasks = (N + chunk - 1) / chunk;
   p.run(tasks, [&](int i) {
     const int n0 = i * chunk;
     fn(n0, std::min(N, n0 + chunk));
   });
+}
+
+// Output columns go in whole column tiles of the kernels.
+void parallel_columns(int N, const std::function<void(int, int)>& fn) {
+  parallel_split(N, 16, fn);
 }
 
 // Per-stream-thread scratch space, reused across calls.
@@ -135,6 +152,21 @@ Scratch& scratch() {
   return s;
 }
 
+// The set-up every product shares: x gathered into contiguous float32; y written straight
+// into a float32 output, or into scratch and rounded to the output's dtype afterwards.
+// body(scratch, x, y, M, K) computes y[M, N] from x[M, K].
+template <typename Body>
+void run_product(const mx::array& x, mx::array& out, Body&& body) {
+  Scratch& s = scratch();
+  s.x.resize(x.size());
+  to_float32(x, s.x.data());
+  const bool direct = out.dtype() == mx::float32;
+  if (!direct) s.y.resize(out.size());
+  const int K = x.shape(-1);
+  body(s, s.x.data(), direct ? out.data<float>() : s.y.data(), int(x.size() / K), K);
+  if (!direct) store_output(s.y.data(), out);
+}
+
 void run_quantized(
     const mx::array& x,
     const mx::array& w,
@@ -144,51 +176,74 @@ void run_quantized(
     int group_size,
     int bits) {
   const KernelTable& t = table();
-  Scratch& s = scratch();
-  const int K = x.shape(-1), N = w.shape(0), M = int(x.size() / K);
-  s.x.resize(x.size());
-  to_float32(x, s.x.data());
-  const bool direct = out.dtype() == mx::float32;
-  if (!direct) s.y.resize(out.size());
-  QuantArgs a{
-      s.x.data(),
-      nullptr,
-      static_cast<const uint8_t*>(contiguous_bytes(w, s.w)),
-      contiguous_bytes(scales, s.scales),
-      contiguous_bytes(biases, s.biases),
-      scalar_type(scales.dtype()),
-      direct ? out.data<float>() : s.y.data(),
-      M,
-      N,
-      K,
-      group_size,
-      bits,
-      int8_activations.load() && t.has_int8(bits)};
-  s.prepared.resize(t.quant_scratch(a));
-  a.prepared = s.prepared.data();
-  t.prepare_quant(a);
-  parallel_columns(N, [&](int n0, int n1) { t.quant_matmul(a, n0, n1); });
-  if (!direct) store_output(s.y.data(), out);
+  const int N = w.shape(0);
+  run_product(x, out, [&](Scratch& s, const float* xf, float* y, int M, int K) {
+    QuantArgs a{
+        xf,
+        nullptr,
+        static_cast<const uint8_t*>(contiguous_bytes(w, s.w)),
+        contiguous_bytes(scales, s.scales),
+        contiguous_bytes(biases, s.biases),
+        scalar_type(scales.dtype()),
+        y,
+        M,
+        N,
+        K,
+        group_size,
+        bits,
+        int8_activations.load() && t.has_int8(bits)};
+    s.prepared.resize(t.quant_scratch(a));
+    a.prepared = s.prepared.data();
+    t.prepare_quant(a);
+    parallel_columns(N, [&](int n0, int n1) { t.quant_matmul(a, n0, n1); });
+  });
 }
 
 void run_dense(const mx::array& x, const mx::array& w, mx::array& out) {
   const KernelTable& t = table();
+  const int N = w.shape(0);
+  run_product(x, out, [&](Scratch& s, const float* xf, float* y, int M, int K) {
+    const DenseArgs a{xf, contiguous_bytes(w, s.w), scalar_type(w.dtype()), y, M, N, K};
+    parallel_columns(N, [&](int n0, int n1) { t.dense_matmul(a, n0, n1); });
+  });
+}
+
+void run_attention(const std::vector<mx::array>& inputs, mx::array& out, bool causal) {
+  const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
+  const KernelTable& t = table();
   Scratch& s = scratch();
-  const int K = x.shape(-1), N = w.shape(0), M = int(x.size() / K);
-  s.x.resize(x.size());
-  to_float32(x, s.x.data());
-  const bool direct = out.dtype() == mx::float32;
-  if (!direct) s.y.resize(out.size());
-  DenseArgs a{
-      s.x.data(),
-      contiguous_bytes(w, s.w),
-      scalar_type(w.dtype()),
-      direct ? out.data<float>() : s.y.data(),
-      M,
-      N,
-      K};
-  parallel_columns(N, [&](int n0, int n1) { t.dense_matmul(a, n0, n1); });
-  if (!direct) store_output(s.y.data(), out);
+  s.x.resize(q.size());
+  to_float32(q, s.x.data());
+  // Keys and values are read in place (a KV cache's slice) where their rows are contiguous
+  // and their strides agree; otherwise from contiguous copies.
+  const bool in_place = k.strides() == v.strides() && k.strides()[3] == 1;
+  const float* kp = in_place ? k.data<float>() : static_cast<const float*>(contiguous_bytes(k, s.w));
+  const float* vp =
+      in_place ? v.data<float>() : static_cast<const float*>(contiguous_bytes(v, s.scales));
+  const int hd = q.shape(3), S = k.shape(2), n_kv = k.shape(1);
+  const int64_t strides[3] = {
+      in_place ? int64_t(k.strides()[0]) : int64_t(n_kv) * S * hd,
+      in_place ? int64_t(k.strides()[1]) : int64_t(S) * hd,
+      in_place ? int64_t(k.strides()[2]) : hd};
+  // The mask, [B or 1, 1, L or 1, S] (broadcast by the caller), read through its strides.
+  const bool has_mask = inputs.size() == 4;
+  int64_t mask_strides[3] = {0, 0, 0};
+  if (has_mask) {
+    const mx::array& m = inputs[3];
+    const int dims[3] = {0, 2, 3};
+    for (int i = 0; i < 3; ++i)
+      mask_strides[i] = m.shape(dims[i]) == 1 ? 0 : int64_t(m.strides()[dims[i]]);
+  }
+  const AttentionArgs a{
+      s.x.data(), kp, vp, strides, out.data<float>(), has_mask ? inputs[3].data<bool>() : nullptr,
+      mask_strides, q.shape(0), q.shape(1), n_kv, q.shape(2), S, hd, causal};
+  parallel_split(a.B * n_kv * a.L, 1, [&](int u0, int u1) {
+    thread_local std::vector<float> scores;
+    thread_local std::vector<int> visible;
+    scores.resize(size_t(a.n_q / n_kv) * S);
+    visible.resize(S);
+    t.attention_rows(a, u0, u1, scores.data(), visible.data());
+  });
 }
 
 mx::Stream cpu_stream(mx::StreamOrDevice s) {
@@ -225,6 +280,12 @@ void set_int8_activations(bool on) {
 
 std::string isa() {
   return table().name;
+}
+
+std::vector<std::string> runnable_isas() {
+  std::vector<std::string> names;
+  for (const KernelTable* t : runnable_tables()) names.push_back(t->name);
+  return names;
 }
 
 int threads() {
@@ -276,6 +337,32 @@ mx::array matmul_t(const mx::array& x, const mx::array& w, mx::StreamOrDevice s)
       {x, w});
 }
 
+mx::array attention(
+    const mx::array& q,
+    const mx::array& k,
+    const mx::array& v,
+    bool causal,
+    const std::optional<mx::array>& mask,
+    mx::StreamOrDevice s) {
+  if (q.ndim() != 4 || k.ndim() != 4 || v.shape() != k.shape() || q.dtype() != mx::float32 ||
+      k.dtype() != mx::float32 || v.dtype() != mx::float32)
+    throw std::invalid_argument("attention: float32 q [B, n_q, L, hd], k and v [B, n_kv, S, hd]");
+  if (q.shape(0) != k.shape(0) || q.shape(3) != k.shape(3) || q.shape(1) % k.shape(1) != 0 ||
+      q.shape(1) / k.shape(1) > 64 || (causal && q.shape(2) > k.shape(2)))
+    throw std::invalid_argument("attention: q, k and v disagree on their shapes");
+  std::vector<mx::array> inputs{q, k, v};
+  if (mask) {
+    const auto& m = *mask;
+    if (m.dtype() != mx::bool_ || m.ndim() != 4 || m.shape(1) != 1 || m.shape(3) != k.shape(2) ||
+        (m.shape(0) != 1 && m.shape(0) != q.shape(0)) ||
+        (m.shape(2) != 1 && m.shape(2) != q.shape(2)))
+      throw std::invalid_argument("attention: the mask must be bool [B or 1, 1, L or 1, S]");
+    inputs.push_back(m);
+  }
+  return mx::array(
+      q.shape(), mx::float32, std::make_shared<Attention>(cpu_stream(s), causal), inputs);
+}
+
 void QuantizedMatmul::eval_cpu(
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs) {
@@ -317,6 +404,29 @@ void MatmulT::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
 
 std::vector<mx::Shape> MatmulT::output_shapes(const std::vector<mx::array>& inputs) {
   return {output_shape(inputs[0], inputs[1].shape(0))};
+}
+
+void Attention::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  mx::array& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) encoder.set_input_array(a);
+  encoder.set_output_array(out);
+  encoder.dispatch(
+      [inputs, out, causal = causal_]() mutable { run_attention(inputs, out, causal); });
+}
+
+void Attention::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("SlmAttention runs on the CPU only");
+}
+
+bool Attention::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const Attention*>(&other);
+  return o && o->causal_ == causal_;
+}
+
+std::vector<mx::Shape> Attention::output_shapes(const std::vector<mx::array>& inputs) {
+  return {inputs[0].shape()};
 }
 
 }  // namespace mlx_slm_kernels

@@ -1,7 +1,9 @@
 // MLX primitives running the native kernels on the CPU stream.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
@@ -23,6 +25,18 @@ mx::array quantized_matmul(
 // x[..., K] @ w.T for float32, float16 or bfloat16 w [N, K].
 mx::array matmul_t(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = {});
 
+// Softmax attention, float32: q [B, n_q, L, hd] (pre-scaled) over k, v [B, n_kv, S, hd],
+// query head h meeting kv head h / (n_q / n_kv); causal: position l of L sees keys
+// 0 .. S - L + l; a bool mask [B or 1, 1, L or 1, S] hides more. Each query row is computed
+// alone over its visible keys, bit-identical to decoding it alone.
+mx::array attention(
+    const mx::array& q,
+    const mx::array& k,
+    const mx::array& v,
+    bool causal,
+    const std::optional<mx::array>& mask = std::nullopt,
+    mx::StreamOrDevice s = {});
+
 // Whether quantized_matmul handles this format with the selected ISA.
 bool supports_quantized(int group_size, int bits);
 
@@ -31,8 +45,10 @@ std::string quant_method(int bits);
 // Opt in to the int8 path where the ISA has one (off by default: it rounds x).
 void set_int8_activations(bool on);
 
-// "avx2", "avx512" or "generic", and the thread pool's size.
+// The variant in use ("avx512vnni", "avx512", "avx2" or "generic"), and the pool's size.
 std::string isa();
+// The variants this CPU can run (MLX_SLM_KERNELS_ISA may name any), widest first.
+std::vector<std::string> runnable_isas();
 int threads();
 void set_threads(int n);
 
@@ -69,6 +85,23 @@ class MatmulT : public mx::Primitive {
     return typeid(*this) == typeid(other);
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+};
+
+class Attention : public mx::Primitive {
+ public:
+  Attention(mx::Stream stream, bool causal) : mx::Primitive(stream), causal_(causal) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
+      override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
+      override;
+  const char* name() const override {
+    return "SlmAttention";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  bool causal_;
 };
 
 }  // namespace mlx_slm_kernels

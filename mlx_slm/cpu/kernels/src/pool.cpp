@@ -35,7 +35,10 @@ inline void relax(int& spins) {
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  // The job number a worker starts from is read here, not when its thread first runs: a
+  // thread that starts late (a busy machine) would otherwise miss the destructor's wake-up.
+  const uint32_t first = job_of(state_.load());
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, first] { worker_loop(first); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -82,8 +85,7 @@ void ThreadPool::run(int tasks, const std::function<void(int)>& fn) {
   while (done_.load(std::memory_order_acquire) < tasks) relax(spins);
 }
 
-void ThreadPool::worker_loop() {
-  uint32_t seen = job_of(state_.load());
+void ThreadPool::worker_loop(uint32_t seen) {
   while (true) {
     const auto start = std::chrono::steady_clock::now();
     int spins = 0;

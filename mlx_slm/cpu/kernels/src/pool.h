@@ -29,7 +29,8 @@ class ThreadPool {
   void run(int tasks, const std::function<void(int)>& fn);
 
  private:
-  void worker_loop();
+  // Waits for jobs after job `seen`, helps with each, returns once stopped.
+  void worker_loop(uint32_t seen);
   // Claims and runs tasks of job `job` until none is left or a newer job has started.
   void work(uint32_t job);
 

@@ -1,18 +1,31 @@
-// Included by kernels.cpp inside its anonymous namespace.
+// The int8 path, compiled once per ISA variant like kernels.cpp.
 //
 // 4- and 8-bit weights on x86 (AVX2 and up): x is rounded to int8 per block of 32 elements
 // (a float scale each, as llama.cpp does for its q8 activations) and meets the packed weights
-// in integer dot products (vpmaddubsw), 32 weights per instruction instead of 8 float FMAs.
+// in integer dot products (vpdpbusd with AVX512-VNNI, else vpmaddubsw), 32 weights per instruction instead of 8 float FMAs.
 // The products use the centred weights s * (q - c), c = 2^(bits-1), and the rest,
 // (b + c * s) * sum(x), uses x itself, so x's rounding meets weights of the size of w.
 // Error per output: at most sum_k |s * (q_k - c)| * max|x_block| / 254, plus round-off.
-#if defined(__AVX2__)
+#include "int8.h"
 
-constexpr int QB = 32;  // elements of x per int8 block
+#include "variant.h"
+
+namespace mlx_slm_kernels {
+namespace KERNEL_NAME {
 
 bool int8_path(int bits) {
+#if defined(__AVX2__)
   return bits == 4 || bits == 8;
+#else
+  (void)bits;
+  return false;
+#endif
 }
+
+#if defined(__AVX2__)
+namespace {
+
+constexpr int QB = 32;  // elements of x per int8 block
 
 // The prepared x, carved out of the scratch buffer.
 struct Int8View {
@@ -39,6 +52,8 @@ Int8View int8_view(void* base, int M, int K, int group_size) {
   v.corr = reinterpret_cast<float*>(p);
   return v;
 }
+
+}  // namespace
 
 size_t int8_scratch(int M, int K, int group_size) {
   const size_t groups = K / group_size;
@@ -79,6 +94,8 @@ void int8_prepare(const QuantArgs& a) {
   }
 }
 
+namespace {
+
 inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -86,8 +103,21 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// vpdpbusd (AVX512-VNNI) sums unsigned-by-signed byte products into int32 lanes without
+// saturating, so it takes every width's weights as unsigned q; vpmaddubsw needs 8-bit ones
+// centred (signed).
+#if defined(__AVX512VNNI__)
+constexpr bool kVnni = true;
+#else
+constexpr bool kVnni = false;
+#endif
+// Whether the dot products meet q itself; the centring, c * sum(x_q), is then subtracted
+// per group (Int8View::corr).
+template <int BITS>
+constexpr bool kUncentred = BITS == 4 || kVnni;
+
 // 32 weights as 32 bytes in the order of x's block: 4-bit unsigned nibbles
-// [even elements, odd elements]; 8-bit w - 128 as signed bytes.
+// [even elements, odd elements]; 8-bit q (VNNI) or q - 128 as signed bytes.
 template <int BITS>
 inline __m256i load_w32(const uint8_t* p) {
   if constexpr (BITS == 4) {
@@ -96,8 +126,8 @@ inline __m256i load_w32(const uint8_t* p) {
         _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1);
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
   } else {
-    return _mm256_xor_si256(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), _mm256_set1_epi8(char(0x80)));
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return kVnni ? raw : _mm256_xor_si256(raw, _mm256_set1_epi8(char(0x80)));
   }
 }
 
@@ -106,12 +136,16 @@ inline __m256i load_w32(const uint8_t* p) {
 // |w - 128| * (xq * sign(w - 128)), at most 128 * 127 * 2.
 template <int BITS>
 inline __m256i dot32(__m256i w, __m256i xq) {
+#if defined(__AVX512VNNI__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, xq);
+#else
   __m256i p16;
   if constexpr (BITS == 4)
     p16 = _mm256_maddubs_epi16(w, xq);
   else
     p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xq, w));
   return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+#endif
 }
 
 // NR weight rows from n against MT rows of x from m0.
@@ -151,7 +185,7 @@ void int8_rows(const QuantArgs& a, const Int8View& v, int n, int m0) {
         acc[r][m] = _mm256_fmadd_ps(accg[r][m], _mm256_set1_ps(s), acc[r][m]);
         const size_t xg = (m0 + m) * groups + g;
         constexpr float c = 1 << (BITS - 1);
-        extra[r][m] += (b + c * s) * v.xsum[xg] - (BITS == 4 ? c * s * v.corr[xg] : 0.0f);
+        extra[r][m] += (b + c * s) * v.xsum[xg] - (kUncentred<BITS> ? c * s * v.corr[xg] : 0.0f);
       }
     }
   }
@@ -171,18 +205,13 @@ void int8_columns(const QuantArgs& a, const Int8View& v, int n0, int n1, int m0)
 template <int BITS>
 void int8_matmul_bits(const QuantArgs& a, int n0, int n1) {
   const Int8View v = int8_view(a.prepared, a.M, a.K, a.group_size);
-  for (int nb = n0; nb < n1; nb += kColumnTile) {
-    const int ne = nb + kColumnTile < n1 ? nb + kColumnTile : n1;
-    int m = 0;
-    for (; m + 4 <= a.M; m += 4) int8_columns<BITS, 4, 1>(a, v, nb, ne, m);
-    switch (a.M - m) {
-      case 1: int8_columns<BITS, 1, 4>(a, v, nb, ne, m); break;
-      case 2: int8_columns<BITS, 2, 2>(a, v, nb, ne, m); break;
-      case 3: int8_columns<BITS, 3, 1>(a, v, nb, ne, m); break;
-      default: break;
-    }
-  }
+  for_tiles<4>(a.M, n0, n1, [&](auto rows, int nb, int ne, int m) {
+    constexpr int MT = decltype(rows)::value;
+    int8_columns<BITS, MT, MT == 1 ? 4 : (MT == 2 ? 2 : 1)>(a, v, nb, ne, m);
+  });
 }
+
+}  // namespace
 
 void int8_quant_matmul(const QuantArgs& a, int n0, int n1) {
   if (a.bits == 4) return int8_matmul_bits<4>(a, n0, n1);
@@ -190,3 +219,6 @@ void int8_quant_matmul(const QuantArgs& a, int n0, int n1) {
 }
 
 #endif  // __AVX2__
+
+}  // namespace KERNEL_NAME
+}  // namespace mlx_slm_kernels
