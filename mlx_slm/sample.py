@@ -171,7 +171,7 @@ class SamplingOptions:
     # OpenAI's fields (the server's); the defaults add no processor.
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] | None = None  # None, not (): JSON keeps it
 
     def sampler(self) -> Sampler:
         return make_sampler(self.temperature, self.top_p, self.top_k, self.min_p)

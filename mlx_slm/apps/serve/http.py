@@ -88,7 +88,7 @@ def make_app(worker: Worker, api_key: str | None = None,
         served = worker.served[name]
         tokenizer = served.loaded.tokenizer
         prompt = _prompt_ids(tokenizer, params, chat)
-        _check_ids(tokenizer, [i for i, _ in params.sampling.logit_bias], "logit_bias")
+        _check_ids(tokenizer, [i for i, _ in params.sampling.logit_bias or ()], "logit_bias")
         context = served.loaded.model.args.max_context_length
         if len(prompt) >= context:
             raise ApiError(400, f"The prompt has {len(prompt)} tokens but the model's context is "
