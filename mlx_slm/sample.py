@@ -173,7 +173,7 @@ class SamplingOptions:
     # OpenAI's fields (the server's); the defaults add no processor.
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] | None = None  # None, not (): JSON keeps it
 
     def sampler(self) -> Sampler:
         return make_sampler(self.temperature, self.top_p, self.top_k, self.min_p)
@@ -189,5 +189,4 @@ class SamplingOptions:
         return processors
 
     def as_dict(self) -> dict:
-        """The settings as JSON has them (logit_bias as OpenAI writes it: id -> bias)."""
-        return {**asdict(self), "logit_bias": {str(i): v for i, v in self.logit_bias}}
+        return asdict(self)

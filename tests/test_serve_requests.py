@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mlx_slm.apps.serve.run import BackgroundServer, startup_lines
-from tests.serve_fixtures import free_port, tiny_models
+from tests.serve_fixtures import free_port, settle, tiny_models
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -165,7 +165,7 @@ def test_serve_options_port_help_and_an_empty_key():
     assert empty.returncode == 2 and "--api-key" in empty.stderr
 
 
-def test_metrics_break_down_the_worker_time(client, http, models):
+def test_metrics_break_down_the_worker_time(client, http, server, models):
     def scrape() -> dict:
         return {name: float(value) for name, value in
                 (line.rsplit(" ", 1) for line in http.get("/metrics").text.splitlines()
@@ -173,6 +173,7 @@ def test_metrics_break_down_the_worker_time(client, http, models):
 
     before = scrape()
     client.completions.create(model=models[1], prompt="Count", max_tokens=5, temperature=0)
+    settle(server.worker)  # the row leaves the batch just after its answer is sent
     after = scrape()
     assert after["mlx_slm_decode_steps_total"] - before["mlx_slm_decode_steps_total"] >= 4
     for phase in ("admission", "decode", "emit", "copies"):

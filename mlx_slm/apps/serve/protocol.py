@@ -114,7 +114,7 @@ def _sampling(body: dict, params: Params) -> None:
     params.sampling = replace(params.sampling, **values, seed=seed)
 
 
-def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
+def _logit_bias(body: dict) -> tuple[tuple[int, float], ...] | None:
     """{"token id": bias in [-100, 100]} as sorted pairs (ids are checked against the
     vocabulary once the model is known)."""
     bias = _get(body, "logit_bias", (dict,), {})
@@ -127,7 +127,7 @@ def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
                            f"and 100, got {key!r:.20}: {value!r:.20}.", param="logit_bias",
                            code="invalid_value")
         pairs.append((int(key), float(value)))
-    return tuple(sorted(pairs))
+    return tuple(sorted(pairs)) or None
 
 
 # Fields of OpenAI's API that change the answer and that we do not do: refused, not ignored.

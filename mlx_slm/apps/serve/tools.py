@@ -139,10 +139,9 @@ def _choice(choice, names: list[str]) -> str:
             raise ToolError(f"tool_choice must be none, auto, required or a function, got "
                             f"{choice!r:.40}.", "tool_choice")
         return choice
-    function = choice.get("function") if isinstance(choice, dict) else None
+    named = isinstance(choice, dict) and choice.get("type") == "function"
+    function = choice.get("function") if named else None
     name = function.get("name") if isinstance(function, dict) else None
-    if choice.get("type") != "function" if isinstance(choice, dict) else True:
-        name = None
     if not isinstance(name, str):
         raise ToolError('tool_choice must be none, auto, required or {"type": "function", '
                         '"function": {"name": ...}}.', "tool_choice")

@@ -163,7 +163,7 @@ class Worker:
             prompt, prompt_format = params.prompt, PromptFormat(chat=False)
         loaded = served.loaded
         vocab = loaded.tokenizer.vocab_size
-        if any(not 0 <= i < vocab for i, _ in params.sampling.logit_bias):
+        if any(not 0 <= i < vocab for i, _ in params.sampling.logit_bias or ()):
             raise InvalidLogitBias(f"logit_bias token ids must be between 0 and {vocab - 1}.")
         # A forced tool call ends with its grammar: a stop string could only cut it.
         forced = params.tools is not None and params.tools.forced
