@@ -19,6 +19,7 @@ from mlx_slm.training import (
     make_batch,
     masked_loss,
     schedule,
+    token_nll,
 )
 
 CONFIG = tiny_config(vocab_size=64)
@@ -83,6 +84,27 @@ def test_lora_gradients_match_finite_differences(dora):
             numeric = (bumped[0] - bumped[1]) / (2 * eps)
             analytic = np.array(grads[name]).ravel()[index]
             assert abs(numeric - analytic) <= 2e-2 * max(1.0, abs(numeric)), (name, index)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_the_loss_and_its_gradient_equal_autograd_cross_entropy(dtype):
+    logits = (3 * mx.random.normal((2, 7, 50), key=mx.random.key(0))).astype(dtype)
+    targets = mx.random.randint(0, 50, (2, 7), key=mx.random.key(1))
+    weights = mx.random.uniform(shape=(2, 7), key=mx.random.key(2))
+
+    def ours(x):
+        return (token_nll(x, targets).astype(mx.float32) * weights).sum()
+
+    def reference(x):
+        return (nn.losses.cross_entropy(x.astype(mx.float32), targets) * weights).sum()
+
+    tol = 1e-5 if dtype == mx.float32 else 2e-2
+    assert ours(logits).item() == pytest.approx(reference(logits).item(), rel=tol)
+    got, expected = mx.grad(ours)(logits), mx.grad(reference)(logits)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(np.array(got.astype(mx.float32)),
+                               np.array(expected.astype(mx.float32)),
+                               atol=1e-6 if dtype == mx.float32 else 1e-2)
 
 
 def test_fresh_adapters_change_nothing_and_only_they_train():
