@@ -101,7 +101,7 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
     """One streaming request: client-side TTFT, end time and completion tokens (the
     server's usage count when it sends one, else the chunks with text)."""
     start = time.perf_counter()
-    first, chunks, usage = None, 0, None
+    first, chunks, usage, times = None, 0, None, []
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     async with client.stream("POST", url, json=body) as response:
         response.raise_for_status()
@@ -112,11 +112,12 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices", []):
                 if choice.get("text") or (choice.get("delta") or {}).get("content"):
-                    first = first or time.perf_counter()
+                    times.append(time.perf_counter())
+                    first = first or times[-1]
                     chunks += 1
     tokens = usage["completion_tokens"] if usage else chunks
     return {"start": start, "ttft_s": (first or time.perf_counter()) - start,
-            "end": time.perf_counter(), "tokens": tokens}
+            "end": time.perf_counter(), "tokens": tokens, "times": times}
 
 
 async def load(url: str, model: str, streams: int, tokens: int, rounds: int,
@@ -138,10 +139,62 @@ async def load(url: str, model: str, streams: int, tokens: int, rounds: int,
     results = [r for client_results in done for r in client_results]
     ttfts = sorted(r["ttft_s"] for r in results)
     total = sum(r["tokens"] for r in results)
+    # Decode speed of one stream, as generate reports it: the tokens after the first, over
+    # the time from the first to the last.
+    decode = [(len(r["times"]) - 1) / (r["times"][-1] - r["times"][0])
+              for r in results if len(r["times"]) > 1]
     return {"streams": streams, "requests": len(results), "completion_tokens": total,
             "wall_s": wall, "tokens_per_s": total / wall,
+            "decode_tps_p50": statistics.median(decode) if decode else None,
             "ttft_p50_s": statistics.median(ttfts),
             "ttft_p95_s": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]}
+
+
+async def long_prompt_gaps(url: str, model: str, tokens: int, words: int) -> dict:
+    """A stream of `tokens` tokens, and once it runs, a request whose prompt has about
+    `words` * 2.6 tokens: the stream's gaps between tokens while that prompt is read, against
+    its median gap (chunked prefill keeps the worst near one step plus one chunk)."""
+    long_prompt = " ".join(f"w{i % 97}" for i in range(words))
+    async with httpx.AsyncClient(timeout=600) as client:
+        body = {"model": model, "prompt": prompt(0), "max_tokens": tokens, "temperature": 0,
+                "ignore_eos": True}
+        stream = asyncio.ensure_future(stream_one(client, url + "/v1/completions", body))
+        await asyncio.sleep(0)
+        while True:  # wait until the stream has produced a few tokens
+            await asyncio.sleep(0.05)
+            if stream.done():
+                raise SystemExit("the stream ended before the long prompt was sent")
+            if await _tokens_so_far(url) >= 8:
+                break
+        sent = time.perf_counter()
+        answer = (await client.post(url + "/v1/completions", json={
+            "model": model, "prompt": long_prompt, "max_tokens": 1, "temperature": 0})).json()
+        done = time.perf_counter()
+        result = await stream
+    times = result["times"]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    during = [b - a for a, b in zip(times, times[1:]) if b > sent and a < done]
+    median = statistics.median(gaps)
+    return {"prompt_tokens": answer["usage"]["prompt_tokens"], "admission_s": done - sent,
+            "median_gap_s": median, "worst_gap_during_s": max(during) if during else None,
+            "worst_over_median": max(during) / median if during else None,
+            "tokens_during": len(during)}
+
+
+async def _tokens_so_far(url: str) -> float:
+    async with httpx.AsyncClient(timeout=30) as client:
+        text = (await client.get(url + "/metrics")).text
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("mlx_slm_generation_tokens_total "))
+
+
+def generate_tps(model_dir: Path, tokens: int) -> float:
+    """`mlx-slm generate`'s own decode speed on the model (EOS ignored), in a subprocess."""
+    done = subprocess.run([sys.executable, "-m", "mlx_slm", "generate", "-m", str(model_dir),
+                           "-p", prompt(0), "-n", str(tokens), "--ignore-eos", "--no-chat",
+                           "--temp", "0", "--repetition-penalty", "1", "--json"],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)["generation_tps"]
 
 
 def measure_server(kind: str, model_dir: Path, args) -> dict:
@@ -159,8 +212,15 @@ def measure_server(kind: str, model_dir: Path, args) -> dict:
             if ours:
                 out[name]["per_step_ms"] = per_step(before, worker_times(server.url))
         out["speedup"] = out["concurrent"]["tokens_per_s"] / out["one_stream"]["tokens_per_s"]
+        if ours and args.long_prompt_words:
+            out["long_prompt"] = asyncio.run(long_prompt_gaps(
+                server.url, model, args.long_prompt_tokens, args.long_prompt_words))
     finally:
         server.stop()
+    if ours:  # single-stream decode through the server against generate's, same model
+        out["generate_tps"] = generate_tps(model_dir, args.tokens)
+        out["one_stream_over_generate"] = (out["one_stream"]["decode_tps_p50"]
+                                           / out["generate_tps"])
     if ours:  # the prefix cache on, as served by default
         server = Server(kind, model_dir, port=args.port)
         try:
@@ -261,6 +321,13 @@ def main() -> None:
                         help="Where the JSON goes (default: benchmarks/results/).")
     parser.add_argument("--overhead-only", action="store_true",
                         help="Only the per-request overhead (tiny model); no 270M runs.")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        default="float32", help="The served model's dtype (270M shape).")
+    parser.add_argument("--long-prompt-words", type=int, default=650,
+                        help="A long prompt admitted beside a running stream (about 2.6 "
+                             "tokens a word; 0: skip).")
+    parser.add_argument("--long-prompt-tokens", type=int, default=96,
+                        help="Tokens of the stream that runs while it is admitted.")
     parser.add_argument("--blas-threads", type=int, default=None,
                         help="OPENBLAS_NUM_THREADS for both servers (default: as set).")
     args = parser.parse_args()
@@ -279,14 +346,15 @@ def main() -> None:
         shutil.copy(TOKENIZER, tiny / "tokenizer.model")
         record = {"benchmark": "serve", **machine_info(), "load_average": os.getloadavg(),
                   "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-                  "dtype": "float32", "overhead": overhead(tiny, args.port, args.repeats)}
+                  "dtype": args.dtype, "overhead": overhead(tiny, args.port, args.repeats)}
         if args.overhead_only:
             record["shape"] = "tiny (3 layers, model_dim 64)"
         else:
             config = tiny_config() if args.tiny else published_config("270M")
             hub = write_hub_checkpoint(tmp / "hub", config)
             model_dir = tmp / ("tiny-synthetic" if args.tiny else "OpenELM-270M-synthetic")
-            convert(hub, model_dir, tokenizer=str(TOKENIZER), log=lambda _: None)
+            convert(hub, model_dir, tokenizer=str(TOKENIZER), dtype=args.dtype,
+                    log=lambda _: None)
             prompt_tokens = check_prompts(1 + args.rounds + args.streams * args.rounds)
             record.update(shape="tiny (smoke test)" if args.tiny else
                           "OpenELM-270M (synthetic weights)", tokens=args.tokens,
@@ -325,6 +393,15 @@ def summary(r: dict) -> str:
                 f"{ours['concurrent']['ttft_p95_s']:.2f} vs "
                 f"{theirs['concurrent']['ttft_p95_s']:.2f} s; mlx_lm {r['streams']} vs 1: "
                 f"{theirs['speedup']:.2f}x")
+        lines.append(f"single stream through the server: {ours['one_stream_over_generate']:.2f}x "
+                     f"generate's decode ({ours['one_stream']['decode_tps_p50']:.2f} vs "
+                     f"{ours['generate_tps']:.2f} tok/s; target >= 0.95x)")
+        if "long_prompt" in ours:
+            lp = ours["long_prompt"]
+            lines.append(f"a {lp['prompt_tokens']}-token prompt admitted beside a stream: worst "
+                         f"gap {lp['worst_gap_during_s']:.3f} s = {lp['worst_over_median']:.1f}x "
+                         f"the median {lp['median_gap_s']:.3f} s ({lp['tokens_during']} tokens "
+                         "while it was read; target <= 3x)")
         for side in ("one_stream", "concurrent"):
             step = ours[side]["per_step_ms"]
             lines.append(f"  {side}: ms per decode step ({step['steps']:.0f} steps): " + ", ".join(

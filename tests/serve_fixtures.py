@@ -3,6 +3,7 @@ reference answers that `generate` gives for the same requests."""
 
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,24 @@ def settle(worker, timeout: float = 10.0) -> None:
         time.sleep(0.02)
     time.sleep(0.2)
     assert not worker.running and not worker.queue_depth
+
+
+@contextmanager
+def instruct_server(root: Path):
+    """A live server on a tiny Instruct model (its id in `.model`)."""
+    from mlx_slm.apps.serve.run import BackgroundServer
+
+    instruct, _ = tiny_models(root)
+    with BackgroundServer([instruct], port=free_port()) as running:
+        running.model = instruct
+        yield running
+
+
+def openai_client(server):
+    """The official client on `server`, failing at once rather than retrying."""
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
 
 def tiny_models(root: Path) -> tuple[str, str]:

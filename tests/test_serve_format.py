@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from mlx_slm.apps.serve.run import BackgroundServer
-from tests.serve_fixtures import free_port, tiny_models
+from tests.serve_fixtures import instruct_server, openai_client
 
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
@@ -27,15 +26,13 @@ MESSAGES = [{"role": "user", "content": "Which city? Answer in JSON."}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    instruct, _ = tiny_models(tmp_path_factory.mktemp("serve-format"))
-    with BackgroundServer([instruct], port=free_port()) as running:
-        running.model = instruct
+    with instruct_server(tmp_path_factory.mktemp("serve-format")) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    return openai_client(server)
 
 
 def json_schema_format(schema: dict) -> dict:
