@@ -172,11 +172,13 @@ async def long_prompt_gaps(url: str, model: str, tokens: int, words: int) -> dic
         done = time.perf_counter()
         result = await stream
     times = result["times"]
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    during = [b - a for a, b in zip(times, times[1:]) if b > sent and a < done]
-    median = statistics.median(gaps)
+    pairs = list(zip(times, times[1:]))
+    during = [b - a for a, b in pairs if b > sent and a < done]
+    # The stream's usual gap: its gaps while no long prompt is being read.
+    median = statistics.median(b - a for a, b in pairs if b <= sent or a >= done)
     return {"prompt_tokens": answer["usage"]["prompt_tokens"], "admission_s": done - sent,
             "median_gap_s": median, "worst_gap_during_s": max(during) if during else None,
+            "median_gap_during_s": statistics.median(during) if during else None,
             "worst_over_median": max(during) / median if during else None,
             "tokens_during": len(during)}
 
@@ -400,8 +402,9 @@ def summary(r: dict) -> str:
             lp = ours["long_prompt"]
             lines.append(f"a {lp['prompt_tokens']}-token prompt admitted beside a stream: worst "
                          f"gap {lp['worst_gap_during_s']:.3f} s = {lp['worst_over_median']:.1f}x "
-                         f"the median {lp['median_gap_s']:.3f} s ({lp['tokens_during']} tokens "
-                         "while it was read; target <= 3x)")
+                         f"its usual median {lp['median_gap_s']:.3f} s (median while it was "
+                         f"read {lp['median_gap_during_s']:.3f} s, {lp['tokens_during']} tokens; "
+                         f"admitted in {lp['admission_s']:.1f} s; target <= 3x)")
         for side in ("one_stream", "concurrent"):
             step = ours[side]["per_step_ms"]
             lines.append(f"  {side}: ms per decode step ({step['steps']:.0f} steps): " + ", ".join(

@@ -4,6 +4,7 @@ between steps, each choosing its own tokens and deciding its own end in the same
 The one batcher: the quiz and the server both run on it.
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,13 @@ from mlx_slm.chooser import TokenChooser
 from mlx_slm.generation import prefill
 from mlx_slm.tokenizer import TextStream
 
-CHUNK = 256  # prompt ids read per step while other rows decode
+CHUNK = 256  # the most prompt ids read between two decode steps
+# A chunk read between two decode steps takes at most about this many steps' time, so a
+# running row's longest gap stays near (1 + CHUNK_STEPS) of its usual one.
+CHUNK_STEPS = 2
+# Fewer ids read the weights as often for less work (on the CPU backend, products of up
+# to 16 rows also leave BLAS for the one-row kernels).
+MIN_CHUNK = 32
 
 
 @dataclass(eq=False)
@@ -102,6 +109,11 @@ class BatchGenerator:
         self.chunk = chunk
         self.reading: list[_Reading] = []
         self._queued: _Step | None = None  # the next decode step, already on its way
+        # Timed as they happen, to size the chunks: a decode step (from one token read to
+        # the next, with no chunk between), and prompt ids read per second.
+        self._step_s: float | None = None
+        self._read_tps: float | None = None
+        self._last_read: float | None = None  # when the last step's tokens were read
 
     @property
     def rows(self) -> list[Row]:
@@ -160,8 +172,12 @@ class BatchGenerator:
             if not any(r.chooser.constraint is not None for r in self.cache.rows):
                 self._queued = self._queue(current)
             running = set(self.cache.rows)
-            for row, value, logprobs in zip(current.rows, current.tokens.tolist(),
-                                            current.logprobs):
+            values = current.tokens.tolist()
+            now = time.perf_counter()
+            if self._last_read is not None:
+                self._step_s = _average(self._step_s, now - self._last_read)
+            self._last_read = now
+            for row, value, logprobs in zip(current.rows, values, current.logprobs):
                 if row not in running:  # it left (a cancelled request) after being queued
                     continue
                 row.chosen, row.logprobs = value, logprobs
@@ -209,15 +225,34 @@ class BatchGenerator:
             return []
         reading = self.reading[0]
         prompt = reading.row.prompt
-        ids = mx.array(prompt[reading.fed : reading.fed + self.chunk], dtype=mx.uint32)
+        ids = mx.array(prompt[reading.fed : reading.fed + self._chunk_size()], dtype=mx.uint32)
         reading.fed += ids.size
+        start = time.perf_counter()
         if reading.fed < len(prompt):
             self.model.hidden(ids[None], reading.cache)
             mx.eval([c.state for c in reading.cache])
-            return []
-        self.reading.pop(0)
-        self._start([reading.row], prefill(self.model, ids, reading.cache), [(reading.cache, 0)])
-        return [reading.row]
+            started = []
+        else:
+            self.reading.pop(0)
+            logits = prefill(self.model, ids, reading.cache)
+            self._start([reading.row], logits, [(reading.cache, 0)])
+            started = [reading.row]
+        seconds = time.perf_counter() - start
+        self._read_tps = _average(self._read_tps, ids.size / seconds)
+        self._last_read = None  # the next gap holds this chunk: no decode step's time
+        return started
+
+    def _chunk_size(self) -> int:
+        """Prompt ids to read now: all that is left when no row is running (nobody waits);
+        else as many as the last reads say fit in CHUNK_STEPS decode steps, from
+        min(MIN_CHUNK, chunk) up to `chunk`."""
+        if not self.cache.rows:
+            return len(self.reading[0].row.prompt)
+        floor = min(MIN_CHUNK, self.chunk)
+        if self._step_s is None or self._read_tps is None:
+            return floor  # not timed yet: a small first chunk times the reading
+        fit = int(CHUNK_STEPS * self._step_s * self._read_tps)
+        return max(floor, min(self.chunk, fit))
 
     def _start(self, rows: list[Row], logits: mx.array,
                caches: list[tuple[list[KVCache], int]]) -> None:
@@ -240,3 +275,9 @@ class BatchGenerator:
         for row, (token, logprobs) in zip(rows, picks):
             row.chosen = token.item()
             row.logprobs = logprobs if row.want_logprobs else None
+
+
+def _average(old: float | None, new: float, weight: float = 0.3) -> float:
+    """A running average that follows changes (a new row, a longer context) within a few
+    samples."""
+    return new if old is None else (1 - weight) * old + weight * new

@@ -34,10 +34,12 @@ class PrefixCache:
         while self.nbytes > self.max_bytes:
             self._drop(next(iter(self.entries)))
 
-    def lookup(self, tokens: list[int]) -> tuple[int, list[KVCache] | None]:
+    def lookup(self, tokens: list[int], min_tokens: int = 1
+               ) -> tuple[int, list[KVCache] | None]:
         """The longest stored prefix of `tokens`, leaving at least one token to run, as a new
-        cache holding that many positions (the stored arrays are shared, never written)."""
-        best, best_key = 0, None
+        cache holding that many positions (the stored arrays are shared, never written);
+        nothing when it is shorter than `min_tokens`."""
+        best, best_key = min_tokens - 1, None
         limit = len(tokens) - 1
         for key in self.entries:
             n = _common_prefix(key, tokens, limit)

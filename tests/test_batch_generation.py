@@ -144,6 +144,8 @@ def test_prefix_cache_reuses_the_longest_prefix_and_stays_bounded(model):
     longer = prompt[:10] + [99, 98, 97]
     reused, partial = prefixes.lookup(longer)
     assert reused == 10 and partial[0].offset == 10
+    assert prefixes.lookup(longer, min_tokens=10)[0] == 10
+    assert prefixes.lookup(longer, min_tokens=11) == (0, None)  # too short to pay
     expected = alone(model, longer, 6)
     assert list(generate_tokens(model, longer[10:], cache=partial, max_tokens=6)) == expected
     # The stored entry was not written by that generation: reuse it again.
@@ -202,7 +204,8 @@ def test_a_long_prompt_is_read_a_chunk_per_step_while_others_decode(model):
     while len(generator):
         generator.step()
     assert long_row.tokens == expected_long and short.tokens == expected_short
-    # A cached prefix leaves fewer chunks to read, and the same tokens.
+    # With no row running nobody waits: a long prompt (past its cached prefix) is read at
+    # once, and gives the same tokens.
     prefix = make_cache(model)
     prefill(model, mx.array(long_prompt[:20], dtype=mx.uint32), prefix)
     cached = row(long_prompt, 5)
@@ -212,4 +215,4 @@ def test_a_long_prompt_is_read_a_chunk_per_step_while_others_decode(model):
     while len(generator):
         generator.step()
         steps += 1
-    assert cached.tokens == expected_long and steps == 3 + 4  # 21 ids: 3 chunks, 4 more
+    assert cached.tokens == expected_long and steps == 1 + 4  # read at once, 4 more tokens

@@ -92,6 +92,11 @@ class ServedModel:
         self.times.add("copies", start)
 
 
+# A cached prefix shorter than this (a BOS, a chat's empty system turn) saves less than
+# prefilling the prompt alone costs, against prefilling it together with the other joiners.
+MIN_REUSE = 32
+
+
 @dataclass
 class Settings:
     """The worker's limits."""
@@ -304,7 +309,7 @@ class Worker:
         rows, prefixes = [], []
         for job in jobs:
             job.started_at = started
-            job.cached_tokens, cache = served.prefix.lookup(job.prompt)
+            job.cached_tokens, cache = served.prefix.lookup(job.prompt, MIN_REUSE)
             p = job.params
             grammar = None
             if p.constraint is not None:
