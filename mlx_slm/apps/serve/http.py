@@ -12,18 +12,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from mlx_slm.apps.serve.metrics import Metrics
-from mlx_slm.apps.serve.output import Output
-from mlx_slm.apps.serve.protocol import ApiError, chat_params, completion_params, parse_body
-from mlx_slm.apps.serve.worker import (
+from mlx_slm.apps.serve.errors import (
     InternalError,
     InvalidLogitBias,
     ModelNotNamed,
     ModelNotServed,
     ShuttingDown,
     WontFit,
-    Worker,
 )
+from mlx_slm.apps.serve.metrics import Metrics
+from mlx_slm.apps.serve.output import Output
+from mlx_slm.apps.serve.protocol import ApiError, chat_params, completion_params, parse_body
+from mlx_slm.apps.serve.worker import Worker
 from mlx_slm.errors import InvalidPrompt, PromptTooLong, SlmError
 
 MAX_BODY_BYTES = 4 * 2**20
