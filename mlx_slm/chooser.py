@@ -77,10 +77,7 @@ class TokenChooser:
 
     def distribution(self, logprobs: mx.array) -> mx.array:
         """The probabilities a draw from `logprobs` follows (speculative acceptance needs
-        them); one-hot at the argmax when greedy."""
-        if self.greedy:
-            top = mx.argmax(logprobs, axis=-1, keepdims=True)
-            return (mx.arange(logprobs.shape[-1]) == top).astype(mx.float32)
+        them; a sampling chooser's, since greedy verification compares argmaxes)."""
         return self.sampler.distribution(logprobs)
 
     def next_key(self) -> mx.array:
