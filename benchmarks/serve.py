@@ -247,7 +247,7 @@ def worker_times(url: str) -> dict:
 def per_step(before: dict, after: dict) -> dict:
     """Milliseconds per decode step in each phase between two scrapes (admission, which
     includes prefill, spread over the steps too)."""
-    steps = after["steps"] - before["steps"]
+    steps = max(after["steps"] - before["steps"], 1)  # 1-token requests take no step
     return {"steps": steps, **{phase: (after[phase] - before[phase]) / steps * 1e3
                                for phase in after if phase != "steps"}}
 
