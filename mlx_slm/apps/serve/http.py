@@ -12,14 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from mlx_slm.apps.serve.errors import (
-    InternalError,
-    InvalidLogitBias,
-    ModelNotNamed,
-    ModelNotServed,
-    ShuttingDown,
-    WontFit,
-)
+from mlx_slm.apps.serve import errors as worker_errors
 from mlx_slm.apps.serve.metrics import Metrics
 from mlx_slm.apps.serve.output import Output
 from mlx_slm.apps.serve.protocol import ApiError, chat_params, completion_params, parse_body
@@ -206,14 +199,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
 # Engine errors -> (status, code, OpenAI error type, field): the one place that knows HTTP
 # statuses. A field of None is the caller's (the prompt or the messages).
 STATUSES = [
-    (ModelNotServed, 404, "model_not_found", "invalid_request_error", "model"),
-    (ModelNotNamed, 400, "missing_model", "invalid_request_error", "model"),
-    (InvalidLogitBias, 400, "invalid_value", "invalid_request_error", "logit_bias"),
+    (worker_errors.ModelNotServed, 404, "model_not_found", "invalid_request_error", "model"),
+    (worker_errors.ModelNotNamed, 400, "missing_model", "invalid_request_error", "model"),
+    (worker_errors.InvalidLogitBias, 400, "invalid_value", "invalid_request_error", "logit_bias"),
     (PromptTooLong, 400, "context_length_exceeded", "invalid_request_error", None),
     (InvalidPrompt, 400, "invalid_value", "invalid_request_error", None),
-    (ShuttingDown, 503, None, "server_error", None),
-    (WontFit, 507, "insufficient_memory", "server_error", None),
-    (InternalError, 500, "internal_error", "server_error", None),
+    (worker_errors.ShuttingDown, 503, None, "server_error", None),
+    (worker_errors.WontFit, 507, "insufficient_memory", "server_error", None),
+    (worker_errors.InternalError, 500, "internal_error", "server_error", None),
     (SlmError, 400, "invalid_value", "invalid_request_error", None),
 ]
 
