@@ -1,12 +1,11 @@
-"""The batcher's decode step against `generate`'s, in one process, alternately: where a
-served stream's time goes (the forward, choosing, a join, a leave) and what batching pays.
+"""The batcher's decode step against `generate`'s, in one process, alternately: what a
+served stream's step, a join and a leave cost, and what batching pays.
 
 Synthetic weights at a published shape. For each precision: ms per token of `generate`'s
 compiled single-stream step (DecodeStep), ms per step of the batcher (BatchGenerator) at
-1, 4 and 8 rows, the share of a step spent choosing tokens, and the cost of a row joining
-(prefill + copy into its slot) and leaving. Rounds alternate the engines, so drift cancels
-in the ratios. Writes benchmarks/results/batch_step-<size>-<date>.json with the CPU model
-and the load average.
+1, 4 and 8 rows, and the cost of a row joining (prefill + copy into its slot) and leaving.
+Rounds alternate the engines, so drift cancels in the ratios. Writes
+benchmarks/results/batch_step-<size>-<date>.json with the CPU model and the load average.
 
     python benchmarks/batch_step.py [--size 270M] [--precisions float32 bfloat16 4bit]
 """
@@ -55,10 +54,8 @@ def generate_ms(model, tokens: int) -> float:
 
 
 def batch_ms(model, rows: int, tokens: int) -> dict:
-    """ms per step of the batcher with `rows` greedy rows, the share spent choosing, and
-    the ms a row's join and leave cost."""
-    import mlx.core as mx
-
+    """ms per step of the batcher with `rows` greedy rows (choosing included: the pipelined
+    step overlaps it with the forward), and the ms a row's join and leave cost."""
     from mlx_slm.batch_generation import BatchGenerator, Row
     from mlx_slm.chooser import TokenChooser
 
@@ -69,26 +66,10 @@ def batch_ms(model, rows: int, tokens: int) -> dict:
     generator.join([row() for _ in range(rows)])
     for _ in range(4):  # trace
         generator.step()
-    choose_s = 0.0
-    original = generator._choose
-
-    def timed_choose(batch, logits):
-        nonlocal choose_s
-        mx.eval(logits)  # the forward's time stays out of the choosing
-        start = time.perf_counter()
-        original(batch, logits)
-        choose_s += time.perf_counter() - start
-
     start = time.perf_counter()
     for _ in range(tokens):
         generator.step()
-    plain = (time.perf_counter() - start) / tokens
-    generator._choose = timed_choose
-    start = time.perf_counter()
-    for _ in range(tokens):
-        generator.step()
-    timed = time.perf_counter() - start
-    generator._choose = original
+    step_s = (time.perf_counter() - start) / tokens
     joiner = row()
     start = time.perf_counter()
     generator.join([joiner])
@@ -96,8 +77,7 @@ def batch_ms(model, rows: int, tokens: int) -> dict:
     start = time.perf_counter()
     generator.leave(joiner)
     leave_s = time.perf_counter() - start
-    return {"step_ms": plain * 1e3, "choose_share": choose_s / timed,
-            "join_ms": join_s * 1e3, "leave_ms": leave_s * 1e3}
+    return {"step_ms": step_s * 1e3, "join_ms": join_s * 1e3, "leave_ms": leave_s * 1e3}
 
 
 def main() -> None:
