@@ -17,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_slm.backend import active_backend
+from mlx_slm.cpu import kernels
 from mlx_slm.cpu.ops import (
     HALF,
     float_linear,
@@ -26,6 +27,7 @@ from mlx_slm.cpu.ops import (
     rope_tables,
     rotation,
 )
+from mlx_slm.lora import DoRALinear
 from mlx_slm.model import Attention, Model, TransformerBlock
 
 
@@ -38,6 +40,7 @@ class CpuState:
     cos: mx.array | None = None  # RoPE tables by position, shared by every layer
     sin: mx.array | None = None
     activations: mx.Dtype | None = None  # the dtype hidden states run in, if not the weights'
+    packed: bool = False  # quantized weights packed for the native kernels (kernels.pack_quantized)
 
 
 def prepare(model: nn.Module, device_backend: str | None = None) -> nn.Module:
@@ -58,6 +61,8 @@ def prepare(model: nn.Module, device_backend: str | None = None) -> nn.Module:
             if isinstance(module, nn.RMSNorm):
                 module.weight = module.weight.astype(mx.float32)
         activations = mx.float32
+    # DoRA reads its base layer's weights in MLX's layout every step: those stay unpacked.
+    dora = {id(m.linear) for _, m in model.named_modules() if isinstance(m, DoRALinear)}
     for _, module in model.named_modules():
         swap = _CPU_CLASSES.get(type(module))
         if swap is not None:
@@ -66,10 +71,26 @@ def prepare(model: nn.Module, device_backend: str | None = None) -> nn.Module:
             weight_t = module.weight.T
             mx.eval(weight_t)
             module.cpu = CpuState(weight_t=weight_t)
+        elif isinstance(module, (CpuQuantizedLinear, CpuQuantizedEmbedding)):
+            if getattr(module, "cpu", None) is None:  # never pack twice
+                module.cpu = CpuState(packed=_pack(module) if id(module) not in dora else False)
         elif isinstance(module, CpuAttention):
             module.cpu = CpuState(qk_norm=module.qk_norm_table(), cos=cos, sin=sin)
     model.cpu = CpuState(cos=cos, sin=sin, activations=activations)
     return model
+
+
+def _pack(module: nn.Module) -> bool:
+    """Reorder a quantized layer's arrays for the packed kernels, one layer at a time (the
+    unpacked arrays are freed as each is replaced: no second copy of the model), if the
+    native kernels run this format; whether it did."""
+    if not (kernels.available() and module.mode == "affine"
+            and kernels.can_pack(module["weight"], module.group_size, module.bits)):
+        return False
+    packed = kernels.pack_quantized(module["weight"], module["scales"], module["biases"])
+    mx.eval(packed)
+    module["weight"], module["scales"], module["biases"] = packed
+    return True
 
 
 def _quantized_with_half_scales(model: nn.Module) -> bool:
@@ -96,14 +117,21 @@ class CpuEmbedding(nn.Embedding):
 class CpuQuantizedLinear(nn.QuantizedLinear):
     def __call__(self, x):
         y = quantized_linear(x, self["weight"], self["scales"], self["biases"],
-                             self.group_size, self.bits, self.mode)
+                             self.group_size, self.bits, self.mode, self.cpu.packed)
         return y + self["bias"] if "bias" in self else y
 
 
 class CpuQuantizedEmbedding(nn.QuantizedEmbedding):
+    def __call__(self, x):
+        if not self.cpu.packed:
+            return super().__call__(x)
+        w, s, b = (kernels.packed_rows(a, x) for a in (self["weight"], self["scales"],
+                                                       self["biases"]))
+        return mx.dequantize(w, s, b, group_size=self.group_size, bits=self.bits)
+
     def as_linear(self, x):
         return quantized_linear(x, self["weight"], self["scales"], self["biases"],
-                                self.group_size, self.bits, self.mode)
+                                self.group_size, self.bits, self.mode, self.cpu.packed)
 
 
 class CpuAttention(Attention):

@@ -103,14 +103,19 @@ def half_linear(x: mx.array, weight: mx.array) -> mx.array:
     return split_rows(lambda w, s: mx.matmul(x, w.T, stream=s), weight.shape[0], weight)
 
 
-def quantized_linear(x, weight, scales, biases, group_size: int, bits: int, mode: str):
-    """x @ dequantize(weight).T on the CPU backend.
+def quantized_linear(x, weight, scales, biases, group_size: int, bits: int, mode: str,
+                     packed: bool = False):
+    """x @ dequantize(weight).T on the CPU backend; `packed`: the arrays are packed for the
+    native kernels (kernels.pack_quantized), which then take every row count.
 
     The native kernels take every row count and scale dtype. Without them: MLX's kernels
     are 20-100x slower with half-precision scales, so each thread upcasts its slice of them
     per call (a transient 1/group_size of the weight), keeping the stored model small, and
     prompt chunks dequantize slices and use float32 BLAS.
     """
+    if packed:
+        return kernels.packed_quantized_matmul(x, weight, scales, biases, group_size,
+                                               bits).astype(x.dtype)
     if mode == "affine" and kernels.supports(group_size, bits):
         return kernels.quantized_matmul(x, weight, scales, biases, group_size, bits).astype(
             x.dtype)

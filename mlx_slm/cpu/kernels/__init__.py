@@ -119,6 +119,60 @@ def quantized_matmul(
     )
 
 
+# Output rows per tile of packed weights (src/kernels.h, kPackRows).
+PACK_ROWS = 16
+
+
+def can_pack(w: mx.array, group_size: int, bits: int) -> bool:
+    """Whether quantized weights of this shape and format run packed (pack_quantized)."""
+    return (supports(group_size, bits) and w.ndim == 2 and w.shape[0] % PACK_ROWS == 0
+            and bits in (2, 4, 8))
+
+
+def _tiles(a: mx.array) -> mx.array:
+    """[N, C] -> [N, C] with each tile of PACK_ROWS rows stored column-major."""
+    n, c = a.shape
+    return a.reshape(n // PACK_ROWS, PACK_ROWS, c).swapaxes(1, 2).reshape(n, c)
+
+
+def _untiles(a: mx.array) -> mx.array:
+    n, c = a.shape
+    return a.reshape(n // PACK_ROWS, c, PACK_ROWS).swapaxes(1, 2).reshape(n, c)
+
+
+def pack_quantized(w: mx.array, scales: mx.array, biases: mx.array) -> tuple[mx.array, ...]:
+    """MLX's quantized arrays reordered for the packed kernels: the same bytes and shapes,
+    each tile of PACK_ROWS rows interleaved (its uint32 words as [word][row], scales and
+    biases as [group][row]), so one vector load brings 16 rows' weights. Lazy; see
+    unpack_quantized for the way back."""
+    return _tiles(w), _tiles(scales), _tiles(biases)
+
+
+def unpack_quantized(w: mx.array, scales: mx.array, biases: mx.array) -> tuple[mx.array, ...]:
+    """The inverse of pack_quantized: MLX's layout again."""
+    return _untiles(w), _untiles(scales), _untiles(biases)
+
+
+def packed_rows(a: mx.array, rows: mx.array) -> mx.array:
+    """Rows of a packed [N, C] array in MLX's layout, [*rows.shape, C] (a packed quantized
+    embedding's lookup)."""
+    n, c = a.shape
+    # Element (r, j) sits at (r // PACK_ROWS) * PACK_ROWS * c + j * PACK_ROWS + r % PACK_ROWS.
+    start = (rows // PACK_ROWS) * (PACK_ROWS * c) + rows % PACK_ROWS
+    return mx.take(a.reshape(-1), start[..., None] + mx.arange(c) * PACK_ROWS)
+
+
+def packed_quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array,
+                            group_size: int, bits: int) -> mx.array:
+    """quantized_matmul from packed arrays. Where the native kernels do not run (a GPU
+    device, MLX_SLM_KERNELS=off) it unpacks them for MLX's op: slower, still correct."""
+    ext = _native()
+    if ext is not None and x.dtype in _FLOATS and scales.dtype in _FLOATS:
+        return ext.quantized_matmul(x, w, scales, biases, group_size, bits, packed=True)
+    return mx.quantized_matmul(x, *unpack_quantized(w, scales, biases), transpose=True,
+                               group_size=group_size, bits=bits)
+
+
 def matmul_t(x: mx.array, w: mx.array) -> mx.array:
     """x @ w.T for a 2-D float32, float16 or bfloat16 w."""
     ext = _native()

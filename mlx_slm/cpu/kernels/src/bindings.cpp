@@ -4,6 +4,7 @@
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
+#include "kernels.h"
 #include "ops.h"
 
 namespace nb = nanobind;
@@ -13,8 +14,10 @@ namespace k = mlx_slm_kernels;
 NB_MODULE(_ext, m) {
   m.doc() = "mlx-slm native CPU kernels (MLX primitives)";
   m.def("quantized_matmul", &k::quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a,
-        "group_size"_a, "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
-        "x @ dequantize(w, scales, biases).T in MLX's affine format, on the CPU stream.");
+        "group_size"_a, "bits"_a, nb::kw_only(), "packed"_a = false, "stream"_a = nb::none(),
+        "x @ dequantize(w, scales, biases).T in MLX's affine format, on the CPU stream; "
+        "packed: the arrays are packed in tiles of 16 rows (pack_rows).");
+  m.def("pack_rows", []() { return k::kPackRows; }, "Rows per tile of packed weights.");
   m.def("matmul_t", &k::matmul_t, "x"_a, "w"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x @ w.T for float32/float16/bfloat16 w, on the CPU stream.");
   m.def("attention", &k::attention, "q"_a, "k"_a, "v"_a, "causal"_a, "mask"_a = nb::none(),

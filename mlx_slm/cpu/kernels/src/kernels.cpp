@@ -3,6 +3,7 @@
 // VECTOR_BYTES its SIMD width. The int8 path lives in int8.cpp, attention in attention.cpp.
 #include "attention.h"
 #include "int8.h"
+#include "packed.h"
 #include "variant.h"
 
 #define PASTE2(a, b) a##b
@@ -13,57 +14,6 @@
 namespace mlx_slm_kernels {
 namespace KERNEL_NAME {
 namespace {
-
-// VL bytes -> VL uint32 lanes. GCC scalarizes __builtin_convertvector from narrow integer
-// vectors on x86, hence the intrinsics.
-inline vu widen_bytes(const uint8_t* p) {
-#if defined(__AVX512F__) && VECTOR_BYTES == 64
-  return (vu)_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-#elif defined(__AVX2__) && VECTOR_BYTES == 32
-  return (vu)_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-#else
-  vu u;
-  for (int i = 0; i < VL; ++i) u[i] = p[i];
-  return u;
-#endif
-}
-
-inline vf to_float(vu u) {
-  return __builtin_convertvector((vi)u, vf);
-}
-
-// float16 bits -> float32 by exponent rebias (as half_to_float, a vector at a time).
-inline vu half_bits_to_float_bits(vu u) {
-  const vu sign = (u & 0x8000u) << 16;
-  const vf mag = (vf)((u & 0x7fffu) << 13) * 0x1p112f;
-  return (vu)mag | sign;
-}
-
-template <ScalarType T>
-inline vf load_weights(const void* base, size_t i) {
-  if constexpr (T == kFloat32) {
-    return load_f32(static_cast<const float*>(base) + i);
-  } else {
-    const uint16_t* p = static_cast<const uint16_t*>(base) + i;
-#if defined(__AVX512F__) && VECTOR_BYTES == 64
-    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    if constexpr (T == kFloat16) return (vf)_mm512_cvtph_ps(raw);
-    const vu u = (vu)_mm512_cvtepu16_epi32(raw);
-#elif defined(__AVX2__) && VECTOR_BYTES == 32
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    if constexpr (T == kFloat16) return (vf)_mm256_cvtph_ps(raw);
-    const vu u = (vu)_mm256_cvtepu16_epi32(raw);
-#else
-    vu u;
-    for (int j = 0; j < VL; ++j) u[j] = p[j];
-#endif
-    if constexpr (T == kBFloat16) {
-      return (vf)(u << 16);
-    } else {
-      return (vf)half_bits_to_float_bits(u);
-    }
-  }
-}
 
 // ---------------------------------------------------------------- quantized
 // Element k of a weight row is s_g * (q_k - c) + (b_g + c * s_g), c = 2^(bits-1), g its
@@ -311,7 +261,7 @@ void dense_matmul(const DenseArgs& a, int n0, int n1) {
 
 constexpr KernelTable kTable = {
     STR(KERNEL_NAME), VL,           quant_supported, int8_path, quant_scratch,
-    prepare_quant,    quant_matmul, dense_matmul, attention_rows};
+    prepare_quant,    quant_matmul, packed_matmul, dense_matmul, attention_rows};
 
 }  // namespace
 }  // namespace KERNEL_NAME

@@ -26,6 +26,11 @@ struct QuantArgs {
   bool int8;             // the int8 path (see KernelTable::has_int8)
 };
 
+// Quantized weights packed for streaming (kernels.pack_quantized): tiles of kPackRows
+// output rows, each tile's uint32 words interleaved as [word][row] and its scales and
+// biases as [group][row]. The same bytes as MLX's layout, reordered within each tile.
+constexpr int kPackRows = 16;
+
 // y[M, N] = x[M, K] @ w[N, K].T for float32, float16 or bfloat16 weights.
 struct DenseArgs {
   const float* x;        // [M, K] contiguous float32
@@ -63,6 +68,9 @@ struct KernelTable {
   size_t (*quant_scratch)(const QuantArgs& a);
   void (*prepare_quant)(const QuantArgs& a);
   void (*quant_matmul)(const QuantArgs& a, int n0, int n1);
+  // The product from packed weights (kPackRows), `prepared` holding x's sums per group
+  // ([M, K / group_size]); output tiles [t0, t1) of kPackRows columns.
+  void (*packed_matmul)(const QuantArgs& a, int t0, int t1);
   void (*dense_matmul)(const DenseArgs& a, int n0, int n1);
   // Units [u0, u1) of B * n_kv * L (a kv head at one position, with the query heads that
   // share it); `scores` holds (n_q / n_kv) * S floats and `visible` S ints.

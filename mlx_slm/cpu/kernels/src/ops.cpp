@@ -174,7 +174,8 @@ void run_quantized(
     const mx::array& biases,
     mx::array& out,
     int group_size,
-    int bits) {
+    int bits,
+    bool packed) {
   const KernelTable& t = table();
   const int N = w.shape(0);
   run_product(x, out, [&](Scratch& s, const float* xf, float* y, int M, int K) {
@@ -191,7 +192,21 @@ void run_quantized(
         K,
         group_size,
         bits,
-        int8_activations.load() && t.has_int8(bits)};
+        !packed && int8_activations.load() && t.has_int8(bits)};
+    if (packed) {
+      // The packed kernels take x as it is, and its sums per group for the biases.
+      const int groups = K / group_size;
+      s.prepared.resize(size_t(M) * groups * sizeof(float));
+      float* xsum = reinterpret_cast<float*>(s.prepared.data());
+      for (int i = 0; i < M * groups; ++i) {
+        float sum = 0.0f;
+        for (int k = 0; k < group_size; ++k) sum += xf[size_t(i) * group_size + k];
+        xsum[i] = sum;
+      }
+      a.prepared = xsum;
+      parallel_split(N / kPackRows, 1, [&](int t0, int t1) { t.packed_matmul(a, t0, t1); });
+      return;
+    }
     s.prepared.resize(t.quant_scratch(a));
     a.prepared = s.prepared.data();
     t.prepare_quant(a);
@@ -304,6 +319,7 @@ mx::array quantized_matmul(
     const mx::array& biases,
     int group_size,
     int bits,
+    bool packed,
     mx::StreamOrDevice s) {
   if (!supports_quantized(group_size, bits))
     throw std::invalid_argument("quantized_matmul: unsupported bits or group_size");
@@ -316,12 +332,14 @@ mx::array quantized_matmul(
   const mx::Shape sb{N, K / group_size};
   if (scales.shape() != sb || biases.shape() != sb || scales.dtype() != biases.dtype())
     throw std::invalid_argument("quantized_matmul: scales/biases have the wrong shape");
+  if (packed && N % kPackRows != 0)
+    throw std::invalid_argument("quantized_matmul: packed weights need whole tiles of 16 rows");
   check_float(scales, "scales");
   const mx::Dtype dtype = mx::promote_types(x.dtype(), scales.dtype());
   return mx::array(
       output_shape(x, N),
       dtype,
-      std::make_shared<QuantizedMatmul>(cpu_stream(s), group_size, bits),
+      std::make_shared<QuantizedMatmul>(cpu_stream(s), group_size, bits, packed),
       {x, w, scales, biases});
 }
 
@@ -371,8 +389,8 @@ void QuantizedMatmul::eval_cpu(
   auto& encoder = mx::cpu::get_command_encoder(stream());
   for (const auto& a : inputs) encoder.set_input_array(a);
   encoder.set_output_array(out);
-  encoder.dispatch([inputs, out, gs = group_size_, bits = bits_]() mutable {
-    run_quantized(inputs[0], inputs[1], inputs[2], inputs[3], out, gs, bits);
+  encoder.dispatch([inputs, out, gs = group_size_, bits = bits_, packed = packed_]() mutable {
+    run_quantized(inputs[0], inputs[1], inputs[2], inputs[3], out, gs, bits, packed);
   });
 }
 
@@ -382,7 +400,7 @@ void QuantizedMatmul::eval_gpu(const std::vector<mx::array>&, std::vector<mx::ar
 
 bool QuantizedMatmul::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const QuantizedMatmul*>(&other);
-  return o && o->group_size_ == group_size_ && o->bits_ == bits_;
+  return o && o->group_size_ == group_size_ && o->bits_ == bits_ && o->packed_ == packed_;
 }
 
 std::vector<mx::Shape> QuantizedMatmul::output_shapes(const std::vector<mx::array>& inputs) {

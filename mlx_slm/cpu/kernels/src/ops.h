@@ -12,7 +12,8 @@ namespace mlx_slm_kernels {
 
 namespace mx = mlx::core;
 
-// x[..., K] @ dequantize(w, scales, biases).T in MLX's affine format (as mx.quantize makes).
+// x[..., K] @ dequantize(w, scales, biases).T in MLX's affine format (as mx.quantize makes),
+// or from the same arrays packed in tiles of kPackRows rows (`packed`; kernels.h).
 mx::array quantized_matmul(
     const mx::array& x,
     const mx::array& w,
@@ -20,6 +21,7 @@ mx::array quantized_matmul(
     const mx::array& biases,
     int group_size,
     int bits,
+    bool packed = false,
     mx::StreamOrDevice s = {});
 
 // x[..., K] @ w.T for float32, float16 or bfloat16 w [N, K].
@@ -54,8 +56,8 @@ void set_threads(int n);
 
 class QuantizedMatmul : public mx::Primitive {
  public:
-  QuantizedMatmul(mx::Stream stream, int group_size, int bits)
-      : mx::Primitive(stream), group_size_(group_size), bits_(bits) {}
+  QuantizedMatmul(mx::Stream stream, int group_size, int bits, bool packed)
+      : mx::Primitive(stream), group_size_(group_size), bits_(bits), packed_(packed) {}
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
       override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
@@ -69,6 +71,7 @@ class QuantizedMatmul : public mx::Primitive {
  private:
   int group_size_;
   int bits_;
+  bool packed_;
 };
 
 class MatmulT : public mx::Primitive {

@@ -46,8 +46,10 @@ inline vf load_f32(const float* p) {
   return v;
 }
 
+// s in every lane. s - 0 (not 0 + s, which would turn -0 into +0) is the identity, so the
+// compiler emits one broadcast, from memory where s comes from memory.
 inline vf splat(float s) {
-  return vf{} + s;
+  return s - vf{};
 }
 
 // The sum of a vector's lanes, by halving (a short dependency chain, in a fixed order).
@@ -89,6 +91,57 @@ inline float scalar_at(const void* p, size_t i, ScalarType t) {
       return f;
     }
     default: return half_to_float(static_cast<const uint16_t*>(p)[i]);
+  }
+}
+
+// VL bytes -> VL uint32 lanes. GCC scalarizes __builtin_convertvector from narrow integer
+// vectors on x86, hence the intrinsics.
+inline vu widen_bytes(const uint8_t* p) {
+#if defined(__AVX512F__) && VECTOR_BYTES == 64
+  return (vu)_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#elif defined(__AVX2__) && VECTOR_BYTES == 32
+  return (vu)_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+#else
+  vu u;
+  for (int i = 0; i < VL; ++i) u[i] = p[i];
+  return u;
+#endif
+}
+
+inline vf to_float(vu u) {
+  return __builtin_convertvector((vi)u, vf);
+}
+
+// float16 bits -> float32 by exponent rebias (as half_to_float, a vector at a time).
+inline vu half_bits_to_float_bits(vu u) {
+  const vu sign = (u & 0x8000u) << 16;
+  const vf mag = (vf)((u & 0x7fffu) << 13) * 0x1p112f;
+  return (vu)mag | sign;
+}
+
+template <ScalarType T>
+inline vf load_weights(const void* base, size_t i) {
+  if constexpr (T == kFloat32) {
+    return load_f32(static_cast<const float*>(base) + i);
+  } else {
+    const uint16_t* p = static_cast<const uint16_t*>(base) + i;
+#if defined(__AVX512F__) && VECTOR_BYTES == 64
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (T == kFloat16) return (vf)_mm512_cvtph_ps(raw);
+    const vu u = (vu)_mm512_cvtepu16_epi32(raw);
+#elif defined(__AVX2__) && VECTOR_BYTES == 32
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (T == kFloat16) return (vf)_mm256_cvtph_ps(raw);
+    const vu u = (vu)_mm256_cvtepu16_epi32(raw);
+#else
+    vu u;
+    for (int j = 0; j < VL; ++j) u[j] = p[j];
+#endif
+    if constexpr (T == kBFloat16) {
+      return (vf)(u << 16);
+    } else {
+      return (vf)half_bits_to_float_bits(u);
+    }
   }
 }
 

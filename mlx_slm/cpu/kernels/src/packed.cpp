@@ -1,0 +1,141 @@
+// Quantized products from packed weights (kPackRows in kernels.h), compiled once per ISA.
+//
+// A tile's 16 output rows sit side by side: one load brings the same uint32 word of 16
+// rows, element t of that word for all 16 rows is one vector of codes, and one FMA with x's
+// element broadcast adds it to 16 running sums. No horizontal sums, no per-row epilogue:
+// each group ends with one multiply by the 16 rows' scales (a vector load) and one FMA of
+// the 16 biases with the group's sum of x. Each byte of the weights is read once per
+// product however many rows x has; rows of x beyond one register tile re-read the tile
+// from L1.
+//
+// Every row of x runs the same operations in the same order whatever the row count, so a
+// multi-row product is bit-identical, row by row, to one-row products (batch invariance).
+#include "packed.h"
+
+#include "variant.h"
+
+namespace mlx_slm_kernels {
+namespace KERNEL_NAME {
+namespace {
+
+constexpr int H = kPackRows / VL;  // vectors per 16 rows
+// Independent FMA chains per row of x and vector: four in all, to hide FMA latency.
+constexpr int C = H >= 4 ? 1 : 4 / H;
+// Rows of x per register tile: MT * (C + 1) * H accumulators must fit the registers.
+constexpr int kPackedMaxRows = VECTOR_BYTES == 64 ? 4 : (VECTOR_BYTES == 32 ? 2 : 1);
+
+// Element t of each lane's word as a float; centred (minus 2^(BITS-1)) where that is free:
+// AVX-512's vpermps looks 2- and 4-bit codes up in a 16-entry table (it reads only the low
+// 4 bits of each index), doing the mask, the centring and the conversion at once.
+template <int BITS>
+constexpr float kCentre =
+#if defined(__AVX512F__) && VECTOR_BYTES == 64
+    BITS <= 4 ? float(1 << (BITS - 1)) : 0.0f;
+#else
+    0.0f;
+#endif
+
+// Forced inline: the chains must stay in registers through the per-element recursion.
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+template <int BITS, int T>
+ALWAYS_INLINE vf codes(vu q) {
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+#if defined(__AVX512F__) && VECTOR_BYTES == 64
+  if constexpr (BITS <= 4) {
+    vf table;
+    for (int i = 0; i < 16; ++i) table[i] = float(i & kMask) - kCentre<BITS>;
+    return (vf)_mm512_permutexvar_ps((__m512i)(q >> (T * BITS)), (__m512)table);
+  }
+#endif
+  if constexpr (T * BITS + BITS == 32) return to_float(q >> (T * BITS));
+  return to_float((q >> (T * BITS)) & kMask);
+}
+
+// Element t .. PER-1 of one word of 16 rows against MT rows of x, into the chains.
+template <int BITS, int MT, int T = 0>
+ALWAYS_INLINE void word_fma(vf (&part)[MT][C][H], const vu (&q)[H], const float* x, size_t K, int k) {
+  if constexpr (T < 32 / BITS) {
+    // A word holds a multiple of C elements, so element T's chain is known at compile time
+    // (a run-time index would keep the chains in memory).
+    constexpr int c = T % C;
+    vf w[H];
+    for (int h = 0; h < H; ++h) w[h] = codes<BITS, T>(q[h]);
+#pragma GCC unroll 8
+    for (int m = 0; m < MT; ++m) {
+      const vf xb = splat(x[m * K + k + T]);
+      for (int h = 0; h < H; ++h) part[m][c][h] += w[h] * xb;
+    }
+    word_fma<BITS, MT, T + 1>(part, q, x, K, k);
+  }
+}
+
+template <int BITS, int MT, ScalarType S>
+void packed_tile(const QuantArgs& a, const float* xsum, int tile, int m0) {
+  constexpr int PER = 32 / BITS;
+  const size_t K = a.K, gs = a.group_size, groups = K / gs, words = K / PER;
+  const size_t group_words = gs / PER;
+  const uint32_t* wt = reinterpret_cast<const uint32_t*>(a.w) + size_t(tile) * words * kPackRows;
+  const size_t sb0 = size_t(tile) * groups * kPackRows;
+  const float* x = a.x + size_t(m0) * K;
+  xsum += size_t(m0) * groups;
+  vf acc[MT][H] = {};
+  for (size_t g = 0; g < groups; ++g) {
+    vf part[MT][C][H] = {};
+    for (size_t i = 0; i < group_words; ++i) {
+      const size_t word = g * group_words + i;
+      vu q[H];
+      memcpy(&q, wt + word * kPackRows, sizeof q);
+      word_fma<BITS, MT>(part, q, x, K, int(word * PER));
+    }
+    for (int h = 0; h < H; ++h) {
+      const size_t at = sb0 + g * kPackRows + h * VL;
+      const vf s = load_weights<S>(a.scales, at);
+      const vf b = load_weights<S>(a.biases, at) + kCentre<BITS> * s;
+      for (int m = 0; m < MT; ++m) {
+        vf t = part[m][0][h];
+        for (int c = 1; c < C; ++c) t += part[m][c][h];
+        acc[m][h] += t * s;
+        acc[m][h] += b * splat(xsum[m * groups + g]);
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    memcpy(a.y + size_t(m0 + m) * a.N + size_t(tile) * kPackRows, &acc[m], sizeof acc[m]);
+}
+
+template <int BITS, ScalarType S>
+void packed_tiles(const QuantArgs& a, int t0, int t1) {
+  const float* xsum = static_cast<const float*>(a.prepared);
+  for (int tile = t0; tile < t1; ++tile) {
+    int m = 0;
+    for (; m + kPackedMaxRows <= a.M; m += kPackedMaxRows)
+      packed_tile<BITS, kPackedMaxRows, S>(a, xsum, tile, m);
+    auto body = [&](auto rows, int, int, int m_begin) {
+      packed_tile<BITS, decltype(rows)::value, S>(a, xsum, tile, m_begin);
+    };
+    row_tail<kPackedMaxRows - 1>(a.M - m, body, 0, 0, m);
+  }
+}
+
+template <int BITS>
+void packed_bits(const QuantArgs& a, int t0, int t1) {
+  switch (a.sb_type) {
+    case kFloat32: return packed_tiles<BITS, kFloat32>(a, t0, t1);
+    case kFloat16: return packed_tiles<BITS, kFloat16>(a, t0, t1);
+    default: return packed_tiles<BITS, kBFloat16>(a, t0, t1);
+  }
+}
+
+}  // namespace
+
+void packed_matmul(const QuantArgs& a, int t0, int t1) {
+  switch (a.bits) {
+    case 2: return packed_bits<2>(a, t0, t1);
+    case 4: return packed_bits<4>(a, t0, t1);
+    default: return packed_bits<8>(a, t0, t1);
+  }
+}
+
+}  // namespace KERNEL_NAME
+}  // namespace mlx_slm_kernels
