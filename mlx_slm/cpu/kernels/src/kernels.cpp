@@ -215,38 +215,53 @@ void quant_matmul(const QuantArgs& a, int n0, int n1) {
 }
 
 // ---------------------------------------------------------------- dense
-template <ScalarType T, int MT>
-void dense_rows(const DenseArgs& a, int n0, int n1, int m0) {
-  constexpr int C = kChains;
-  const size_t K = a.K;
-  const size_t kv = K / VL * VL, kc = K / (VL * C) * (VL * C);
+// NR weight rows against MT rows of x per step: NR + MT vector loads feed NR * MT FMAs (x
+// rows are loaded once per weight-row block, not once per weight row). Each output is one
+// chain of FMAs over k in order, whatever NR and MT are, so a multi-row product is
+// bit-identical, row by row, to one-row products; the NR * MT independent chains hide the
+// FMA latency instead of chains within an output.
+constexpr int kDenseMaxRows = 4;
+
+template <int MT>
+constexpr int dense_weight_rows() {
+  // MT * NR accumulators plus NR weight vectors and an x vector within the registers.
+  if constexpr (VECTOR_BYTES == 64) return MT <= 4 ? 4 : 2;
+  return MT <= 2 ? 4 : 2;
+}
+
+template <ScalarType T, int MT, int NR>
+void dense_block(const DenseArgs& a, int n, int m0) {
+  const size_t K = a.K, kv = K / VL * VL;
   const float* x = a.x + size_t(m0) * K;
-  for (int n = n0; n < n1; ++n) {
-    const size_t row = size_t(n) * K;
-    vf acc[MT][C] = {};
-    size_t k = 0;
-    for (; k < kc; k += VL * C)
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-        const vf w = load_weights<T>(a.w, row + k + c * VL);
+  vf acc[NR][MT] = {};
+  for (size_t k = 0; k < kv; k += VL) {
+    vf w[NR];
+    for (int r = 0; r < NR; ++r) w[r] = load_weights<T>(a.w, size_t(n + r) * K + k);
 #pragma GCC unroll 8
-        for (int m = 0; m < MT; ++m) acc[m][c] += w * load_f32(x + m * K + k + c * VL);
-      }
-    for (; k < kv; k += VL) {
-      const vf w = load_weights<T>(a.w, row + k);
-      for (int m = 0; m < MT; ++m) acc[m][0] += w * load_f32(x + m * K + k);
-    }
     for (int m = 0; m < MT; ++m) {
-      float s = sum_chains(acc[m]);
-      for (size_t j = kv; j < K; ++j) s += scalar_at(a.w, row + j, T) * x[m * K + j];
-      a.y[size_t(m0 + m) * a.N + n] = s;
+      const vf xm = load_f32(x + m * K + k);
+      for (int r = 0; r < NR; ++r) acc[r][m] += w[r] * xm;
     }
   }
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MT; ++m) {
+      float s = hsum(acc[r][m]);
+      for (size_t j = kv; j < K; ++j) s += scalar_at(a.w, size_t(n + r) * K + j, T) * x[m * K + j];
+      a.y[size_t(m0 + m) * a.N + n + r] = s;
+    }
+}
+
+template <ScalarType T, int MT>
+void dense_rows(const DenseArgs& a, int n0, int n1, int m0) {
+  constexpr int NR = dense_weight_rows<MT>();
+  int n = n0;
+  for (; n + NR <= n1; n += NR) dense_block<T, MT, NR>(a, n, m0);
+  for (; n < n1; ++n) dense_block<T, MT, 1>(a, n, m0);
 }
 
 template <ScalarType T>
 void dense_matmul_type(const DenseArgs& a, int n0, int n1) {
-  for_tiles<kMaxRows>(a.M, n0, n1, [&](auto rows, int nb, int ne, int m) {
+  for_tiles<kDenseMaxRows>(a.M, n0, n1, [&](auto rows, int nb, int ne, int m) {
     dense_rows<T, decltype(rows)::value>(a, nb, ne, m);
   });
 }
