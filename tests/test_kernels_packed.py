@@ -114,3 +114,37 @@ def test_a_prepared_model_packs_and_decodes_as_unpacked(hub_checkpoint, bits):
     # Preparing again must not pack twice.
     layers.prepare(model, "cpu")
     assert mx.array_equal(model(mx.array([prompt]))[0], got)
+
+
+@native
+@pytest.mark.parametrize("wdtype", FLOATS)
+def test_packed_dense_matches_float64_and_is_batch_invariant(wdtype):
+    n, k = 48, 203  # K's tail past the chains
+    w = mx.random.normal((n, k)).astype(wdtype)
+    packed = kernels.pack_dense(w)
+    assert kernels.can_pack_dense(w) and not kernels.can_pack_dense(w[:40])
+    assert mx.array_equal(kernels.packed_rows(packed, mx.array([3, 47])), w[mx.array([3, 47])])
+    w64 = f64(w)
+    x = mx.random.normal((19, k))
+    y = kernels.packed_matmul_t(x, packed)
+    assert y.dtype == (x @ w.T).dtype
+    assert_close(y, f64(x) @ w64.T, f64(x), w64)
+    singles = [kernels.packed_matmul_t(x[i : i + 1], packed) for i in range(19)]
+    for m in (2, 5, 16, 19):
+        y = kernels.packed_matmul_t(x[:m], packed)
+        assert all(mx.array_equal(y[i : i + 1], singles[i]) for i in range(m)), m
+
+
+@native
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_prepared_float_model_packs_and_decodes_as_written(hub_checkpoint, dtype):
+    plain, _ = load_model(hub_checkpoint, dtype, prepare=False)
+    model = layers.prepare(load_model(hub_checkpoint, dtype, prepare=False)[0], "cpu")
+    dense = [m for _, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+    assert dense and all(m.cpu.packed for m in dense)
+    ids = mx.array([[0, 5, 17, 31999]])
+    assert mx.array_equal(model.transformer.token_embeddings(ids),
+                          plain.transformer.token_embeddings(ids))
+    prompt = [1, 450, 7483, 310, 8046, 338]
+    assert (list(generate_tokens(model, prompt, max_tokens=8))
+            == list(generate_tokens(plain, prompt, max_tokens=8)))

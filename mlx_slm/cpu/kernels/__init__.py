@@ -129,6 +129,12 @@ def can_pack(w: mx.array, group_size: int, bits: int) -> bool:
             and bits in (2, 4, 8))
 
 
+def can_pack_dense(w: mx.array) -> bool:
+    """Whether a dense weight runs packed (pack_dense)."""
+    return (_native() is not None and w.ndim == 2 and w.shape[0] % PACK_ROWS == 0
+            and w.dtype in _FLOATS)
+
+
 def _tiles(a: mx.array) -> mx.array:
     """[N, C] -> [N, C] with each tile of PACK_ROWS rows stored column-major."""
     n, c = a.shape
@@ -171,6 +177,21 @@ def packed_quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: 
         return ext.quantized_matmul(x, w, scales, biases, group_size, bits, packed=True)
     return mx.quantized_matmul(x, *unpack_quantized(w, scales, biases), transpose=True,
                                group_size=group_size, bits=bits)
+
+
+def pack_dense(w: mx.array) -> mx.array:
+    """A dense [N, K] weight reordered for packed_matmul_t: each tile of PACK_ROWS rows
+    stored column-major. Lazy."""
+    return _tiles(w)
+
+
+def packed_matmul_t(x: mx.array, w: mx.array) -> mx.array:
+    """matmul_t from a packed weight (pack_dense); MLX's op on the unpacked weight where
+    the native kernels do not run."""
+    ext = _native()
+    if ext is not None and x.dtype in _FLOATS and w.dtype in _FLOATS:
+        return ext.matmul_t(x, w, packed=True)
+    return x @ _untiles(w).T
 
 
 def matmul_t(x: mx.array, w: mx.array) -> mx.array:

@@ -18,8 +18,9 @@ NB_MODULE(_ext, m) {
         "x @ dequantize(w, scales, biases).T in MLX's affine format, on the CPU stream; "
         "packed: the arrays are packed in tiles of 16 rows (pack_rows).");
   m.def("pack_rows", []() { return k::kPackRows; }, "Rows per tile of packed weights.");
-  m.def("matmul_t", &k::matmul_t, "x"_a, "w"_a, nb::kw_only(), "stream"_a = nb::none(),
-        "x @ w.T for float32/float16/bfloat16 w, on the CPU stream.");
+  m.def("matmul_t", &k::matmul_t, "x"_a, "w"_a, nb::kw_only(), "packed"_a = false,
+        "stream"_a = nb::none(),
+        "x @ w.T for float32/float16/bfloat16 w (packed: in tiles of 16 rows), on the CPU stream.");
   m.def("attention", &k::attention, "q"_a, "k"_a, "v"_a, "causal"_a, "mask"_a = nb::none(),
         nb::kw_only(), "stream"_a = nb::none(),
         "Softmax attention per query row, float32 (grouped-query), on the CPU stream.");

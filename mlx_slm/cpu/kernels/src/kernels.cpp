@@ -234,7 +234,12 @@ void dense_block(const DenseArgs& a, int n, int m0) {
   const size_t K = a.K, kv = K / VL * VL;
   const float* x = a.x + size_t(m0) * K;
   vf acc[NR][MT] = {};
+  constexpr size_t item = T == kFloat32 ? 4 : 2;
+  const char* next = static_cast<const char*>(a.w) + size_t(n + NR) * K * item;
   for (size_t k = 0; k < kv; k += VL) {
+    // NR rows are NR short streams that the hardware prefetcher keeps losing at each row's
+    // end: fetch the next block's rows at the same column, one block ahead.
+    for (int r = 0; r < NR; ++r) __builtin_prefetch(next + (r * K + k) * item);
     vf w[NR];
     for (int r = 0; r < NR; ++r) w[r] = load_weights<T>(a.w, size_t(n + r) * K + k);
 #pragma GCC unroll 8
@@ -276,7 +281,7 @@ void dense_matmul(const DenseArgs& a, int n0, int n1) {
 
 constexpr KernelTable kTable = {
     STR(KERNEL_NAME), VL,           quant_supported, int8_path, quant_scratch,
-    prepare_quant,    quant_matmul, packed_matmul, dense_matmul, attention_rows};
+    prepare_quant,    quant_matmul, packed_matmul, dense_matmul, packed_dense, attention_rows};
 
 }  // namespace
 }  // namespace KERNEL_NAME

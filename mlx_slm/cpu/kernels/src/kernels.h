@@ -26,9 +26,10 @@ struct QuantArgs {
   bool int8;             // the int8 path (see KernelTable::has_int8)
 };
 
-// Quantized weights packed for streaming (kernels.pack_quantized): tiles of kPackRows
-// output rows, each tile's uint32 words interleaved as [word][row] and its scales and
-// biases as [group][row]. The same bytes as MLX's layout, reordered within each tile.
+// Weights packed for streaming (kernels.pack_quantized, kernels.pack_dense): tiles of
+// kPackRows output rows, each tile stored column-major: a quantized tile's uint32 words as
+// [word][row] and its scales and biases as [group][row], a dense tile as [k][row]. The same
+// bytes as MLX's layout, reordered within each tile.
 constexpr int kPackRows = 16;
 
 // y[M, N] = x[M, K] @ w[N, K].T for float32, float16 or bfloat16 weights.
@@ -72,6 +73,8 @@ struct KernelTable {
   // ([M, K / group_size]); output tiles [t0, t1) of kPackRows columns.
   void (*packed_matmul)(const QuantArgs& a, int t0, int t1);
   void (*dense_matmul)(const DenseArgs& a, int n0, int n1);
+  // The same from dense weights packed in tiles of kPackRows rows ([k][row] in each).
+  void (*packed_dense)(const DenseArgs& a, int t0, int t1);
   // Units [u0, u1) of B * n_kv * L (a kv head at one position, with the query heads that
   // share it); `scores` holds (n_q / n_kv) * S floats and `visible` S ints.
   void (*attention_rows)(const AttentionArgs& a, int u0, int u1, float* scores, int* visible);

@@ -214,11 +214,13 @@ void run_quantized(
   });
 }
 
-void run_dense(const mx::array& x, const mx::array& w, mx::array& out) {
+void run_dense(const mx::array& x, const mx::array& w, mx::array& out, bool packed) {
   const KernelTable& t = table();
   const int N = w.shape(0);
   run_product(x, out, [&](Scratch& s, const float* xf, float* y, int M, int K) {
     const DenseArgs a{xf, contiguous_bytes(w, s.w), scalar_type(w.dtype()), y, M, N, K};
+    if (packed)
+      return parallel_split(N / kPackRows, 1, [&](int t0, int t1) { t.packed_dense(a, t0, t1); });
     parallel_columns(N, [&](int n0, int n1) { t.dense_matmul(a, n0, n1); });
   });
 }
@@ -343,15 +345,17 @@ mx::array quantized_matmul(
       {x, w, scales, biases});
 }
 
-mx::array matmul_t(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
+mx::array matmul_t(const mx::array& x, const mx::array& w, bool packed, mx::StreamOrDevice s) {
   if (x.ndim() < 1 || w.ndim() != 2 || x.shape(-1) != w.shape(1))
     throw std::invalid_argument("matmul_t: shapes must be [..., K] and [N, K]");
+  if (packed && w.shape(0) % kPackRows != 0)
+    throw std::invalid_argument("matmul_t: packed weights need whole tiles of 16 rows");
   check_float(x, "x");
   check_float(w, "w");
   return mx::array(
       output_shape(x, w.shape(0)),
       mx::promote_types(x.dtype(), w.dtype()),
-      std::make_shared<MatmulT>(cpu_stream(s)),
+      std::make_shared<MatmulT>(cpu_stream(s), packed),
       {x, w});
 }
 
@@ -413,7 +417,8 @@ void MatmulT::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::arr
   auto& encoder = mx::cpu::get_command_encoder(stream());
   for (const auto& a : inputs) encoder.set_input_array(a);
   encoder.set_output_array(out);
-  encoder.dispatch([inputs, out]() mutable { run_dense(inputs[0], inputs[1], out); });
+  encoder.dispatch(
+      [inputs, out, packed = packed_]() mutable { run_dense(inputs[0], inputs[1], out, packed); });
 }
 
 void MatmulT::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {

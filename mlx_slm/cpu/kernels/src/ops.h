@@ -24,8 +24,12 @@ mx::array quantized_matmul(
     bool packed = false,
     mx::StreamOrDevice s = {});
 
-// x[..., K] @ w.T for float32, float16 or bfloat16 w [N, K].
-mx::array matmul_t(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = {});
+// x[..., K] @ w.T for float32, float16 or bfloat16 w [N, K] (`packed`: in tiles, kPackRows).
+mx::array matmul_t(
+    const mx::array& x,
+    const mx::array& w,
+    bool packed = false,
+    mx::StreamOrDevice s = {});
 
 // Softmax attention, float32: q [B, n_q, L, hd] (pre-scaled) over k, v [B, n_kv, S, hd],
 // query head h meeting kv head h / (n_q / n_kv); causal: position l of L sees keys
@@ -76,7 +80,7 @@ class QuantizedMatmul : public mx::Primitive {
 
 class MatmulT : public mx::Primitive {
  public:
-  explicit MatmulT(mx::Stream stream) : mx::Primitive(stream) {}
+  MatmulT(mx::Stream stream, bool packed) : mx::Primitive(stream), packed_(packed) {}
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
       override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
@@ -85,9 +89,13 @@ class MatmulT : public mx::Primitive {
     return "SlmMatmulT";
   }
   bool is_equivalent(const mx::Primitive& other) const override {
-    return typeid(*this) == typeid(other);
+    const auto* o = dynamic_cast<const MatmulT*>(&other);
+    return o && o->packed_ == packed_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  bool packed_;
 };
 
 class Attention : public mx::Primitive {

@@ -127,7 +127,60 @@ void packed_bits(const QuantArgs& a, int t0, int t1) {
   }
 }
 
+// Dense weights packed the same way: element k of 16 rows is one vector (kPackRows).
+template <ScalarType T, int MT>
+void packed_dense_tile(const DenseArgs& a, int tile, int m0) {
+  const size_t K = a.K, base = size_t(tile) * K * kPackRows;
+  const float* x = a.x + size_t(m0) * K;
+  vf acc[MT][C][H] = {};
+  auto step = [&](size_t k, auto chain) {
+    constexpr int c = decltype(chain)::value;
+    vf w[H];
+    for (int h = 0; h < H; ++h) w[h] = load_weights<T>(a.w, base + k * kPackRows + h * VL);
+#pragma GCC unroll 8
+    for (int m = 0; m < MT; ++m) {
+      const vf xb = splat(x[m * K + k]);
+      for (int h = 0; h < H; ++h) acc[m][c][h] += w[h] * xb;
+    }
+  };
+  size_t k = 0;
+  for (; k + C <= K; k += C) {
+    step(k, std::integral_constant<int, 0>{});
+    if constexpr (C > 1) step(k + 1, std::integral_constant<int, 1 % C>{});
+    if constexpr (C > 2) step(k + 2, std::integral_constant<int, 2 % C>{});
+    if constexpr (C > 3) step(k + 3, std::integral_constant<int, 3 % C>{});
+  }
+  for (; k < K; ++k) step(k, std::integral_constant<int, 0>{});  // K's tail: chain 0
+  for (int m = 0; m < MT; ++m)
+    for (int h = 0; h < H; ++h) {
+      vf t = acc[m][0][h];
+      for (int c = 1; c < C; ++c) t += acc[m][c][h];
+      memcpy(a.y + size_t(m0 + m) * a.N + size_t(tile) * kPackRows + h * VL, &t, sizeof t);
+    }
+}
+
+template <ScalarType T>
+void packed_dense_type(const DenseArgs& a, int t0, int t1) {
+  for (int tile = t0; tile < t1; ++tile) {
+    int m = 0;
+    for (; m + kPackedMaxRows <= a.M; m += kPackedMaxRows)
+      packed_dense_tile<T, kPackedMaxRows>(a, tile, m);
+    auto body = [&](auto rows, int, int, int m_begin) {
+      packed_dense_tile<T, decltype(rows)::value>(a, tile, m_begin);
+    };
+    row_tail<kPackedMaxRows - 1>(a.M - m, body, 0, 0, m);
+  }
+}
+
 }  // namespace
+
+void packed_dense(const DenseArgs& a, int t0, int t1) {
+  switch (a.w_type) {
+    case kFloat32: return packed_dense_type<kFloat32>(a, t0, t1);
+    case kFloat16: return packed_dense_type<kFloat16>(a, t0, t1);
+    default: return packed_dense_type<kBFloat16>(a, t0, t1);
+  }
+}
 
 void packed_matmul(const QuantArgs& a, int t0, int t1) {
   switch (a.bits) {
