@@ -145,7 +145,11 @@ def quantize(model: nn.Module, bits: int = 4, group_size: int = 64,
 
     Works on the model as written (loaded with `prepare=False`): what it returns is the
     format to save. To run the result fast on this backend, call `mlx_slm.cpu.layers.prepare` after.
+    A prepared model's packed weights are unpacked first.
     """
+    from mlx_slm.cpu.layers import unpack
+
+    unpack(model)
     quantization = plan(model, bits, group_size, recipe)
     _swap(model, quantization)
     return quantization

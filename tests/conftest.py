@@ -46,3 +46,13 @@ def tiny_tokenizer_path(tmp_path_factory) -> Path:
         byte_fallback=True, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
     )
     return out / "tiny.model"
+
+
+@pytest.fixture(params=["float", "int8"])
+def method(request):
+    """A quantized-kernel test runs with float activations and with int8 ones (the default
+    where the CPU has integer dot products); the process's setting is restored after."""
+    from mlx_slm.cpu import kernels
+
+    with kernels.int8_activations(request.param == "int8"):
+        yield request.param

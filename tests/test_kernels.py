@@ -85,14 +85,6 @@ def test_reference_unpacking_matches_mlx():
         rtol=1e-6, atol=1e-7)
 
 
-@pytest.fixture(params=["float", "int8"])
-def method(request):
-    """Each quantized test runs on the default float path and the opt-in int8 path."""
-    kernels.set_int8_activations(request.param == "int8")
-    yield request.param
-    kernels.set_int8_activations(False)
-
-
 @native
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
@@ -260,7 +252,7 @@ def test_thread_count_changes_nothing():
     try:
         for n in (1, 3):
             kernels.set_threads(n)
-            assert kernels.status().endswith(f"{n} threads")
+            assert f" {n} threads" in kernels.status()
             results.append((kernels.quantized_matmul(x, wq, s, b, 64, 4), kernels.matmul_t(x, wd)))
             mx.eval(results[-1])
     finally:
@@ -307,9 +299,13 @@ def test_thread_env_and_portable_variant():
 @native
 @pytest.mark.parametrize("isa", kernels.runnable_isas())
 def test_every_runnable_variant_is_selectable(isa):
-    r = _run_isolated({"MLX_SLM_KERNELS_ISA": isa}, _PROBE)
-    assert r["status"].startswith(f"native {isa} ")
+    r = _run_isolated({"MLX_SLM_KERNELS_ISA": isa, "MLX_SLM_KERNELS": "float"}, _PROBE)
+    assert r["status"] == f"native {isa} {os.cpu_count()} threads"  # float activations
     assert r["quant_err"] < 1e-4 and r["dense_err"] < 1e-2
+    # By default the variants with integer dot products round x to int8 (and say so).
+    r = _run_isolated({"MLX_SLM_KERNELS_ISA": isa}, _PROBE)
+    assert r["status"].endswith("int8 activations") == (isa != "generic")
+    assert 0 < r["quant_err"] < 1.0 if isa != "generic" else r["quant_err"] < 1e-4  # |y| ~ 16
 
 
 def test_unsupported_format_falls_back():

@@ -227,3 +227,21 @@ def test_bad_text_files_are_refused(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(SlmError, match=message):
         read_text(path)
+
+
+def test_the_report_states_what_int8_activations_cost(tmp_path, float_dir):
+    from mlx_slm.apps.quality_report import format_quality_report
+    from mlx_slm.cpu import kernels
+
+    out = quantize_directory(float_dir, tmp_path / "q4", bits=4).out_dir
+    with kernels.int8_activations(True):
+        report = compare(float_dir, out, max_tokens=64)
+    if kernels.quant_method(4) != "int8":  # no integer dot products here: nothing to state
+        assert "kl_mean_float_activations" not in report
+        return
+    with kernels.int8_activations(False):
+        exact = compare(float_dir, out, max_tokens=64)
+    assert "kl_mean_float_activations" not in exact
+    assert report["kl_mean_float_activations"] == pytest.approx(exact["kl_mean"], rel=1e-6)
+    assert report["kl_mean"] != exact["kl_mean"]  # x was rounded
+    assert "int8 activations (the CPU kernels' default) add" in format_quality_report(report)

@@ -12,6 +12,7 @@ from mlx.utils import tree_flatten
 
 import mlx_slm.quant as quant
 from mlx_slm.apps.quantize import quantize_directory
+from mlx_slm.cpu import kernels
 from mlx_slm.errors import SlmError
 from mlx_slm.loader import build_model, load_model
 from mlx_slm.model import Model, ModelArgs
@@ -26,6 +27,14 @@ from mlx_slm.synthetic import (
 from tests.conftest import LLAMA2_TOKENIZER
 
 IDS = [1, 450, 73, 310, 846, 338, 299, 13, 999, 42, 7, 450]
+
+
+@pytest.fixture(autouse=True)
+def float_activations():
+    """These tests compare formats and files, so products are exact: int8 activations
+    (the CPU default; tested in test_kernels*.py) would round x."""
+    with kernels.int8_activations(False):
+        yield
 
 
 def quantizable_config(num_layers: int = 4, **overrides) -> dict:

@@ -113,11 +113,30 @@ def compare(base_dir, quant_dir, text_path=None, max_tokens: int | None = None,
     start = time.perf_counter()
     with progress_bar(len(ids), "Scoring both", unit="tok") as bar:
         result = score(base, ids, bos_id, quant, window=window, on_progress=bar.update)
-    return {
+    report = {
         "text": label, **result, "dtype": dtype or "model", "backend": active_backend(),
-        "seconds": time.perf_counter() - start,
         "base": footprint(base_dir, base_config), "quant": footprint(quant_dir, quant_config),
     }
+    if _runs_int8(quant_config) and not _runs_int8(base_config):
+        # What the int8 activations cost: the same comparison with float activations.
+        from mlx_slm.cpu import kernels
+
+        with kernels.int8_activations(False), progress_bar(
+                len(ids), "Scoring with float activations", unit="tok") as bar:
+            exact = score(base, ids, bos_id, quant, window=window, on_progress=bar.update)
+        report["kl_mean_float_activations"] = exact["kl_mean"]
+    return {**report, "seconds": time.perf_counter() - start}
+
+
+def _runs_int8(config: dict) -> bool:
+    """Whether a model of this config meets int8 activations on this machine (the CPU
+    kernels' default for 4- and 8-bit weights)."""
+    from mlx_slm.backend import active_backend
+    from mlx_slm.cpu import kernels
+
+    entry = config.get("quantization")
+    return (bool(entry) and active_backend() == "cpu"
+            and kernels.quant_method(entry.get("bits", 4)) == "int8")
 
 
 def _heading(report: dict) -> str:
@@ -156,4 +175,9 @@ def format_quality_report(report: dict) -> str:
     lines += [f"{a:<16}{b:>20}{c:>20}  {d}".rstrip() for a, b, c, d in rows]
     lines.append(f"{'KL(base||quant)':<16}{report['kl_mean']:>20.5f}  nats per token (mean)")
     lines.append(f"{'top-1 agreement':<16}{report['top1_agreement']:>20.2%}")
+    if "kl_mean_float_activations" in report:
+        exact = report["kl_mean_float_activations"]
+        added = (report["kl_mean"] - exact) / exact if exact > 0 else 0.0
+        lines.append(f"int8 activations (the CPU kernels' default) add {added:+.2%} to the KL "
+                     f"of float ones ({exact:.5f}); MLX_SLM_KERNELS=float keeps float")
     return "\n".join(lines)

@@ -105,6 +105,25 @@ def _pack(module: nn.Module) -> bool:
     return True
 
 
+def unpack(model: nn.Module) -> nn.Module:
+    """Put packed weights back in MLX's layout (for code that reads or replaces weights,
+    such as quantizing a prepared model); `prepare` packs them again."""
+    for _, module in model.named_modules():
+        state = getattr(module, "cpu", None)
+        if not (isinstance(module, _PACKABLE) and state is not None and state.packed):
+            continue
+        if "scales" in module:
+            arrays = kernels.unpack_quantized(module["weight"], module["scales"],
+                                              module["biases"])
+            module["weight"], module["scales"], module["biases"] = arrays
+        else:
+            module.weight = kernels.unpack_dense(module.weight)
+        mx.eval(module.parameters())
+        weight_t = module.weight.T if module.weight.dtype == mx.float32 else None
+        module.cpu = CpuState(weight_t=weight_t)
+    return model
+
+
 def _quantized_with_half_scales(model: nn.Module) -> bool:
     return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
                and m.scales.dtype in HALF for _, m in model.named_modules())

@@ -6,11 +6,13 @@ Every function here falls back to MLX's own op wherever the native one cannot ru
 extension was not built (macOS, no compiler) or not importable (an mlx other than the one it
 was built against), `MLX_SLM_KERNELS=off`, a GPU default device, or an unsupported format.
 `MLX_SLM_THREADS=N` sets the pool's size (default: all cores); `MLX_SLM_KERNELS_ISA`
-names the variant (see runnable_isas). `MLX_SLM_KERNELS=int8`
-opts in to int8 activations for 4- and 8-bit weights (see quant_method)."""
+names the variant (see runnable_isas). 4- and 8-bit weights meet activations rounded to
+int8 per block of 32 where the CPU has integer dot products (see quant_method);
+`MLX_SLM_KERNELS=float` keeps float activations (exact) instead."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from types import ModuleType
@@ -29,7 +31,9 @@ def _load() -> tuple[ModuleType | None, str]:
         from mlx_slm.cpu.kernels import _ext
     except ImportError as error:
         return None, f"extension not built: {error}"
-    _ext.set_int8_activations(os.environ.get(SWITCH, "").lower() == "int8")
+    # int8 activations by default: on the 270M shape they add 0.07% to the 4-bit weights'
+    # own KL (docs/kernels.md, "int8 activations").
+    _ext.set_int8_activations(os.environ.get(SWITCH, "").lower() != "float")
     return _ext, ""
 
 
@@ -61,8 +65,9 @@ def supports(group_size: int, bits: int) -> bool:
 
 
 def quant_method(bits: int) -> str:
-    """How quantized_matmul meets `bits`-bit weights: "float" (dequantized to float32, the
-    default), "int8" (opt-in, AVX2 and up: x rounded to int8 per block of 32, integer dot
+    """How quantized_matmul meets `bits`-bit weights: "float" (dequantized to float32;
+    MLX_SLM_KERNELS=float, or no integer dot products), "int8" (the default on AVX2 and up:
+    x rounded to int8 per block of 32, integer dot
     products; error per output at most sum_k |s (q_k - 2^(bits-1))| * max|x_block| / 254)
     or "mlx" (MLX's own op)."""
     ext = _load()[0]
@@ -70,11 +75,23 @@ def quant_method(bits: int) -> str:
 
 
 def set_int8_activations(on: bool) -> None:
-    """Opt in or out of the int8 path (as MLX_SLM_KERNELS=int8 does at start-up)."""
+    """Turn the int8 path on or off (MLX_SLM_KERNELS=float turns it off at start-up)."""
     ext = _load()[0]
     if ext is not None:
         mx.synchronize()
         ext.set_int8_activations(on)
+
+
+@contextlib.contextmanager
+def int8_activations(on: bool):
+    """Within the block, 4- and 8-bit products use int8 activations or not (the setting
+    before is restored after)."""
+    before = quant_method(4) == "int8"
+    set_int8_activations(on)
+    try:
+        yield
+    finally:
+        set_int8_activations(before)
 
 
 def set_threads(n: int) -> None:
@@ -183,6 +200,11 @@ def pack_dense(w: mx.array) -> mx.array:
     """A dense [N, K] weight reordered for packed_matmul_t: each tile of PACK_ROWS rows
     stored column-major. Lazy."""
     return _tiles(w)
+
+
+def unpack_dense(w: mx.array) -> mx.array:
+    """The inverse of pack_dense."""
+    return _untiles(w)
 
 
 def packed_matmul_t(x: mx.array, w: mx.array) -> mx.array:

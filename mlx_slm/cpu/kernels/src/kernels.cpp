@@ -281,7 +281,8 @@ void dense_matmul(const DenseArgs& a, int n0, int n1) {
 
 constexpr KernelTable kTable = {
     STR(KERNEL_NAME), VL,           quant_supported, int8_path, quant_scratch,
-    prepare_quant,    quant_matmul, packed_matmul, dense_matmul, packed_dense, attention_rows};
+    prepare_quant,    quant_matmul, packed_matmul, packed_int8, packed_scratch, packed_prepare,
+    dense_matmul,     packed_dense, attention_rows};
 
 }  // namespace
 }  // namespace KERNEL_NAME

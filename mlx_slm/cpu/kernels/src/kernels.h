@@ -69,9 +69,12 @@ struct KernelTable {
   size_t (*quant_scratch)(const QuantArgs& a);
   void (*prepare_quant)(const QuantArgs& a);
   void (*quant_matmul)(const QuantArgs& a, int n0, int n1);
-  // The product from packed weights (kPackRows), `prepared` holding x's sums per group
-  // ([M, K / group_size]); output tiles [t0, t1) of kPackRows columns.
+  // The product from packed weights (kPackRows), `prepared` made by packed_prepare;
+  // output tiles [t0, t1) of kPackRows columns.
   void (*packed_matmul)(const QuantArgs& a, int t0, int t1);
+  bool (*packed_int8)(int bits);                     // as has_int8, for packed weights
+  size_t (*packed_scratch)(const QuantArgs& a);      // bytes of `prepared`
+  void (*packed_prepare)(const QuantArgs& a);        // x's sums (float), or x as int8
   void (*dense_matmul)(const DenseArgs& a, int n0, int n1);
   // The same from dense weights packed in tiles of kPackRows rows ([k][row] in each).
   void (*packed_dense)(const DenseArgs& a, int t0, int t1);

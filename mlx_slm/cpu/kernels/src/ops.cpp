@@ -192,18 +192,11 @@ void run_quantized(
         K,
         group_size,
         bits,
-        !packed && int8_activations.load() && t.has_int8(bits)};
+        int8_activations.load() && (packed ? t.packed_int8(bits) : t.has_int8(bits))};
     if (packed) {
-      // The packed kernels take x as it is, and its sums per group for the biases.
-      const int groups = K / group_size;
-      s.prepared.resize(size_t(M) * groups * sizeof(float));
-      float* xsum = reinterpret_cast<float*>(s.prepared.data());
-      for (int i = 0; i < M * groups; ++i) {
-        float sum = 0.0f;
-        for (int k = 0; k < group_size; ++k) sum += xf[size_t(i) * group_size + k];
-        xsum[i] = sum;
-      }
-      a.prepared = xsum;
+      s.prepared.resize(t.packed_scratch(a));
+      a.prepared = s.prepared.data();
+      t.packed_prepare(a);
       parallel_split(N / kPackRows, 1, [&](int t0, int t1) { t.packed_matmul(a, t0, t1); });
       return;
     }

@@ -183,6 +183,7 @@ void packed_dense(const DenseArgs& a, int t0, int t1) {
 }
 
 void packed_matmul(const QuantArgs& a, int t0, int t1) {
+  if (a.int8) return packed_int8_matmul(a, t0, t1);
   switch (a.bits) {
     case 2: return packed_bits<2>(a, t0, t1);
     case 4: return packed_bits<4>(a, t0, t1);
