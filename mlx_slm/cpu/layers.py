@@ -146,7 +146,7 @@ class CpuLinear(nn.Linear):
 class CpuEmbedding(nn.Embedding):
     def __call__(self, x):
         if self.cpu.packed:
-            return kernels.packed_rows(self.weight, x)
+            return kernels.packed_dense_rows(self.weight, x)
         return super().__call__(x)
 
     def as_linear(self, x):

@@ -149,7 +149,7 @@ def can_pack(w: mx.array, group_size: int, bits: int) -> bool:
 def can_pack_dense(w: mx.array) -> bool:
     """Whether a dense weight runs packed (pack_dense)."""
     return (_native() is not None and w.ndim == 2 and w.shape[0] % PACK_ROWS == 0
-            and w.dtype in _FLOATS)
+            and w.dtype in _FLOATS and (w.dtype != mx.bfloat16 or w.shape[1] % 2 == 0))
 
 
 def _tiles(a: mx.array) -> mx.array:
@@ -176,13 +176,24 @@ def unpack_quantized(w: mx.array, scales: mx.array, biases: mx.array) -> tuple[m
     return _untiles(w), _untiles(scales), _untiles(biases)
 
 
-def packed_rows(a: mx.array, rows: mx.array) -> mx.array:
-    """Rows of a packed [N, C] array in MLX's layout, [*rows.shape, C] (a packed quantized
-    embedding's lookup)."""
+def packed_rows(a: mx.array, rows: mx.array, pairs: bool = False) -> mx.array:
+    """Rows of a packed [N, C] array in MLX's layout, [*rows.shape, C] (a packed embedding's
+    lookup); `pairs`: a packed bfloat16 weight's layout (pack_dense)."""
     n, c = a.shape
-    # Element (r, j) sits at (r // PACK_ROWS) * PACK_ROWS * c + j * PACK_ROWS + r % PACK_ROWS.
-    start = (rows // PACK_ROWS) * (PACK_ROWS * c) + rows % PACK_ROWS
-    return mx.take(a.reshape(-1), start[..., None] + mx.arange(c) * PACK_ROWS)
+    # Element (r, j) sits at (r // PACK_ROWS) * PACK_ROWS * c + j * PACK_ROWS + r % PACK_ROWS,
+    # or with pairs at ... + (j // 2) * 2 * PACK_ROWS + (r % PACK_ROWS) * 2 + j % 2.
+    start = (rows // PACK_ROWS) * (PACK_ROWS * c)
+    j = mx.arange(c)
+    if pairs:
+        start, offsets = start + (rows % PACK_ROWS) * 2, (j // 2) * (2 * PACK_ROWS) + j % 2
+    else:
+        start, offsets = start + rows % PACK_ROWS, j * PACK_ROWS
+    return mx.take(a.reshape(-1), start[..., None] + offsets)
+
+
+def packed_dense_rows(w: mx.array, rows: mx.array) -> mx.array:
+    """Rows of a packed dense weight (pack_dense) in MLX's layout."""
+    return packed_rows(w, rows, pairs=w.dtype == mx.bfloat16)
 
 
 def packed_quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array,
@@ -198,12 +209,19 @@ def packed_quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: 
 
 def pack_dense(w: mx.array) -> mx.array:
     """A dense [N, K] weight reordered for packed_matmul_t: each tile of PACK_ROWS rows
-    stored column-major. Lazy."""
+    stored column-major, bfloat16 ones by pairs of columns ([k / 2][row][2]: a 32-bit lane
+    is one row's two elements, what vdpbf16ps multiplies). Lazy."""
+    if w.dtype == mx.bfloat16:
+        n, k = w.shape
+        return w.reshape(n // PACK_ROWS, PACK_ROWS, k // 2, 2).swapaxes(1, 2).reshape(n, k)
     return _tiles(w)
 
 
 def unpack_dense(w: mx.array) -> mx.array:
     """The inverse of pack_dense."""
+    if w.dtype == mx.bfloat16:
+        n, k = w.shape
+        return w.reshape(n // PACK_ROWS, k // 2, PACK_ROWS, 2).swapaxes(1, 2).reshape(n, k)
     return _untiles(w)
 
 
@@ -213,7 +231,7 @@ def packed_matmul_t(x: mx.array, w: mx.array) -> mx.array:
     ext = _native()
     if ext is not None and x.dtype in _FLOATS and w.dtype in _FLOATS:
         return ext.matmul_t(x, w, packed=True)
-    return x @ _untiles(w).T
+    return x @ unpack_dense(w).T
 
 
 def matmul_t(x: mx.array, w: mx.array) -> mx.array:

@@ -29,7 +29,8 @@ struct QuantArgs {
 // Weights packed for streaming (kernels.pack_quantized, kernels.pack_dense): tiles of
 // kPackRows output rows, each tile stored column-major: a quantized tile's uint32 words as
 // [word][row] and its scales and biases as [group][row], a dense tile as [k][row]. The same
-// bytes as MLX's layout, reordered within each tile.
+// bytes as MLX's layout, reordered within each tile. A bfloat16 tile keeps pairs of
+// elements together, [k / 2][row][2]: one 32-bit lane holds a row's (k, k + 1).
 constexpr int kPackRows = 16;
 
 // y[M, N] = x[M, K] @ w[N, K].T for float32, float16 or bfloat16 weights.
@@ -39,6 +40,9 @@ struct DenseArgs {
   ScalarType w_type;
   float* y;              // [M, N] float32
   int M, N, K;
+  // x as bfloat16 pairs, [M, K / 2] (element k low, k + 1 high), where x is bfloat16 and
+  // the weights are packed bfloat16; else null. vdpbf16ps is exact on these.
+  const uint32_t* x_pairs;
 };
 
 // Softmax attention of query rows over keys/values, float32 throughout. Query row

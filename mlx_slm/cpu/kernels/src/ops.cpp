@@ -145,6 +145,7 @@ void parallel_columns(int N, const std::function<void(int, int)>& fn) {
 struct Scratch {
   std::vector<float> x, y;
   std::vector<uint8_t> prepared, w, scales, biases;
+  std::vector<uint32_t> pairs;
 };
 
 Scratch& scratch() {
@@ -211,7 +212,16 @@ void run_dense(const mx::array& x, const mx::array& w, mx::array& out, bool pack
   const KernelTable& t = table();
   const int N = w.shape(0);
   run_product(x, out, [&](Scratch& s, const float* xf, float* y, int M, int K) {
-    const DenseArgs a{xf, contiguous_bytes(w, s.w), scalar_type(w.dtype()), y, M, N, K};
+    const uint32_t* pairs = nullptr;
+    if (packed && x.dtype() == mx::bfloat16 && w.dtype() == mx::bfloat16) {
+      // The float32 copy of bfloat16 x holds each value in its top 16 bits.
+      s.pairs.resize(size_t(M) * K / 2);
+      const uint32_t* bits = reinterpret_cast<const uint32_t*>(xf);
+      for (size_t i = 0; i < s.pairs.size(); ++i)
+        s.pairs[i] = (bits[2 * i] >> 16) | (bits[2 * i + 1] & 0xFFFF0000u);
+      pairs = s.pairs.data();
+    }
+    const DenseArgs a{xf, contiguous_bytes(w, s.w), scalar_type(w.dtype()), y, M, N, K, pairs};
     if (packed)
       return parallel_split(N / kPackRows, 1, [&](int t0, int t1) { t.packed_dense(a, t0, t1); });
     parallel_columns(N, [&](int n0, int n1) { t.dense_matmul(a, n0, n1); });
@@ -341,8 +351,9 @@ mx::array quantized_matmul(
 mx::array matmul_t(const mx::array& x, const mx::array& w, bool packed, mx::StreamOrDevice s) {
   if (x.ndim() < 1 || w.ndim() != 2 || x.shape(-1) != w.shape(1))
     throw std::invalid_argument("matmul_t: shapes must be [..., K] and [N, K]");
-  if (packed && w.shape(0) % kPackRows != 0)
-    throw std::invalid_argument("matmul_t: packed weights need whole tiles of 16 rows");
+  if (packed && (w.shape(0) % kPackRows != 0 || (w.dtype() == mx::bfloat16 && w.shape(1) % 2)))
+    throw std::invalid_argument(
+        "matmul_t: packed weights need whole tiles of 16 rows (and, bfloat16, pairs of columns)");
   check_float(x, "x");
   check_float(w, "w");
   return mx::array(

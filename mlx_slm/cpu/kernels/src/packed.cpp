@@ -159,15 +159,102 @@ void packed_dense_tile(const DenseArgs& a, int tile, int m0) {
     }
 }
 
+// bfloat16 tiles hold pairs: a lane's 32 bits are a row's elements (k, k + 1), so one load
+// gives both as floats by a shift and a mask (no widening loads).
+template <int MT>
+void packed_pairs_tile(const DenseArgs& a, int tile, int m0) {
+  const size_t K = a.K, base = size_t(tile) * K * kPackRows;
+  const uint16_t* w = static_cast<const uint16_t*>(a.w) + base;
+  const float* x = a.x + size_t(m0) * K;
+  vf acc[MT][C][H] = {};
+  auto step = [&](size_t k, auto chain) {
+    constexpr int c = decltype(chain)::value;
+    vu pair[H];
+    memcpy(&pair, w + k * kPackRows, sizeof pair);
+    for (int h = 0; h < H; ++h) {
+      const vf even = (vf)(pair[h] << 16), odd = (vf)(pair[h] & 0xFFFF0000u);
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m) {
+        acc[m][c][h] += even * splat(x[m * K + k]);
+        acc[m][c][h] += odd * splat(x[m * K + k + 1]);
+      }
+    }
+  };
+  size_t k = 0;
+  for (; k + 2 * C <= K; k += 2 * C) {
+    step(k, std::integral_constant<int, 0>{});
+    if constexpr (C > 1) step(k + 2, std::integral_constant<int, 1 % C>{});
+    if constexpr (C > 2) step(k + 4, std::integral_constant<int, 2 % C>{});
+    if constexpr (C > 3) step(k + 6, std::integral_constant<int, 3 % C>{});
+  }
+  for (; k < K; k += 2) step(k, std::integral_constant<int, 0>{});
+  for (int m = 0; m < MT; ++m)
+    for (int h = 0; h < H; ++h) {
+      vf t = acc[m][0][h];
+      for (int c = 1; c < C; ++c) t += acc[m][c][h];
+      memcpy(a.y + size_t(m0 + m) * a.N + size_t(tile) * kPackRows + h * VL, &t, sizeof t);
+    }
+}
+
+#if defined(__AVX512VNNI__) && VECTOR_BYTES == 64
+// With AVX512-BF16 (checked at run time: this variant's CPUs may lack it), vdpbf16ps
+// multiplies a lane's pair by x's pair and adds both, 32 products an instruction. Exact
+// when x is bfloat16 (the products of two bfloat16 values are exact in float32).
+template <int MT>
+__attribute__((target("avx512bf16"))) void packed_bf16_dot_tile(const DenseArgs& a, int tile,
+                                                                int m0) {
+  const size_t K = a.K, base = size_t(tile) * K * kPackRows;
+  const uint16_t* w = static_cast<const uint16_t*>(a.w) + base;
+  __m512 acc[MT][C] = {};
+  const uint32_t* xp = a.x_pairs + size_t(m0) * (K / 2);
+  size_t k = 0;
+  for (; k + 2 * C <= K; k += 2 * C) {
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      const size_t kc = k + 2 * c;
+      const __m512bh pair = (__m512bh)_mm512_loadu_si512(w + kc * kPackRows);
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m)
+        acc[m][c] = _mm512_dpbf16_ps(
+            acc[m][c], pair, (__m512bh)_mm512_set1_epi32(int(xp[m * (K / 2) + kc / 2])));
+    }
+  }
+  for (; k < K; k += 2) {
+    const __m512bh pair = (__m512bh)_mm512_loadu_si512(w + k * kPackRows);
+    for (int m = 0; m < MT; ++m)
+      acc[m][0] = _mm512_dpbf16_ps(acc[m][0], pair,
+                                   (__m512bh)_mm512_set1_epi32(int(xp[m * (K / 2) + k / 2])));
+  }
+  for (int m = 0; m < MT; ++m) {
+    __m512 t = acc[m][0];
+    for (int c = 1; c < C; ++c) t = _mm512_add_ps(t, acc[m][c]);
+    _mm512_storeu_ps(a.y + size_t(m0 + m) * a.N + size_t(tile) * kPackRows, t);
+  }
+}
+
+bool cpu_has_bf16() {
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+}
+#endif
+
 template <ScalarType T>
 void packed_dense_type(const DenseArgs& a, int t0, int t1) {
   for (int tile = t0; tile < t1; ++tile) {
     int m = 0;
-    for (; m + kPackedMaxRows <= a.M; m += kPackedMaxRows)
-      packed_dense_tile<T, kPackedMaxRows>(a, tile, m);
     auto body = [&](auto rows, int, int, int m_begin) {
-      packed_dense_tile<T, decltype(rows)::value>(a, tile, m_begin);
+      constexpr int MT = decltype(rows)::value;
+      if constexpr (T == kBFloat16) {
+#if defined(__AVX512VNNI__) && VECTOR_BYTES == 64
+        if (a.x_pairs && cpu_has_bf16()) return packed_bf16_dot_tile<MT>(a, tile, m_begin);
+#endif
+        return packed_pairs_tile<MT>(a, tile, m_begin);
+      } else {
+        return packed_dense_tile<T, MT>(a, tile, m_begin);
+      }
     };
+    for (; m + kPackedMaxRows <= a.M; m += kPackedMaxRows)
+      body(Rows<kPackedMaxRows>{}, 0, 0, m);
     row_tail<kPackedMaxRows - 1>(a.M - m, body, 0, 0, m);
   }
 }
