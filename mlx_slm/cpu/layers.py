@@ -37,6 +37,7 @@ class CpuState:
 
     weight_t: mx.array | None = None  # a float32 weight's transpose (x @ W beats x @ W.T)
     qk_norm: mx.array | None = None  # q and k norm weights, one row per head
+    qk_rows: mx.array | None = None  # the same as float32 [heads, head_dim] (kernels.qk_rope)
     cos: mx.array | None = None  # RoPE tables by position, shared by every layer
     sin: mx.array | None = None
     activations: mx.Dtype | None = None  # the dtype hidden states run in, if not the weights'
@@ -78,7 +79,12 @@ def prepare(model: nn.Module, device_backend: str | None = None) -> nn.Module:
                 mx.eval(weight_t)
             module.cpu = CpuState(weight_t=weight_t, packed=packed)
         elif isinstance(module, CpuAttention):
-            module.cpu = CpuState(qk_norm=module.qk_norm_table(), cos=cos, sin=sin)
+            table = module.qk_norm_table()
+            rows = None
+            if table is not None:
+                rows = table.reshape(-1, module.head_dim).astype(mx.float32)
+                mx.eval(rows)
+            module.cpu = CpuState(qk_norm=table, qk_rows=rows, cos=cos, sin=sin)
     model.cpu = CpuState(cos=cos, sin=sin, activations=activations)
     return model
 
@@ -196,18 +202,23 @@ class CpuAttention(Attention):
             qkv = qkv.reshape(B, -1, 1, hd)
         else:
             qkv = qkv.reshape(B, L, -1, hd).transpose(0, 2, 1, 3)
-        qk, values = mx.split(qkv, [n_q + n_kv], axis=1)
-        if "q_norm" in self:
-            qk = mx.fast.rms_norm(qk, None, self.q_norm.eps) * self.cpu.qk_norm
         offset = cache.offset if cache is not None else 0
         # Attention runs in float32 (BLAS); the cache keeps float32 keys and values, since
         # upcasting a half-precision cache every step would cost more than it saves.
         cos, sin = rot if rot is not None else rotation(self.cpu.cos, self.cpu.sin, offset, L)
-        x1, x2 = mx.split(qk.astype(mx.float32), 2, axis=-1)  # half-split (NeoX) RoPE
-        qk = mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-        queries, keys = mx.split(qk, [n_q], axis=1)
-        queries = queries * self.scale
-        values = values.astype(mx.float32)
+        eps = self.q_norm.eps if "q_norm" in self else 0.0
+        fused = kernels.qk_rope(qkv, self.cpu.qk_rows, cos, sin, n_q, n_kv, eps, self.scale)
+        if fused is not None:  # one primitive for the ~16 below
+            queries, keys, values = fused
+        else:
+            qk, values = mx.split(qkv, [n_q + n_kv], axis=1)
+            if "q_norm" in self:
+                qk = mx.fast.rms_norm(qk, None, self.q_norm.eps) * self.cpu.qk_norm
+            x1, x2 = mx.split(qk.astype(mx.float32), 2, axis=-1)  # half-split (NeoX) RoPE
+            qk = mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+            queries, keys = mx.split(qk, [n_q], axis=1)
+            queries = queries * self.scale
+            values = values.astype(mx.float32)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
         out = grouped_attention(queries, keys, values, mask).astype(x.dtype)

@@ -242,6 +242,18 @@ def matmul_t(x: mx.array, w: mx.array) -> mx.array:
     return x @ w.T
 
 
+def qk_rope(qkv: mx.array, norm: mx.array | None, cos: mx.array, sin: mx.array, n_q: int,
+            n_kv: int, eps: float, scale: float) -> tuple[mx.array, ...] | None:
+    """Queries, keys and values for attention from the QKV product's [B, n_q + 2 n_kv, L, hd]
+    in one primitive: q/k RMS-normed by `norm`'s rows ([n_q + n_kv, hd], or None), rotated
+    half-split by cos/sin ([L, hd/2] or [B, 1, L, hd/2]), queries times `scale`, all float32.
+    None where the native kernels do not run (the caller keeps MLX's ops)."""
+    ext = _native()
+    if ext is None:
+        return None
+    return tuple(ext.qk_rope(qkv, norm, cos, sin, n_q, n_kv, eps, scale))
+
+
 def attention(q: mx.array, k: mx.array, v: mx.array, causal: bool,
               mask: mx.array | None = None) -> mx.array | None:
     """Softmax attention for float32 q [B, n_q, L, hd] (pre-scaled) over k, v [B, n_kv, S, hd]

@@ -6,6 +6,7 @@
 
 #include "kernels.h"
 #include "ops.h"
+#include "rope.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -24,6 +25,9 @@ NB_MODULE(_ext, m) {
   m.def("attention", &k::attention, "q"_a, "k"_a, "v"_a, "causal"_a, "mask"_a = nb::none(),
         nb::kw_only(), "stream"_a = nb::none(),
         "Softmax attention per query row, float32 (grouped-query), on the CPU stream.");
+  m.def("qk_rope", &k::qk_rope, "qkv"_a, "norm"_a.none(), "cos"_a, "sin"_a, "n_q"_a,
+        "n_kv"_a, "eps"_a, "scale"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "q/k RMS norm, RoPE and the query scale between the QKV product and attention.");
   m.def("supports_quantized", &k::supports_quantized, "group_size"_a, "bits"_a);
   m.def("quant_method", &k::quant_method, "bits"_a,
         "How x meets the weights: 'int8' (rounded per block of 32) or 'float'.");
