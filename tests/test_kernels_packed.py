@@ -94,6 +94,19 @@ def test_packed_off_the_native_kernels_unpacks_for_mlx():
     assert mx.array_equal(unpacked, want)
 
 
+PROMPT = [1, 450, 7483, 310, 8046, 338]
+
+
+def assert_looks_up_and_decodes_as(model, plain):
+    """The tied, packed embedding looks rows up as the unpacked one does, and the packed
+    model decodes the same greedy tokens."""
+    ids = mx.array([[0, 5, 17, 31999]])
+    assert mx.array_equal(model.transformer.token_embeddings(ids),
+                          plain.transformer.token_embeddings(ids))
+    assert (list(generate_tokens(model, PROMPT, max_tokens=8))
+            == list(generate_tokens(plain, PROMPT, max_tokens=8)))
+
+
 def quantized_model(checkpoint, bits):
     model, _ = load_model(checkpoint, prepare=False)
     quant.apply(model, {"bits": bits, "group_size": 32})
@@ -114,13 +127,8 @@ def check_packed_model(hub_checkpoint, bits):
     quantized_layers = [m for _, m in model.named_modules()
                         if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
     assert quantized_layers and all(m.cpu.packed for m in quantized_layers)
-    # The tied, packed embedding looks rows up as the unpacked one does.
-    ids = mx.array([[0, 5, 17, 31999]])
-    assert mx.array_equal(model.transformer.token_embeddings(ids),
-                          plain.transformer.token_embeddings(ids))
-    prompt = [1, 450, 7483, 310, 8046, 338]
-    assert (list(generate_tokens(model, prompt, max_tokens=8))
-            == list(generate_tokens(plain, prompt, max_tokens=8)))
+    assert_looks_up_and_decodes_as(model, plain)
+    prompt = PROMPT
     got = model(mx.array([prompt]))[0]
     want = plain(mx.array([prompt]))[0]
     assert mx.abs(got - want).max().item() <= 1e-4 * mx.abs(want).max().item()
@@ -165,9 +173,4 @@ def test_a_prepared_float_model_packs_and_decodes_as_written(hub_checkpoint, dty
     model = layers.prepare(load_model(hub_checkpoint, dtype, prepare=False)[0], "cpu")
     dense = [m for _, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))]
     assert dense and all(m.cpu.packed for m in dense)
-    ids = mx.array([[0, 5, 17, 31999]])
-    assert mx.array_equal(model.transformer.token_embeddings(ids),
-                          plain.transformer.token_embeddings(ids))
-    prompt = [1, 450, 7483, 310, 8046, 338]
-    assert (list(generate_tokens(model, prompt, max_tokens=8))
-            == list(generate_tokens(plain, prompt, max_tokens=8)))
+    assert_looks_up_and_decodes_as(model, plain)
