@@ -240,22 +240,6 @@ bool cpu_has_bf16() {
 
 template <ScalarType T>
 void packed_dense_type(const DenseArgs& a, int t0, int t1) {
-#if defined(__AVX512VNNI__) && VECTOR_BYTES == 64
-  if (T == kBFloat16 && a.x_pairs && cpu_has_bf16()) {
-    // vdpbf16ps needs no register for converted weights: 6 rows of x per tile (24
-    // accumulators) read the tile fewer times than 4 for a prompt chunk.
-    constexpr int kRows = 6;
-    for (int tile = t0; tile < t1; ++tile) {
-      int m = 0;
-      for (; m + kRows <= a.M; m += kRows) packed_bf16_dot_tile<kRows>(a, tile, m);
-      auto body = [&](auto rows, int, int, int m_begin) {
-        packed_bf16_dot_tile<decltype(rows)::value>(a, tile, m_begin);
-      };
-      row_tail<kRows - 1>(a.M - m, body, 0, 0, m);
-    }
-    return;
-  }
-#endif
   for (int tile = t0; tile < t1; ++tile) {
     int m = 0;
     auto body = [&](auto rows, int, int, int m_begin) {
